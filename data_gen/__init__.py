@@ -1,0 +1,1 @@
+"""Synthetic cohort simulator and descriptor corpus builder (installed as fmrilm.data_gen)."""

@@ -1,0 +1,1 @@
+"""Evaluation, baselines, metrics, reports and benchmarks (installed as fmrilm.eval)."""

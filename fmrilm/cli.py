@@ -1,0 +1,51 @@
+"""The `fmrilm` console script: one subcommand per job, each living in the module that does the job.
+
+Only the chosen subcommand's module is imported, so `fmrilm --help` is fast and a broken optional
+dependency of one job cannot break another. Bad input (FmriInputError) is printed as one sentence,
+without a traceback, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fmrilm.errors import FmriInputError
+
+#: name -> (module with add_arguments(parser) and run(args), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("fmrilm.data_gen.simulate_cli", "Write a synthetic resting-state cohort (optionally NIfTI)."),
+    "cohort": ("fmrilm.cohort_cli", "Import a cohort (participants table + scans) or print its summary."),
+}
+
+
+def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmrilm", description="fMRI for causal language models: simulate, import, train, chat, evaluate."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(cmd)
+            cmd.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(chosen)
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except FmriInputError as exc:
+        print(f"fmrilm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Cohorts: many scans of one atlas with their phenotypes, stored as a Hugging Face `datasets.Dataset`.
+
+On disk a cohort is one folder:
+
+    DIR/cohort.json    name, atlas (labels, MNI coords, networks), phenotype columns and their kinds,
+                       label maps, free metadata (e.g. the simulator's ground-truth effects)
+    DIR/dataset/       `Dataset.save_to_disk`: one row per scan
+
+Row columns: ``scan_id`` (str, unique), ``subject_id`` (str), ``session_id`` (str), ``site`` (str),
+``tr`` (float32, s), ``atlas`` (str), ``n_timepoints`` (int32), ``timeseries`` (float32 ``(T, R)``,
+variable T), plus one column per phenotype (``sex`` "male"/"female", ``age`` years, ``diagnosis`` label,
+``fiq``, ...; missing values are None). Phenotypes never enter descriptors or prompts except as targets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmrilm.atlas import Atlas
+from fmrilm.errors import FmriInputError
+from fmrilm.scan import Scan
+
+COHORT_META = "cohort.json"
+DATASET_DIR = "dataset"
+CORE_COLUMNS = ("scan_id", "subject_id", "session_id", "site", "tr", "atlas", "n_timepoints", "timeseries")
+
+
+@dataclass
+class Cohort:
+    """A `datasets.Dataset` of scans plus the atlas they share and metadata about their phenotypes.
+
+    ``phenotypes`` maps column name -> kind ("binary", "multiclass", "regression").
+    """
+
+    dataset: Any  # datasets.Dataset
+    atlas: Atlas
+    name: str = "cohort"
+    phenotypes: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[Scan]:
+        for i in range(len(self)):
+            yield self.scan(i)
+
+    def scan(self, index: int) -> Scan:
+        row = self.dataset[int(index)]
+        return self.row_to_scan(row)
+
+    def row_to_scan(self, row: dict[str, Any]) -> Scan:
+        return Scan(
+            timeseries=np.asarray(row["timeseries"], dtype=np.float32),
+            tr=float(row["tr"]),
+            atlas=self.atlas,
+            scan_id=str(row["scan_id"]),
+            subject_id=str(row["subject_id"]),
+            session_id=str(row.get("session_id") or ""),
+            site=str(row.get("site") or ""),
+        )
+
+    def phenotype_table(self):
+        """One row per scan: ids, site and phenotype columns (no time series), as a pandas DataFrame."""
+        cols = [c for c in self.dataset.column_names if c != "timeseries"]
+        return self.dataset.select_columns(cols).to_pandas()
+
+    def select(self, indices: Iterable[int], name: str | None = None) -> Cohort:
+        return Cohort(
+            dataset=self.dataset.select(list(indices)),
+            atlas=self.atlas,
+            name=name or self.name,
+            phenotypes=dict(self.phenotypes),
+            meta=dict(self.meta),
+        )
+
+    # ---------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_scans(
+        cls,
+        scans: list[Scan],
+        phenotypes: list[dict[str, Any]] | None = None,
+        *,
+        atlas: Atlas,
+        name: str = "cohort",
+        phenotype_kinds: dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Cohort:
+        """Build a cohort in memory; every scan must have ``atlas.n_regions`` columns."""
+        import datasets
+
+        if not scans:
+            raise FmriInputError("No scan to put in the cohort", fix="give at least one scan")
+        phenotypes = phenotypes or [{} for _ in scans]
+        pheno_cols = list(dict.fromkeys(k for p in phenotypes for k in p))
+        rows: dict[str, list[Any]] = {c: [] for c in CORE_COLUMNS}
+        rows.update({c: [] for c in pheno_cols})
+        for scan, pheno in zip(scans, phenotypes, strict=True):
+            if scan.n_regions != atlas.n_regions:
+                raise FmriInputError(
+                    f"The scan has {scan.n_regions} regions but atlas '{atlas.name}' has {atlas.n_regions}",
+                    file=scan.source,
+                    subject=scan.subject_id,
+                    fix="parcellate every scan of a cohort with the same atlas, or pass the matching atlas",
+                )
+            rows["scan_id"].append(scan.scan_id)
+            rows["subject_id"].append(str(scan.subject_id))
+            rows["session_id"].append(scan.session_id or "")
+            rows["site"].append(scan.site or "")
+            rows["tr"].append(float(scan.tr))
+            rows["atlas"].append(atlas.name)
+            rows["n_timepoints"].append(scan.n_timepoints)
+            rows["timeseries"].append(np.asarray(scan.timeseries, dtype=np.float32))
+            for c in pheno_cols:
+                rows[c].append(pheno.get(c))
+        features = datasets.Features(
+            {
+                "scan_id": datasets.Value("string"),
+                "subject_id": datasets.Value("string"),
+                "session_id": datasets.Value("string"),
+                "site": datasets.Value("string"),
+                "tr": datasets.Value("float32"),
+                "atlas": datasets.Value("string"),
+                "n_timepoints": datasets.Value("int32"),
+                "timeseries": datasets.Array2D(shape=(None, atlas.n_regions), dtype="float32"),
+                **{c: _infer_feature(rows[c]) for c in pheno_cols},
+            }
+        )
+        dataset = datasets.Dataset.from_dict(rows, features=features)
+        kinds = phenotype_kinds or {c: _infer_kind(rows[c]) for c in pheno_cols}
+        return cls(dataset=dataset, atlas=atlas, name=name, phenotypes=kinds, meta=meta or {})
+
+    # ------------------------------------------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write atomically: a temporary sibling folder is renamed into place only when complete."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            self.dataset.save_to_disk(str(tmp / DATASET_DIR))
+            meta = {
+                "name": self.name,
+                "atlas": self.atlas.to_dict(),
+                "phenotypes": self.phenotypes,
+                "meta": self.meta,
+                "n_scans": len(self),
+            }
+            (tmp / COHORT_META).write_text(json.dumps(meta, indent=1, default=_json_default))
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Cohort:
+        import datasets
+
+        directory = Path(directory)
+        meta_path = directory / COHORT_META
+        if not meta_path.exists() or not (directory / DATASET_DIR).exists():
+            raise FmriInputError(
+                "Not a cohort folder (no cohort.json and dataset/)",
+                file=directory,
+                fix="create it with `fmrilm cohort import` or `fmrilm simulate`",
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+            dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
+        except Exception as exc:
+            raise FmriInputError(
+                f"The cohort folder is corrupt ({exc})", file=directory, fix="re-create the cohort"
+            ) from exc
+        return cls(
+            dataset=dataset,
+            atlas=Atlas.from_dict(meta["atlas"]),
+            name=meta.get("name", directory.name),
+            phenotypes=meta.get("phenotypes", {}),
+            meta=meta.get("meta", {}),
+        )
+
+
+def load_cohort(directory: str | Path) -> Cohort:
+    """Load a cohort folder written by `fmrilm cohort import` or `fmrilm simulate`."""
+    return Cohort.load(directory)
+
+
+def _infer_feature(values: list[Any]):
+    import datasets
+
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+        return datasets.Value("bool")
+    if present and all(isinstance(v, (int, float, np.integer, np.floating)) for v in present):
+        return datasets.Value("float32")
+    return datasets.Value("string")
+
+
+def _infer_kind(values: list[Any]) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (int, float, np.integer, np.floating)) for v in present):
+        return "regression"
+    return "binary" if len(set(present)) <= 2 else "multiclass"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

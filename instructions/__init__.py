@@ -1,0 +1,1 @@
+"""Declarative task specs and the instruction-set builder (installed as fmrilm.instructions)."""
