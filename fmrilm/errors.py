@@ -29,5 +29,6 @@ class FmriInputError(ValueError):
             where.append(f"file '{self.file}'")
         if self.subject is not None:
             where.append(f"subject '{self.subject}'")
-        prefix = (" and ".join(where)).capitalize() + ": " if where else ""
+        joined = " and ".join(where)  # not str.capitalize(): it would lower-case the file name
+        prefix = joined[:1].upper() + joined[1:] + ": " if where else ""
         super().__init__(f"{prefix}{self.problem}. Fix: {self.fix}.")
