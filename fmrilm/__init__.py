@@ -16,6 +16,7 @@ _LAZY = {
     "Scan": "fmrilm.scan",
     "FmriInputError": "fmrilm.errors",
     "load_scan": "fmrilm.io",
+    "load_scans": "fmrilm.io",
     "Cohort": "fmrilm.cohort",
     "load_cohort": "fmrilm.cohort",
 }
