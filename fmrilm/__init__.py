@@ -19,6 +19,8 @@ _LAZY = {
     "load_scans": "fmrilm.io",
     "Cohort": "fmrilm.cohort",
     "load_cohort": "fmrilm.cohort",
+    "FmriTokenizerConfig": "fmrilm.tokenizer",
+    "FmriTokenizerModel": "fmrilm.tokenizer",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
