@@ -58,9 +58,10 @@ def load_scan(
     ``SignalConfig.min_timepoints``.
     """
     path = Path(path)
-    kind = _check_path(path, subject)
+    named = subject or key or _stem(path)  # who the error messages name before the data is read
+    kind = _check_path(path, named)
     if kind in ("npz", "h5"):
-        arrays, meta_tr, close = _open_keyed(path, kind, subject)
+        arrays, meta_tr, close = _open_keyed(path, kind, named)
         try:
             return _load_keyed(
                 path, kind, arrays, meta_tr, atlas, tr, subject, key, bad_regions, min_timepoints
@@ -175,7 +176,8 @@ def _check_path(path: Path, subject: str | None) -> str:
                     ".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".nii": "nifti", ".nii.gz": "nifti"}[ext]  # fmt: skip
     raise FmriInputError(
         f"Unsupported file type '{''.join(path.suffixes) or path.name}'",
-        fix=f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)} (time x regions, or a NIfTI 4D image)",
+        fix=f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS).replace('.1d', '.1D')} (time x regions, "
+        "or a NIfTI 4D image)",
         file=path,
         subject=subject,
     )
@@ -199,7 +201,7 @@ def _corrupt(path: Path, subject: str | None, exc: BaseException, what: str) -> 
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return FmriInputError(
         f"Cannot read the file as {what} ({detail[:200]})",
-        fix=f"check that the file is a complete, uncorrupted {what} (re-export or re-download it)",
+        fix=f"check that the file is complete and really {what} (re-export or re-download it)",
         file=path,
         subject=subject,
     )
@@ -461,7 +463,7 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
         line = row + skip + 1 + (1 if has_header else 0)
         raise FmriInputError(
             f"Non-numeric cell {str(table.iat[row, col])[:40]!r} at line {line}, column "
-            f"{table.columns[col]!r} ({int(bad.sum())} such cells in all)",
+            f"{table.columns[col]!r} ({int(bad.sum())} non-numeric cell(s) in all)",
             fix="every cell must be a number (use NaN for a missing value); remove text columns or extra header rows",
             file=path,
             subject=subject,
