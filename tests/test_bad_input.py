@@ -55,7 +55,7 @@ def test_unsupported_extension(tmp_path):
     path = tmp_path / "sub-1.xlsx"
     path.write_bytes(b"PK\x03\x04")
     error = _raises(path, "sub-1", "Unsupported file type '.xlsx'", tr=2.0)
-    assert ".1d" in error.fix and ".nii.gz" in error.fix
+    assert ".1D" in error.fix and ".nii.gz" in error.fix
 
 
 @pytest.mark.parametrize(
