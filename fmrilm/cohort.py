@@ -5,11 +5,13 @@ On disk a cohort is one folder:
     DIR/cohort.json    name, atlas (labels, MNI coords, networks), phenotype columns and their kinds,
                        label maps, free metadata (e.g. the simulator's ground-truth effects)
     DIR/dataset/       `Dataset.save_to_disk`: one row per scan
+    DIR/splits/*.json  optional subject-level splits (`fmrilm cohort split`, see fmrilm.splits)
 
 Row columns: ``scan_id`` (str, unique), ``subject_id`` (str), ``session_id`` (str), ``site`` (str),
 ``tr`` (float32, s), ``atlas`` (str), ``n_timepoints`` (int32), ``timeseries`` (float32 ``(T, R)``,
-variable T), plus one column per phenotype (``sex`` "male"/"female", ``age`` years, ``diagnosis`` label,
-``fiq``, ...; missing values are None). Phenotypes never enter descriptors or prompts except as targets.
+variable T), ``bad_regions`` (int32 list: regions found constant/all-zero/non-finite and repaired on the way
+in, from ``scan.flags['bad_regions']``, so no repair is silent), plus one column per phenotype (``sex``
+"male"/"female", ``age`` years, ``diagnosis`` label, ``fiq``, ...; missing values are None). Phenotypes never enter descriptors or prompts except as targets.
 """
 
 from __future__ import annotations
@@ -30,7 +32,17 @@ from fmrilm.scan import Scan
 
 COHORT_META = "cohort.json"
 DATASET_DIR = "dataset"
-CORE_COLUMNS = ("scan_id", "subject_id", "session_id", "site", "tr", "atlas", "n_timepoints", "timeseries")
+CORE_COLUMNS = (
+    "scan_id",
+    "subject_id",
+    "session_id",
+    "site",
+    "tr",
+    "atlas",
+    "n_timepoints",
+    "timeseries",
+    "bad_regions",
+)
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Cohort:
         return self.row_to_scan(row)
 
     def row_to_scan(self, row: dict[str, Any]) -> Scan:
+        bad = row.get("bad_regions")
         return Scan(
             timeseries=np.asarray(row["timeseries"], dtype=np.float32),
             tr=float(row["tr"]),
@@ -67,6 +80,7 @@ class Cohort:
             subject_id=str(row["subject_id"]),
             session_id=str(row.get("session_id") or ""),
             site=str(row.get("site") or ""),
+            flags={"bad_regions": [int(i) for i in bad]} if bad is not None and len(bad) else {},
         )
 
     def phenotype_table(self):
@@ -120,6 +134,7 @@ class Cohort:
             rows["atlas"].append(atlas.name)
             rows["n_timepoints"].append(scan.n_timepoints)
             rows["timeseries"].append(np.asarray(scan.timeseries, dtype=np.float32))
+            rows["bad_regions"].append([int(i) for i in scan.flags.get("bad_regions", [])])
             for c in pheno_cols:
                 rows[c].append(pheno.get(c))
         features = datasets.Features(
@@ -132,6 +147,7 @@ class Cohort:
                 "atlas": datasets.Value("string"),
                 "n_timepoints": datasets.Value("int32"),
                 "timeseries": datasets.Array2D(shape=(None, atlas.n_regions), dtype="float32"),
+                "bad_regions": getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32")),
                 **{c: _infer_feature(rows[c]) for c in pheno_cols},
             }
         )
