@@ -434,6 +434,12 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
     sep = "\t" if "\t" in first else "," if "," in first else ";" if ";" in first else None
     cells = _split(first, sep)
     has_header = not all(_is_float(c) for c in cells if c) or _is_index_header(cells)
+    special = has_header and _has_special_columns(cells)
+    if not special:
+        fast = _loadtxt(path, sep, skip + int(has_header))
+        if fast is not None:
+            return fast, None
+    # Slow path: pandas handles quoting, empty cells, index/time columns, and locates a bad cell for the message.
     try:
         table = pd.read_csv(
             path,
@@ -456,7 +462,9 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
             file=path,
             subject=subject,
         )
-    numeric = table.apply(pd.to_numeric, errors="coerce")
+    numeric = table.copy()
+    for column in table.columns[[dtype.kind not in "biuf" for dtype in table.dtypes]]:
+        numeric[column] = pd.to_numeric(table[column], errors="coerce")
     bad = numeric.isna().to_numpy() & ~table.isna().to_numpy()
     if bad.any():
         row, col = (int(v[0]) for v in np.nonzero(bad))
@@ -469,6 +477,30 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
             subject=subject,
         )
     return numeric.to_numpy(dtype=np.float32), found_tr
+
+
+def _loadtxt(path: Path, sep: str | None, skip: int) -> np.ndarray | None:
+    """NumPy's C reader for the common clean case (all numbers); None sends the caller to the pandas path."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported by the pandas path
+            data = np.loadtxt(
+                path,
+                delimiter=sep,
+                skiprows=skip,
+                comments="#",
+                dtype=np.float32,
+                ndmin=2,
+                encoding="utf-8-sig",
+            )
+    except (ValueError, TypeError, UnicodeError):
+        return None
+    return data if data.size else None
+
+
+def _has_special_columns(cells: list[str]) -> bool:
+    names = [c.strip().strip('"').lower() for c in cells]
+    return bool(names and names[0] == "") or any(n in TIME_COLUMNS or n in TR_NAMES for n in names)
 
 
 def _is_index_header(cells: list[str]) -> bool:
