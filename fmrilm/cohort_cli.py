@@ -192,8 +192,8 @@ def summarize(cohort) -> dict[str, Any]:
     def stats(series) -> dict[str, Any]:
         present = series.dropna()
         return {
-            "mean": round(float(present.mean()), 3) if len(present) else None,
-            "sd": round(float(present.std()), 3) if len(present) > 1 else None,
+            "mean": float(present.mean()) if len(present) else None,
+            "sd": float(present.std()) if len(present) > 1 else None,
             "n": int(len(present)),
             "missing": int(series.isna().sum()),
         }

@@ -75,6 +75,7 @@ class CohortMapping:
     phenotypes: dict[str, PhenotypeSpec] = field(default_factory=dict)
     name: str | None = None
     source: str | None = None  # where it came from, for error messages
+    origins: dict[str, str] = field(default_factory=dict)  # "ids.site" / "phenotypes.age" -> its source
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> CohortMapping:
@@ -140,11 +141,14 @@ class CohortMapping:
                 values={_norm(k): str(v) for k, v in values.items()} if values else None,
                 missing=tuple(_norm(m) for m in missing),
             )
+        ids = {k: str(v) for k, v in ids.items() if v is not None}
+        origin = source or "the mapping"
         return cls(
-            ids={k: str(v) for k, v in ids.items() if v is not None},
+            ids=ids,
             phenotypes=phenos,
             name=data.get("name"),
             source=source,
+            origins={**{f"ids.{k}": origin for k in ids}, **{f"phenotypes.{k}": origin for k in phenos}},
         )
 
     @classmethod
@@ -195,6 +199,15 @@ class CohortMapping:
             phenotypes=phenos,
             name=other.name or self.name,
             source=" + ".join(s for s in (self.source, other.source) if s) or None,
+            origins={
+                **self.origins,
+                **{k: v for k, v in other.origins.items() if not k.startswith("phenotypes.")},
+                **{
+                    f"phenotypes.{k}": other.source or "the mapping"
+                    for k, spec in other.phenotypes.items()
+                    if spec.column
+                },
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -517,13 +530,14 @@ def _is_missing(raw: str, extra: tuple[str, ...] = ()) -> bool:
 def _with_default_ids(mapping: CohortMapping, columns: list[str]) -> CohortMapping:
     """Fill unmapped ids from conventional column names (participant_id, session, site, tr ...)."""
     lower = {c.lower(): c for c in columns}
-    ids = dict(mapping.ids)
+    ids, origins = dict(mapping.ids), dict(mapping.origins)
     for key, candidates in ID_DEFAULT_COLUMNS.items():
         if key not in ids:
             found = next((lower[c] for c in candidates if c in lower), None)
             if found is not None:
                 ids[key] = found
-    return replace(mapping, ids=ids)
+                origins[f"ids.{key}"] = "its conventional column name"
+    return replace(mapping, ids=ids, origins=origins)
 
 
 def _check_columns(
@@ -538,7 +552,6 @@ def _check_columns(
     columns = list(frame.columns)
     have = set(columns)
     shown = ", ".join(columns[:30]) + (" ..." if len(columns) > 30 else "")
-    where = mapping.source or "the mapping"
     if "scan_id" not in mapping.ids and "subject_id" not in mapping.ids:
         raise FmriInputError(
             "No column gives the subject or scan id",
@@ -556,10 +569,11 @@ def _check_columns(
                 fix=f"add --phenotype {what.split('.', 1)[1]}=COLUMN, or define it in the mapping YAML",
             )
         if col not in have:
+            where = mapping.origins.get(what, mapping.source or "the mapping")
             raise FmriInputError(
                 f"The table has no column '{col}' (mapped to {what} by {where})",
                 file=table_path,
-                fix=f"correct the column name in {where}; the table's columns are: {shown}",
+                fix=f"correct the column name ({where}); the table's columns are: {shown}",
             )
     for flag, col in (("--path-column", path_column), ("--npz-key", npz_key)):
         if col and col not in have:

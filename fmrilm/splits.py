@@ -365,7 +365,8 @@ def _check_sites_share_no_subject(table, part: np.ndarray) -> None:
     spanning = parts_of[parts_of > 1].index.tolist()
     if spanning:
         raise FmriInputError(
-            f"Subject(s) {', '.join(map(str, spanning[:5]))} have scans at sites in different parts",
+            f"The subject has scans at sites that fall in different parts ({len(spanning)} such subject(s): "
+            f"{', '.join(map(str, spanning[:5]))})",
             subject=str(spanning[0]),
             fix="choose test/validation sites that keep each subject's scans together, or drop those scans",
         )
