@@ -16,7 +16,10 @@ from fmrilm.errors import FmriInputError
 #: name -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("fmrilm.data_gen.simulate_cli", "Write a synthetic resting-state cohort (optionally NIfTI)."),
-    "cohort": ("fmrilm.cohort_cli", "Import a cohort (participants table + scans) or print its summary."),
+    "cohort": (
+        "fmrilm.cohort_cli",
+        "Import a cohort (participants table + scans), print its summary, or split it by subject or site.",
+    ),
 }
 
 
