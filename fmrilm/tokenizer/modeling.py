@@ -319,11 +319,13 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         coords: torch.Tensor,
         time_mask: torch.Tensor | None = None,
         mask_ratio: float = 0.0,
+        generator: torch.Generator | None = None,
         return_dict: bool = True,
         **_: Any,
     ) -> FmriTokenizerOutput:
-        """Encode, quantize and reconstruct a batch of windows; ``mask_ratio`` hides patches (training)."""
-        latents, visible, patch_valid = self.encode_latents(windows, coords, time_mask, mask_ratio)
+        """Encode, quantize and reconstruct a batch of windows; ``mask_ratio`` hides patches (training),
+        drawn with ``generator`` when given (reproducible runs)."""
+        latents, visible, patch_valid = self.encode_latents(windows, coords, time_mask, mask_ratio, generator)
         quantized, codes, commit = self.quantize(latents)
         reconstruction = self.decode_latents(quantized, coords)
         return FmriTokenizerOutput(

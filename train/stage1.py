@@ -1,0 +1,676 @@
+"""Stage 1: train the VQ fMRI tokenizer on one or more cohorts (`fmrilm train tokenizer`).
+
+Cohorts may use different atlases: every cohort is cut into windows once (with the tokenizer's own signal
+settings), and each batch is drawn from ONE cohort, since region counts differ; cohorts are drawn in
+proportion to their training windows. A seeded share of SUBJECTS of every cohort is held out for validation
+(``split.json`` lists them). The batch of step ``s`` and its patch masking are a function of (seed, s) only,
+so a resumed run sees exactly the batches the uninterrupted run would have seen.
+
+Descriptor texts (from a `fmrilm corpus build` folder) and a frozen base LLM add the alignment losses;
+without a corpus the tokenizer learns reconstruction + commitment only, and the log says so.
+
+Output folder: ``config.json`` + ``model.safetensors`` (load with ``FmriTokenizerModel.from_pretrained(OUT)``),
+``metrics.json``, ``train_config.json``, ``split.json``, ``checkpoints/`` (resume) and the text-embedding cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmrilm.errors import FmriInputError
+
+logger = logging.getLogger("fmrilm.train.stage1")
+
+TRAIN_CONFIG = "train_config.json"
+SPLIT_FILE = "split.json"
+METRICS_FILE = "metrics.json"
+#: Windows with fewer real samples than this share of the window are not used (mostly padding).
+MIN_VALID_SHARE = 0.5
+#: Columns of a corpus that are identifiers or numbers, never descriptor text.
+_NON_TEXT_COLUMNS = {
+    "scan_id",
+    "subject_id",
+    "session_id",
+    "site",
+    "atlas",
+    "window",
+    "split",
+    "cohort",
+    "seed",
+}
+
+
+@dataclass
+class Stage1Config:
+    """Everything a Stage 1 run depends on; saved as ``train_config.json`` and checked on resume."""
+
+    cohorts: list[str]
+    out: str
+    corpus: list[str] = field(default_factory=list)
+    llm: str | None = None
+    align: bool = True
+    init_from: str | None = None
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 25
+    keep_checkpoints: int = 2
+    max_val_windows: int = 1024
+    seed: int = 0
+    threads: int | None = None
+    progress: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    #: Fields that may differ between a run and its resumption.
+    RESUMABLE_CHANGES = (
+        "steps",
+        "eval_every",
+        "save_every",
+        "log_every",
+        "keep_checkpoints",
+        "progress",
+        "threads",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class WindowSet:
+    """All windows of one cohort (one atlas), as tensors ready for batching."""
+
+    name: str
+    coords: Any  # torch (R, 3)
+    windows: Any  # torch (N, L, R)
+    mask: Any  # torch (N, L) bool
+    scan_ids: np.ndarray
+    window_index: np.ndarray
+    subjects: np.ndarray
+    sites: np.ndarray  # global site index, -1 unknown
+    text_index: Any  # torch (N,) long, -1 = no text
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    def subset(self, rows: np.ndarray) -> WindowSet:
+        import torch
+
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return WindowSet(
+            name=self.name,
+            coords=self.coords,
+            windows=self.windows[idx],
+            mask=self.mask[idx],
+            scan_ids=self.scan_ids[rows],
+            window_index=self.window_index[rows],
+            subjects=self.subjects[rows],
+            sites=self.sites[rows],
+            text_index=self.text_index[idx],
+        )
+
+
+def cohort_windows(cohort: Any, config: Any, progress: bool = False) -> dict[str, Any]:
+    """Cut every scan of a cohort into the windows of a tokenizer ``config``; drop mostly-padding windows."""
+    from fmrilm.signal import scan_windows
+
+    signal_config = config.signal_config()
+    scans = range(len(cohort))
+    if progress:
+        from tqdm.auto import tqdm
+
+        scans = tqdm(scans, desc=f"windows of {cohort.name}", unit="scan")
+    wins, masks, scan_ids, widx, subjects, sites = [], [], [], [], [], []
+    min_valid = max(config.patch_length, int(MIN_VALID_SHARE * config.window_length))
+    for i in scans:
+        scan = cohort.scan(i)
+        w, m = scan_windows(scan, signal_config)
+        keep = m.sum(1) >= min(min_valid, m.sum(1).max())
+        for j in np.flatnonzero(keep):
+            wins.append(w[j])
+            masks.append(m[j])
+            scan_ids.append(scan.scan_id)
+            widx.append(int(j))
+            subjects.append(str(scan.subject_id))
+            sites.append(str(scan.site or ""))
+    if not wins:
+        raise FmriInputError("The cohort has no usable window", file=cohort.name, fix="check its scans")
+    return {
+        "windows": np.stack(wins).astype(np.float32),
+        "mask": np.stack(masks),
+        "scan_ids": np.asarray(scan_ids),
+        "window_index": np.asarray(widx),
+        "subjects": np.asarray(subjects),
+        "sites": np.asarray(sites),
+    }
+
+
+def load_window_texts(corpus_dir: str | os.PathLike) -> dict[tuple[str, int], str]:
+    """``{(scan_id, window): descriptor text}`` from a corpus folder written by `fmrilm corpus build`.
+
+    A ``text`` column is used when present; otherwise every string column that is not an identifier (one per
+    descriptor family) is joined, in column order. ``window`` -1 (or a missing window column) means a
+    whole-scan text, used for every window of that scan that has no text of its own.
+    """
+    import datasets
+
+    path = Path(corpus_dir)
+    candidates = [path, path / "dataset", path / "corpus"]
+    dataset = None
+    for cand in candidates:
+        if (
+            (cand / "dataset_info.json").exists()
+            or (cand / "state.json").exists()
+            or (cand / "dataset_dict.json").exists()
+        ):
+            try:
+                dataset = datasets.load_from_disk(str(cand))
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure is reported as one clear sentence
+                raise FmriInputError(
+                    f"Cannot read the descriptor corpus ({exc})",
+                    file=cand,
+                    fix="rebuild it with `fmrilm corpus build`",
+                ) from exc
+    if dataset is None:
+        raise FmriInputError(
+            "Not a descriptor corpus folder (no saved datasets.Dataset found)",
+            file=path,
+            fix="build it with `fmrilm corpus build COHORT --out DIR`",
+        )
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = datasets.concatenate_datasets(list(dataset.values()))
+    if "scan_id" not in dataset.column_names:
+        raise FmriInputError(
+            "The corpus has no scan_id column", file=path, fix="rebuild it with `fmrilm corpus build`"
+        )
+    if "text" in dataset.column_names:
+        text_cols = ["text"]
+    else:
+        text_cols = [
+            name
+            for name, feature in dataset.features.items()
+            if name not in _NON_TEXT_COLUMNS and getattr(feature, "dtype", None) in ("string", "large_string")
+        ]
+    if not text_cols:
+        raise FmriInputError(
+            "The corpus has no text column", file=path, fix="rebuild it with `fmrilm corpus build`"
+        )
+    columns = ["scan_id", *text_cols] + (["window"] if "window" in dataset.column_names else [])
+    table = dataset.select_columns(columns).to_pandas()
+    out: dict[tuple[str, int], str] = {}
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        text = " ".join(str(row[c]).strip() for c in text_cols if row[c] is not None and str(row[c]).strip())
+        if not text:
+            continue
+        window = row.get("window")
+        window = -1 if window is None or (isinstance(window, float) and np.isnan(window)) else int(window)
+        out[(str(row["scan_id"]), window)] = text
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _resolve_llm_spec(cfg: Stage1Config) -> str | None:
+    return cfg.llm if cfg.llm else None
+
+
+def _text_embedder(cfg: Stage1Config, out_dir: Path):
+    from fmrilm.tokenizer.text_embedding import TextEmbedder
+
+    spec = _resolve_llm_spec(cfg)
+    tag = hashlib.sha1(str(spec or "default").encode()).hexdigest()[:10]
+    return TextEmbedder.from_pretrained(spec, cache_path=out_dir / f"text_embeddings-{tag}.safetensors")
+
+
+def _check_resume_config(cfg: Stage1Config, out_dir: Path) -> None:
+    path = out_dir / TRAIN_CONFIG
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = cfg.to_dict()
+    changed = sorted(k for k in new if k not in Stage1Config.RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise FmriInputError(
+            f"The run in this folder was started with other settings ({', '.join(changed)})",
+            file=out_dir,
+            fix="resume with the same settings, or write to a new --out folder",
+        )
+
+
+def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
+    """Run Stage 1 and write the trained tokenizer to ``cfg.out``; returns that folder."""
+    import torch
+    from fmrilm.train.common import (
+        MetricsLog,
+        TrainState,
+        load_checkpoint,
+        make_accelerator,
+        progress_bar,
+        save_checkpoint,
+        subject_split,
+        warmup_cosine,
+        write_json,
+    )
+
+    from fmrilm.cohort import load_cohort
+    from fmrilm.tokenizer import FmriTokenizerConfig, FmriTokenizerModel
+    from fmrilm.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if not cfg.cohorts:
+        raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
+    out_dir = Path(cfg.out)
+    if out_dir.exists() and not resume and any(out_dir.iterdir()):
+        if (out_dir / TRAIN_CONFIG).exists() or (out_dir / "checkpoints").exists():
+            raise FmriInputError(
+                "The output folder already holds a training run",
+                file=out_dir,
+                fix="pass --resume to continue it, or choose another --out",
+            )
+    if resume:
+        _check_resume_config(cfg, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
+    accelerator = make_accelerator(out_dir, seed=cfg.seed)
+    show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
+
+    # ---- model config (the model itself is built once the LLM width is known)
+    if cfg.init_from:
+        model_config = FmriTokenizerConfig.from_pretrained(cfg.init_from)
+    else:
+        model_config = FmriTokenizerConfig.from_preset(cfg.preset, **cfg.model)
+
+    # ---- data
+    cohorts = [load_cohort(c) for c in cfg.cohorts]
+    names = [c.name for c in cohorts]
+    if len(set(names)) != len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    texts: dict[tuple[str, int], str] = {}
+    use_align = bool(cfg.corpus) and cfg.align
+    for corpus in cfg.corpus if use_align else []:
+        texts.update(load_window_texts(corpus))
+    if not use_align:
+        reason = "no --corpus given" if not cfg.corpus else "alignment switched off"
+        logger.info(
+            "training with reconstruction + commitment only (%s: no descriptor-text alignment)", reason
+        )
+
+    raw = [cohort_windows(c, model_config, progress=bool(show)) for c in cohorts]
+    site_names = sorted({f"{n}:{s}" for n, r in zip(names, raw, strict=True) for s in set(r["sites"]) if s})
+    site_of = {s: i for i, s in enumerate(site_names)}
+    unique_texts: list[str] = []
+    text_pos: dict[str, int] = {}
+    sets_train, sets_val, split_info = [], [], {}
+    for name, cohort, r in zip(names, cohorts, raw, strict=True):
+        tidx = np.full(len(r["windows"]), -1, dtype=np.int64)
+        if use_align:
+            for i, (sid, w) in enumerate(zip(r["scan_ids"], r["window_index"], strict=True)):
+                text = texts.get((str(sid), int(w))) or texts.get((str(sid), -1))
+                if text is not None:
+                    if text not in text_pos:
+                        text_pos[text] = len(unique_texts)
+                        unique_texts.append(text)
+                    tidx[i] = text_pos[text]
+        ws = WindowSet(
+            name=name,
+            coords=torch.as_tensor(cohort.atlas.coords, dtype=torch.float32),
+            windows=torch.from_numpy(r["windows"]),
+            mask=torch.from_numpy(r["mask"]),
+            scan_ids=r["scan_ids"],
+            window_index=r["window_index"],
+            subjects=r["subjects"],
+            sites=np.asarray([site_of.get(f"{name}:{s}", -1) if s else -1 for s in r["sites"]]),
+            text_index=torch.from_numpy(tidx),
+        )
+        is_val = subject_split(ws.subjects, cfg.val_fraction, seed=cfg.seed)
+        sets_train.append(ws.subset(np.flatnonzero(~is_val)))
+        if is_val.any():
+            val_rows = np.flatnonzero(is_val)
+            if len(val_rows) > cfg.max_val_windows:
+                val_rows = np.sort(
+                    np.random.default_rng(cfg.seed).choice(val_rows, cfg.max_val_windows, replace=False)
+                )
+            sets_val.append(ws.subset(val_rows))
+        split_info[name] = {
+            "cohort": str(cfg.cohorts[names.index(name)]),
+            "atlas": cohort.atlas.name,
+            "n_regions": cohort.atlas.n_regions,
+            "train_windows": int((~is_val).sum()),
+            "val_windows": int(is_val.sum()),
+            "val_subjects": sorted(set(ws.subjects[is_val].tolist())),
+        }
+    if use_align and not unique_texts:
+        raise FmriInputError(
+            "No window of the cohorts has a descriptor text in the corpus (scan ids do not match)",
+            file=cfg.corpus[0],
+            fix="build the corpus from the same cohort with `fmrilm corpus build COHORT --out DIR`",
+        )
+
+    text_table = None
+    if use_align:
+        embedder = _text_embedder(cfg, out_dir)
+        text_table = embedder.embed(unique_texts, progress=bool(show))
+        if cfg.init_from and model_config.text_embed_dim not in (None, embedder.dim):
+            raise FmriInputError(
+                f"The initial tokenizer is aligned to a {model_config.text_embed_dim}-wide LLM, not {embedder.dim}",
+                file=cfg.init_from,
+                fix="use the --llm it was trained with",
+            )
+        model_config.text_embed_dim = embedder.dim
+        del embedder
+        logger.info(
+            "aligning to %d distinct descriptor texts (LLM width %d)", len(unique_texts), text_table.shape[1]
+        )
+    if cfg.init_from:
+        model = FmriTokenizerModel.from_pretrained(cfg.init_from, config=model_config)
+    else:
+        model = FmriTokenizerModel(model_config)
+
+    loss_fn = TokenizerLoss(
+        loss_cfg,
+        model.config.hidden_size,
+        text_embed_dim=model.config.text_embed_dim if use_align else None,
+        num_sites=len(site_names),
+    )
+    params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    model, loss_fn, optimizer, scheduler = accelerator.prepare(model, loss_fn, optimizer, scheduler)
+    device = accelerator.device
+
+    state = TrainState()
+    if resume:
+        loaded = load_checkpoint(accelerator, out_dir)
+        if loaded is None:
+            logger.info("no checkpoint in %s: starting from step 0", out_dir)
+        else:
+            state = loaded
+    if accelerator.is_main_process:
+        write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+        write_json(
+            out_dir / SPLIT_FILE, {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "cohorts": split_info}
+        )
+    metrics = MetricsLog(out_dir / METRICS_FILE, resume=resume, resume_step=state.step)
+    metrics.set(
+        "setup",
+        {
+            "alignment": use_align,
+            "n_texts": len(unique_texts),
+            "sites": site_names,
+            "cohorts": split_info,
+            "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        },
+    )
+
+    sizes = np.asarray([len(s) for s in sets_train], dtype=float)
+    if sizes.sum() == 0:
+        raise FmriInputError(
+            "No training window is left after the validation split", fix="lower --val-fraction"
+        )
+    cohort_p = torch.as_tensor(sizes / sizes.sum())
+    text_table_dev = text_table.to(device) if text_table is not None else None
+    unwrapped = accelerator.unwrap_model(model)
+
+    def batch_for(step: int):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        c = int(torch.multinomial(cohort_p, 1, generator=gen))
+        ws = sets_train[c]
+        rows = torch.randint(len(ws), (min(cfg.batch_size, len(ws)),), generator=gen)
+        return ws, rows, gen
+
+    model.train()
+    loss_fn.train()
+    start_time, start_step = time.time(), state.step
+    running: dict[str, list[float]] = {}
+    with progress_bar(
+        cfg.steps, initial=state.step, desc="stage 1 (tokenizer)", disable=None if show else True
+    ) as bar:
+        while state.step < cfg.steps:
+            ws, rows, gen = batch_for(state.step)
+            x = ws.windows[rows].to(device)
+            m = ws.mask[rows].to(device)
+            coords = ws.coords.to(device)
+            out = model(x, coords, m, mask_ratio=loss_cfg.mask_ratio, generator=gen)
+            text_emb = text_index = None
+            if text_table_dev is not None:
+                tid = ws.text_index[rows]
+                present = tid[tid >= 0]
+                if present.numel():
+                    uniq, local = torch.unique(present, return_inverse=True)
+                    text_index = torch.full_like(tid, -1)
+                    text_index[tid >= 0] = local
+                    text_index = text_index.to(device)
+                    text_emb = text_table_dev[uniq.to(device)]
+            site_index = torch.as_tensor(ws.sites[rows.numpy()], device=device)
+            total, parts = loss_fn(
+                out,
+                x,
+                m,
+                align_proj=unwrapped.align_proj,
+                text_embeddings=text_emb,
+                text_index=text_index,
+                site_index=site_index,
+            )
+            accelerator.backward(total)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            bar.update(1)
+            parts["loss"] = float(total.detach())
+            for k, v in parts.items():
+                running.setdefault(k, []).append(v)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                avg = {k: float(np.mean(v)) for k, v in running.items()}
+                running = {}
+                elapsed = time.time() - start_time
+                metrics.log(
+                    "train",
+                    step=state.step,
+                    lr=scheduler.get_last_lr()[0],
+                    steps_per_s=(state.step - start_step) / max(elapsed, 1e-9),
+                    **avg,
+                )
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", rec=f"{avg['reconstruction']:.3f}")
+            if sets_val and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
+                val = evaluate(unwrapped, sets_val, text_table, seed=cfg.seed)
+                metrics.log("val", step=state.step, **val)
+                score = val["r2"]
+                if state.best_metric is None or score > state.best_metric:
+                    state.best_metric, state.best_step = score, state.step
+                logger.info(
+                    "step %d: held-out R2 %.3f (masked patches %.3f), codebook usage %.2f, perplexity %.0f",
+                    state.step,
+                    val["r2"],
+                    val.get("r2_masked", float("nan")),
+                    val["usage"],
+                    val["perplexity"],
+                )
+            if state.step % cfg.save_every == 0 or state.step == cfg.steps:
+                save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
+
+    if accelerator.is_main_process:
+        save_tokenizer(unwrapped, out_dir)
+        metrics.set(
+            "summary", {"step": state.step, "best_r2": state.best_metric, "best_step": state.best_step}
+        )
+        logger.info("tokenizer written to %s", out_dir)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def save_tokenizer(model: Any, out_dir: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then move its files into ``out_dir`` (config last)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=out_dir))
+    try:
+        model.save_pretrained(tmp)
+        files = sorted(tmp.iterdir(), key=lambda p: p.name == "config.json")
+        for f in files:
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate(model: Any, sets: list[WindowSet], text_table: Any = None, seed: int = 0) -> dict[str, float]:
+    """Held-out metrics pooled over cohorts: R² (all / masked patches), codebook use, retrieval."""
+    import torch
+
+    from fmrilm.tokenizer.metrics import code_usage, reconstruction_r2, retrieval_accuracy
+
+    device = model.device
+    n_total, r2, r2m, codes_all, brains, text_ids = 0, 0.0, 0.0, [], [], []
+    for ws in sets:
+        x, m, c = ws.windows.to(device), ws.mask.to(device), ws.coords.to(device)
+        res = reconstruction_r2(model, x, m, c, seed=seed)
+        n = len(ws)
+        r2 += res["r2"] * n
+        r2m += res["r2_masked"] * n
+        n_total += n
+        codes_all.append(model.encode(x, c, m).cpu())
+        if text_table is not None and model.align_proj is not None:
+            has = ws.text_index >= 0
+            if has.any():
+                with torch.no_grad():
+                    pooled = model.embed(x[has.to(device)], c, m[has.to(device)])
+                    brains.append(model.align_proj(pooled).cpu())
+                text_ids.append(ws.text_index[has])
+    result = {"r2": r2 / n_total, "r2_masked": r2m / n_total}
+    result.update(code_usage(torch.cat(codes_all), model.config.codebook_size))
+    if brains:
+        ids = torch.cat(text_ids)
+        uniq, target = torch.unique(ids, return_inverse=True)
+        ret = retrieval_accuracy(torch.cat(brains), text_table[uniq], target)
+        result.update({f"retrieval_{k}": v for k, v in ret.items()})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.tokenizer.losses import TokenizerLossConfig
+
+    defaults = TokenizerLossConfig()
+    p = parser
+    p.add_argument(
+        "--cohort", action="append", required=True, metavar="DIR", help="cohort folder (repeatable)"
+    )
+    p.add_argument(
+        "--corpus", action="append", default=[], metavar="DIR", help="descriptor corpus (repeatable)"
+    )
+    p.add_argument(
+        "--llm", default=None, help="base LLM for text embeddings: hub id, folder or .gguf (default: SmolLM2)"
+    )
+    p.add_argument(
+        "--no-align", action="store_true", help="ignore the corpus: reconstruction + commitment only"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (tokenizer, metrics, checkpoints)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", default=None, metavar="DIR", help="start from a saved tokenizer")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--quantizer", choices=["vq", "fsq"], default=None)
+    p.add_argument("--codebook-size", type=int, default=None)
+    p.add_argument("--num-latents", type=int, default=None)
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out per cohort")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for name in (
+        "reconstruction_weight",
+        "mask_ratio",
+        "commitment_weight",
+        "alignment_weight",
+        "adversarial_weight",
+        "site_weight",
+    ):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> Stage1Config:
+    model = {
+        k: v
+        for k, v in {
+            "quantizer": args.quantizer,
+            "codebook_size": args.codebook_size,
+            "num_latents": args.num_latents,
+            "hidden_size": args.hidden_size,
+        }.items()
+        if v is not None
+    }
+    loss = {
+        k: getattr(args, k)
+        for k in (
+            "reconstruction_weight",
+            "mask_ratio",
+            "commitment_weight",
+            "alignment_weight",
+            "adversarial_weight",
+            "site_weight",
+        )
+    }
+    return Stage1Config(
+        cohorts=[str(c) for c in args.cohort],
+        out=str(args.out),
+        corpus=[str(c) for c in args.corpus],
+        llm=args.llm,
+        align=not args.no_align,
+        init_from=args.init_from,
+        preset=args.preset,
+        model=model,
+        loss=loss,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        val_fraction=args.val_fraction,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        threads=args.threads,
+        progress=False if args.no_progress else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmrilm.train.common import setup_logging
+
+    setup_logging()
+    out = train_tokenizer(config_from_args(args), resume=args.resume)
+    summary = json.loads((out / METRICS_FILE).read_text()).get("summary", {})
+    print(f"tokenizer written to {out} (best held-out R2 {summary.get('best_r2')})")
+    return 0
