@@ -374,8 +374,21 @@ def _sidecar_tr(path: Path, subject: str | None) -> tuple[float, str] | None:
 
 
 def _choose_tr(path: Path, subject: str | None, tr: float | None, found: tuple[float, str] | None) -> float:
-    """The argument wins; else the file's own TR (header / column / npz entry); else the BIDS sidecar."""
-    found = found or _sidecar_tr(path, subject)
+    """The argument wins; else the BIDS sidecar (which, per BIDS, overrides the header); else the file's own TR.
+
+    Any disagreement between two sources is warned about, never resolved silently.
+    """
+    sidecar = _sidecar_tr(path, subject)
+    if sidecar is not None and found is not None and not np.isclose(sidecar[0], found[0], rtol=1e-3):
+        if tr is None:
+            warnings.warn(
+                f"'{path}': the {sidecar[1]} says TR {sidecar[0]} s but the {found[1]} says {found[0]} s; "
+                f"using {sidecar[0]} s (BIDS sidecars override the header)",
+                UserWarning,
+                stacklevel=3,
+            )
+        found = sidecar
+    found = sidecar or found
     if tr is not None:
         value = _check_tr_value(tr, "the tr argument", path, subject)
         if found is not None and not np.isclose(value, found[0], rtol=1e-3):

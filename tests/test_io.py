@@ -225,3 +225,25 @@ def test_nifti_sphere_outside_image_is_zeroed_and_flagged(tmp_path):
     assert scan.flags["bad_regions"] == [1] and scan.flags["empty_regions"] == [1]
     assert (scan.timeseries[:, 1] == 0).all()
     assert np.corrcoef(scan.timeseries[:, 0], truth[:, 0])[0, 1] > 0.9
+
+
+def test_bids_sidecar_overrides_a_disagreeing_nifti_header_with_a_warning(tmp_path):
+    img_path, labels_path, _, _ = _nifti_case(tmp_path, tr=2.0)
+    (tmp_path / "sub-07_bold.json").write_text(json.dumps({"RepetitionTime": 2.5}))
+    with pytest.warns(UserWarning, match="sidecar.*2.5.*NIfTI header says 2.0"):
+        assert load_scan(img_path, atlas=labels_path).tr == 2.5
+
+
+def test_nifti_with_builtin_coordinate_atlas(tmp_path):
+    """A built-in atlas name gives spheres at its MNI coordinates (Seitzman-300 ships a radius)."""
+    affine = np.array([[6.0, 0, 0, -90], [0, 6.0, 0, -126], [0, 0, 6.0, -72], [0, 0, 0, 1]])
+    data = np.random.default_rng(3).normal(size=(31, 37, 31, 24)).astype(np.float32)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms((6.0, 6.0, 6.0, 2.0))
+    path = tmp_path / "mni_bold.nii"
+    nib.save(img, path)
+    scan = load_scan(path, atlas="seitzman300")
+    assert scan.timeseries.shape == (24, 300)
+    assert scan.atlas.name == "seitzman300" and scan.tr == 2.0
+    assert "bad_regions" not in scan.flags  # every sphere falls inside an MNI-sized field of view
