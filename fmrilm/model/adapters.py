@@ -1,0 +1,112 @@
+"""LoRA adapters through peft, with the brain-token rows trainable, and their merge.
+
+The LLM's weights stay frozen; LoRA learns the attention/MLP updates and peft's ``trainable_token_indices``
+learns only the rows of the brain tokens in the input embedding (and in the output layer when it is not tied),
+so an adapter of a 135M model is a few MB and the text vocabulary is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fmrilm.model.brain_vocab import BrainTokenIds
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``target_modules`` is peft's: a list of module names or "all-linear"."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    train_brain_tokens: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _module_name(model: Any, module: Any) -> str | None:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    return None
+
+
+def _weights_tied(model: Any) -> bool:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out is None or out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr()
+
+
+def brain_token_targets(model: Any, ids: BrainTokenIds) -> list[int] | dict[str, list[int]]:
+    """peft ``trainable_token_indices`` for the brain rows: input embedding, plus the output layer if untied."""
+    token_ids = ids.all_ids
+    if _weights_tied(model):
+        return token_ids  # peft ties the output layer to the trained input rows itself
+    inp = _module_name(model, model.get_input_embeddings())
+    out = _module_name(model, model.get_output_embeddings())
+    return {inp.rsplit(".", 1)[-1]: token_ids, out.rsplit(".", 1)[-1]: token_ids}
+
+
+def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | None = None):
+    """Wrap ``model`` in a ``peft.PeftModel`` with LoRA and (by default) trainable brain-token rows."""
+    from peft import LoraConfig, get_peft_model
+
+    from fmrilm.model.quantization import is_quantized
+
+    settings = settings or LoraSettings()
+    if is_quantized(model):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    trainable_tokens = (
+        brain_token_targets(model, ids) if (ids is not None and settings.train_brain_tokens) else None
+    )
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        trainable_token_indices=trainable_tokens,
+        task_type="CAUSAL_LM",
+        **settings.extra,
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merge_lora(model: Any):
+    """Fold the adapters (LoRA and trained token rows) into the base weights; returns a plain transformers model."""
+    if not is_peft_model(model):
+        return model
+    return model.merge_and_unload()
+
+
+#: Path components peft inserts between a module and its original tensors.
+_WRAPPER_PARTS = ("base_layer", "original_module", "token_adapter")
+
+
+def base_state_dict(peft_model: Any) -> dict[str, Any]:
+    """The state dict of the base model under a peft wrapper, without adapter tensors and under its own names.
+
+    peft injects wrapper modules (``q_proj.base_layer``, ``embed_tokens.token_adapter`` ...); saving the base
+    model as is would write those names, which plain transformers cannot load. This keeps only the original
+    tensors, renamed back, without copying any weight.
+    """
+    base = peft_model.get_base_model()
+    clean: dict[str, Any] = {}
+    for key, value in base.state_dict().items():
+        parts = key.split(".")
+        if any(p.startswith(("lora_", "trainable_tokens_")) or p == "modules_to_save" for p in parts):
+            continue
+        clean[".".join(p for p in parts if p not in _WRAPPER_PARTS)] = value
+    return clean

@@ -1,0 +1,414 @@
+"""`FmriLM`: a stock causal LM with brain tokens, its fMRI tokenizer and its processor, saved as one folder.
+
+Saved layout (one folder)::
+
+    config.json, model.safetensors, generation_config.json   the resized LLM   -> AutoModelForCausalLM
+    tokenizer.json, tokenizer_config.json, chat_template.*    text tokenizer     -> AutoTokenizer
+    fmri_processor_config.json                                atlas, TR, window, brain-token names, descriptor stats
+    fmri_tokenizer/                                           FmriTokenizerModel (config.json + safetensors)
+    adapters/                                                 LoRA + brain-token rows -> peft.PeftModel
+
+Everything is safetensors or JSON; nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmrilm.errors import FmriInputError
+from fmrilm.model.adapters import LoraSettings, add_lora, base_state_dict, is_peft_model, merge_lora
+from fmrilm.model.brain_vocab import resize_and_init
+from fmrilm.model.processing import (
+    DESCRIBE_PROMPT,
+    FORECAST_PROMPT,
+    FmriLMProcessor,
+    FmriProcessorConfig,
+)
+
+
+class BrainCodesOnly:
+    """Logits processor that allows only brain-code tokens (used while generating a forecast window)."""
+
+    def __init__(self, first_code_id: int, codebook_size: int) -> None:
+        self.lo, self.hi = first_code_id, first_code_id + codebook_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        masked = torch.full_like(scores, float("-inf"))
+        masked[:, self.lo : self.hi] = scores[:, self.lo : self.hi]
+        return masked
+
+
+class FmriLM(nn.Module):
+    """An ``AutoModelForCausalLM`` (optionally wrapped by peft) that reads and writes brain tokens.
+
+    ``llm`` is the language model, ``processor`` turns scans + messages into ``input_ids`` and
+    ``fmri_tokenizer`` (frozen here) turns scans into codes and codes back into signal.
+    """
+
+    def __init__(self, llm: Any, processor: FmriLMProcessor) -> None:
+        super().__init__()
+        self.llm = llm
+        self.processor = processor
+        self.fmri_tokenizer = processor.fmri_tokenizer
+        if self.fmri_tokenizer is not None:
+            self.fmri_tokenizer.requires_grad_(False)
+            self.fmri_tokenizer.eval()
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_base(
+        cls,
+        base: Any = None,
+        fmri_tokenizer: Any = None,
+        *,
+        tokenizer: Any = None,
+        codebook_size: int | None = None,
+        num_latents: int | None = None,
+        dtype: Any = None,
+        quantization: str | None = None,
+        device_map: Any = None,
+        lora: LoraSettings | bool | None = None,
+        atlas: Any = None,
+        descriptor_reference: Any = None,
+        seed: int = 0,
+    ) -> FmriLM:
+        """A new fMRI-LM on a base LM: brain tokens added, their rows initialised from the codebook.
+
+        ``base`` is a hub id / folder / ``.gguf`` path / None (SmolLM2 default), or an already-loaded
+        transformers model (then pass its ``tokenizer``). ``fmri_tokenizer`` is a trained
+        `FmriTokenizerModel`; without it, ``codebook_size`` and ``num_latents`` size the vocabulary and the
+        brain rows start random (tests, or codes computed elsewhere). ``lora`` adds adapters right away.
+        """
+        from fmrilm.model.base_model import load_base_model
+
+        if base is None or isinstance(base, (str, os.PathLike)):
+            llm, text_tokenizer = load_base_model(
+                base, dtype=dtype, quantization=quantization, device_map=device_map
+            )
+            base_name = "smollm2" if base is None else str(base)
+        else:
+            if tokenizer is None:
+                raise FmriInputError(
+                    "A loaded base model needs its tokenizer", fix="pass tokenizer=... with the model"
+                )
+            llm, text_tokenizer = base, tokenizer
+            base_name = getattr(llm.config, "_name_or_path", None) or type(llm).__name__
+        if fmri_tokenizer is not None:
+            fc = fmri_tokenizer.config
+            config = FmriProcessorConfig(
+                codebook_size=int(fc.codebook_size),
+                num_latents=int(fc.num_latents),
+                window_length=int(fc.window_length),
+                target_tr=fc.target_tr,
+            )
+        else:
+            config = FmriProcessorConfig(
+                codebook_size=int(codebook_size or 512), num_latents=int(num_latents or 32)
+            )
+        config.base_model = base_name
+        if atlas is not None:
+            config.atlas = atlas.to_dict() if hasattr(atlas, "to_dict") else dict(atlas)
+        if descriptor_reference is not None:
+            config.descriptor_reference = _as_jsonable(descriptor_reference)
+        processor = FmriLMProcessor(text_tokenizer, fmri_tokenizer, config)
+        resize_and_init(
+            llm,
+            processor.ids,
+            max(len(text_tokenizer), llm.get_input_embeddings().weight.shape[0]),
+            codebook=_codebook_for_init(fmri_tokenizer),
+            seed=seed,
+        )
+        _sync_special_ids(llm, text_tokenizer)
+        model = cls(llm, processor)
+        if lora:
+            model.add_adapters(lora if isinstance(lora, LoraSettings) else LoraSettings())
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        adapters: bool = True,
+        is_trainable: bool = False,
+        dtype: Any = None,
+        quantization: str | None = None,
+        device_map: Any = None,
+    ) -> FmriLM:
+        """Load a folder written by `save_pretrained` (a hub id works too when it is in the local cache)."""
+        from transformers import AutoModelForCausalLM
+
+        from fmrilm.model.quantization import bnb_quantization_config
+
+        directory = _local_dir(path)
+        processor = FmriLMProcessor.from_pretrained(directory)
+        kwargs: dict[str, Any] = {}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if quantization:
+            kwargs["quantization_config"] = bnb_quantization_config(quantization)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        llm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        adapter_dir = directory / processor.config.adapters_subfolder
+        if adapters and (adapter_dir / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+        if not is_trainable:
+            llm.eval()
+        return cls(llm, processor)
+
+    # ------------------------------------------------------------------------------------------ adapters
+    def add_adapters(self, settings: LoraSettings | None = None) -> FmriLM:
+        """Wrap the LLM with LoRA (peft) and make the brain-token rows trainable."""
+        if is_peft_model(self.llm):
+            raise FmriInputError(
+                "This model already has adapters", fix="merge them first with merge_adapters()"
+            )
+        was_training = self.llm.training
+        self.llm = add_lora(self.llm, self.processor.ids, settings)
+        self.llm.train(was_training)  # peft switches to training mode; keep the caller's choice
+        return self
+
+    def merge_adapters(self) -> FmriLM:
+        """Fold the adapters into the base weights (in place): the LLM becomes a plain transformers model."""
+        self.llm = merge_lora(self.llm)
+        return self
+
+    @property
+    def has_adapters(self) -> bool:
+        return is_peft_model(self.llm)
+
+    @property
+    def base_llm(self) -> Any:
+        """The transformers model (under the peft wrapper, if any)."""
+        return self.llm.get_base_model() if self.has_adapters else self.llm
+
+    # ---------------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, path: str | os.PathLike, *, merge_adapters: bool = False) -> Path:
+        """Write the one-folder layout (see module docstring); written aside and renamed, never half-written.
+
+        With ``merge_adapters`` the adapters are folded into the saved LLM (this model keeps its adapters).
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            self._write(tmp, merge_adapters)
+            if target.exists():
+                old = target.with_name(f".{target.name}-old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _write(self, directory: Path, merge_adapters: bool) -> None:
+        llm = self.llm
+        if self.has_adapters and merge_adapters:
+            llm = merge_lora(copy.deepcopy(llm))
+        if is_peft_model(llm):
+            base = llm.get_base_model()
+            base.save_pretrained(directory, state_dict=base_state_dict(llm))
+            llm.save_pretrained(
+                directory / self.processor.config.adapters_subfolder, save_embedding_layers=False
+            )
+        else:
+            llm.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    # ------------------------------------------------------------------------------------------- running
+    @property
+    def device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    def forward(self, **batch: Any) -> Any:
+        """The LLM's forward (``input_ids``, ``attention_mask``, ``labels`` ...): loss and logits as usual."""
+        return self.llm(**batch)
+
+    def generate(self, **kwargs: Any) -> torch.LongTensor:
+        kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
+        return self.llm.generate(**kwargs)
+
+    @torch.no_grad()
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        scans: Any = None,
+        *,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> str:
+        """One assistant reply to ``messages`` (fMRI parts take ``scans`` in order), generated with the KV cache."""
+        inputs = self.processor(messages, scans, add_generation_prompt=True).to(self.device)
+        out = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1] :])
+
+    def describe(
+        self, scan: Any, *, prompt: str = DESCRIBE_PROMPT, max_new_tokens: int = 256, **kwargs: Any
+    ) -> str:
+        """A plain-language description of a scan (what Stage 2 teaches: its descriptors)."""
+        messages = [{"role": "user", "content": [{"type": "fmri"}, {"type": "text", "text": prompt}]}]
+        return self.chat(messages, [scan], max_new_tokens=max_new_tokens, **kwargs)
+
+    @torch.no_grad()
+    def forecast_codes(
+        self,
+        scan: Any,
+        windows: int = 1,
+        *,
+        context_windows: int | None = None,
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> np.ndarray:
+        """Codes ``(windows, K)`` of the windows that follow the scan, generated one window at a time.
+
+        Each step prompts with the last ``context_windows`` windows (all by default; generated ones are
+        appended) and the forecast instruction, opens the answer with the start marker and generates exactly K
+        tokens restricted to brain codes.
+        """
+        from transformers import LogitsProcessorList
+
+        if windows < 1:
+            raise FmriInputError("windows must be at least 1", fix="ask for one or more windows")
+        proc = self.processor
+        k = proc.config.num_latents
+        context = proc.encode_scan(scan)
+        restrict = LogitsProcessorList([BrainCodesOnly(proc.ids.first_code_id, proc.config.codebook_size)])
+        produced = []
+        for _ in range(windows):
+            ctx = context if context_windows is None else context[-context_windows:]
+            messages = [
+                {
+                    "role": "user",
+                    "content": [{"type": "fmri", "codes": ctx}, {"type": "text", "text": FORECAST_PROMPT}],
+                }
+            ]
+            inputs = proc(messages, add_generation_prompt=True)
+            start = torch.tensor([[proc.ids.start_id]])
+            input_ids = torch.cat([inputs["input_ids"], start], dim=1).to(self.device)
+            attention = torch.ones_like(input_ids)
+            out = self.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=k,
+                min_new_tokens=k,
+                do_sample=do_sample,
+                logits_processor=restrict,
+                **generate_kwargs,
+            )
+            new = proc.ids.codes_from_ids(out[0, input_ids.shape[1] :].cpu().numpy())[None]
+            produced.append(new[0])
+            context = np.concatenate([context, new])
+        return np.stack(produced)
+
+    def forecast(self, scan: Any, windows: int = 1, **kwargs: Any):
+        """The next ``windows`` windows of signal after ``scan``, as a `Scan` at the model's TR.
+
+        Brain tokens are generated by the LLM (`forecast_codes`) and decoded to ``(time, regions)`` signal on
+        the scan's own regions by the fMRI tokenizer's decoder; the codes are kept in ``flags["codes"]``.
+        """
+        from fmrilm.scan import Scan
+
+        if self.fmri_tokenizer is None:
+            raise FmriInputError(
+                "Forecasting needs the fMRI tokenizer to decode brain tokens to signal",
+                fix="load a model saved with its fmri_tokenizer subfolder",
+            )
+        codes = self.forecast_codes(scan, windows, **kwargs)
+        atlas = getattr(scan, "atlas", None)
+        if atlas is None and self.processor.config.atlas is not None:
+            from fmrilm.atlas import Atlas
+
+            atlas = Atlas.from_dict(self.processor.config.atlas)
+        signal = self.fmri_tokenizer.decode(codes, atlas if atlas is not None else scan)
+        signal = signal.reshape(-1, signal.shape[-1]).cpu().numpy().astype(np.float32)
+        scan_id = getattr(scan, "scan_id", "scan")
+        return Scan(
+            timeseries=signal,
+            tr=float(self.processor.config.target_tr or getattr(scan, "tr", 2.0)),
+            atlas=atlas,
+            scan_id=f"{scan_id}-forecast",
+            subject_id=getattr(scan, "subject_id", None),
+            session_id=getattr(scan, "session_id", None),
+            site=getattr(scan, "site", None),
+            source="fmrilm.forecast",
+            flags={"forecast_windows": int(windows), "codes": codes.tolist()},
+        )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _codebook_for_init(fmri_tokenizer: Any) -> np.ndarray | None:
+    """The codebook as seen by the LLM: its Stage-1 text-aligned projection when trained with one."""
+    if fmri_tokenizer is None:
+        return None
+    vectors = None
+    if hasattr(fmri_tokenizer, "code_text_embeddings"):
+        vectors = fmri_tokenizer.code_text_embeddings()
+    if vectors is None:
+        vectors = fmri_tokenizer.codebook_vectors()
+    return vectors.detach().float().cpu().numpy()
+
+
+def _sync_special_ids(llm: Any, tokenizer: Any) -> None:
+    """Make generation stop at the tokenizer's end-of-turn token and pad with its pad token."""
+    gen = getattr(llm, "generation_config", None)
+    if gen is None:
+        return
+    if tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+        llm.config.pad_token_id = tokenizer.pad_token_id
+    eos = gen.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+        eos_ids.append(tokenizer.eos_token_id)
+    if eos_ids:
+        gen.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+
+
+def _as_jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _as_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _local_dir(path: str | os.PathLike) -> Path:
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        return directory
+    if directory.exists() or str(path).count("/") != 1:
+        raise FmriInputError(
+            "No saved fmrilm model here", fix="pass a folder written by FmriLM.save_pretrained", file=path
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path)))
+    except Exception as exc:  # offline and not cached, or no such repo
+        raise FmriInputError(
+            f"Could not find model '{path}' locally or in the Hugging Face cache ({exc})",
+            fix="pass a local folder written by FmriLM.save_pretrained",
+        ) from exc

@@ -1,0 +1,412 @@
+"""`FmriLMProcessor`: scans + chat messages -> ``input_ids`` through the base model's own chat template.
+
+A message's content is a string or a list of parts: ``{"type": "text", "text": ...}`` and
+``{"type": "fmri"}``. Each fMRI part takes the next scan given to the call (or carries its own ``"scan"``
+or precomputed ``"codes"``), is encoded by the fMRI tokenizer into K codes per window and becomes the text
+``<brain_start><brain_c1>...<brain_cWK><brain_end>``. The rendered conversation then goes through the text
+tokenizer's ``apply_chat_template``, so any chat model formats brain tokens exactly as it formats words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmrilm.errors import FmriInputError
+from fmrilm.model.brain_vocab import BrainTokenIds, BrainVocab, add_brain_tokens
+
+PROCESSOR_CONFIG_NAME = "fmri_processor_config.json"
+FMRI_TOKENIZER_SUBFOLDER = "fmri_tokenizer"
+ADAPTERS_SUBFOLDER = "adapters"
+IGNORE_INDEX = -100
+
+#: Canonical instructions of the two Stage-2 tasks; `describe` and `forecast` use the same words.
+DESCRIBE_PROMPT = "Describe this resting-state fMRI scan."
+FORECAST_PROMPT = "Predict the brain activity in the next window."
+
+#: Used only when a base model has no chat template of its own (e.g. GPT-2): ChatML, stated in the saved
+#: tokenizer so every later load formats prompts the same way.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class FmriProcessorConfig:
+    """What a saved model needs to turn a new scan into the same tokens: saved as ``fmri_processor_config.json``."""
+
+    codebook_size: int = 512
+    num_latents: int = 32
+    brain_token_prefix: str = "brain"
+    window_length: int = 48
+    target_tr: float | None = 2.0
+    max_windows: int | None = None
+    atlas: dict[str, Any] | None = None
+    descriptor_reference: dict[str, Any] | None = None
+    base_model: str | None = None
+    fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
+    adapters_subfolder: str = ADAPTERS_SUBFOLDER
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab(self) -> BrainVocab:
+        return BrainVocab(self.codebook_size, self.brain_token_prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["processor_class"] = "FmriLMProcessor"
+        vocab = self.vocab
+        d["start_token"], d["end_token"] = vocab.start_token, vocab.end_token
+        d["code_tokens"] = vocab.code_tokens
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FmriProcessorConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / PROCESSOR_CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> FmriProcessorConfig:
+        path = Path(directory) / PROCESSOR_CONFIG_NAME
+        if not path.exists():
+            raise FmriInputError(
+                f"No {PROCESSOR_CONFIG_NAME} in this folder, so it is not a saved fmrilm model",
+                fix="pass a folder written by FmriLM.save_pretrained",
+                file=directory,
+            )
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+class FmriLMProcessor:
+    """Turns scans and chat messages into model inputs, and model outputs back into text and codes."""
+
+    def __init__(self, tokenizer: Any, fmri_tokenizer: Any = None, config: FmriProcessorConfig | None = None):
+        self.tokenizer = tokenizer
+        self.fmri_tokenizer = fmri_tokenizer
+        self.config = config or _config_from_fmri_tokenizer(fmri_tokenizer)
+        self.vocab = self.config.vocab
+        self.ids: BrainTokenIds = add_brain_tokens(tokenizer, self.vocab)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(tokenizer, "chat_template", None) is None:
+            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+    # ------------------------------------------------------------------------------------------ scans
+    def encode_scan(self, scan_or_codes: Any) -> np.ndarray:
+        """``(W, K)`` int64 codes of a scan (through the fMRI tokenizer) or of given codes (checked)."""
+        if _is_codes(scan_or_codes):
+            codes = np.asarray(_to_numpy(scan_or_codes), dtype=np.int64)
+            codes = codes[None] if codes.ndim == 1 else codes
+        else:
+            if self.fmri_tokenizer is None:
+                raise FmriInputError(
+                    "This processor has no fMRI tokenizer, so it cannot encode a scan",
+                    fix="load the model with its fmri_tokenizer subfolder, or pass precomputed codes",
+                )
+            import torch
+
+            with torch.no_grad():
+                codes = _to_numpy(self.fmri_tokenizer.encode(scan_or_codes)).astype(np.int64)
+        if codes.ndim != 2 or codes.shape[1] != self.config.num_latents:
+            raise FmriInputError(
+                f"Brain codes must have shape (windows, {self.config.num_latents}), got {tuple(codes.shape)}",
+                fix="encode scans with the fMRI tokenizer saved with this model",
+            )
+        if self.config.max_windows is not None and len(codes) > self.config.max_windows:
+            codes = codes[-self.config.max_windows :]
+        return codes
+
+    def n_brain_tokens(self, n_windows: int) -> int:
+        """Tokens one fMRI part of ``n_windows`` windows takes: start + K per window + end."""
+        return 2 + self.config.num_latents * int(n_windows)
+
+    # -------------------------------------------------------------------------------------- rendering
+    def render_messages(self, messages: Sequence[dict[str, Any]], scans: Any = None) -> list[dict[str, str]]:
+        """Messages with every fMRI part replaced by its brain-token text; contents become plain strings."""
+        queue = _scan_queue(scans)
+        rendered = []
+        for message in messages:
+            if "role" not in message or "content" not in message:
+                raise FmriInputError(
+                    "Each chat message needs a 'role' and a 'content'",
+                    fix="pass messages like {'role': 'user', 'content': [...]}",
+                )
+            content = message["content"]
+            if isinstance(content, str):
+                text = content
+            else:
+                pieces = []
+                for part in content:
+                    kind = part.get("type") if isinstance(part, dict) else None
+                    if kind == "text":
+                        pieces.append(str(part.get("text", "")))
+                    elif kind == "fmri":
+                        pieces.append(self._render_fmri_part(part, queue))
+                    else:
+                        raise FmriInputError(
+                            f"Unknown message part {part!r}",
+                            fix="use {'type': 'text', 'text': ...} or {'type': 'fmri'}",
+                        )
+                text = "\n".join(pieces)
+            rendered.append({**{k: v for k, v in message.items() if k != "content"}, "content": text})
+        if queue:
+            raise FmriInputError(
+                f"{len(queue)} scan(s) were given but the messages have no {{'type': 'fmri'}} part left for them",
+                fix="add one fMRI part per scan to the messages",
+            )
+        return rendered
+
+    def _render_fmri_part(self, part: dict[str, Any], queue: list[Any]) -> str:
+        if "codes" in part:
+            source = part["codes"]
+        elif "scan" in part:
+            source = part["scan"]
+        elif queue:
+            source = queue.pop(0)
+        else:
+            raise FmriInputError(
+                "A message has more {'type': 'fmri'} parts than scans were given",
+                fix="pass one scan per fMRI part",
+            )
+        codes = self.encode_scan(source)
+        windows = part.get("windows")
+        if windows is not None:
+            codes = codes[windows] if isinstance(windows, slice) else codes[np.asarray(windows, dtype=int)]
+            codes = codes[None] if codes.ndim == 1 else codes
+        return self.vocab.render(codes)
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], scans: Any = None, *, add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt text, formatted by the base model's own chat template."""
+        return self._template(self.render_messages(messages, scans), add_generation_prompt)
+
+    def _template(self, rendered: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            rendered, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _encode_text(self, text: str) -> list[int]:
+        # The template already wrote BOS and markers; adding special tokens again would double them.
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ---------------------------------------------------------------------------------------- batching
+    def __call__(
+        self,
+        conversations: Sequence[Any],
+        scans: Any = None,
+        *,
+        add_generation_prompt: bool = True,
+        padding_side: str = "left",
+        return_tensors: str | None = "pt",
+    ):
+        """Tokenize one conversation or a batch of them (padded; left by default, for generation).
+
+        ``scans`` is, per conversation, a scan / codes or a list of them, consumed by its fMRI parts in order.
+        """
+        batch, batch_scans = _as_batch(conversations, scans)
+        ids = [
+            self._encode_text(self.apply_chat_template(conv, sc, add_generation_prompt=add_generation_prompt))
+            for conv, sc in zip(batch, batch_scans, strict=True)
+        ]
+        return self.pad(
+            [{"input_ids": x} for x in ids], padding_side=padding_side, return_tensors=return_tensors
+        )
+
+    def training_example(self, messages: Sequence[dict[str, Any]], scans: Any = None) -> dict[str, list[int]]:
+        """``input_ids`` and ``labels`` for one conversation: only assistant turns are learned (-100 elsewhere).
+
+        Each assistant turn is the difference between the template rendered up to and including it and the
+        template rendered up to it with the generation prompt, so the labels cover exactly what the model must
+        generate at inference (answer and end-of-turn marker) for any chat template that extends its prefix.
+        """
+        rendered = self.render_messages(messages, scans)
+        input_ids: list[int] = []
+        labels: list[int] = []
+        consumed = ""
+        for j, message in enumerate(rendered):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._template(rendered[:j], add_generation_prompt=True)
+            full = self._template(rendered[: j + 1], add_generation_prompt=False)
+            if not prompt.startswith(consumed) or not full.startswith(prompt):
+                raise FmriInputError(
+                    "This chat template does not render conversations as growing prefixes, so assistant turns "
+                    "cannot be located for training",
+                    fix="use a base model whose chat template appends each message (ChatML, Llama, Qwen, ...)",
+                )
+            context = self._encode_text(prompt[len(consumed) :])
+            answer = self._encode_text(full[len(prompt) :])
+            input_ids += context + answer
+            labels += [IGNORE_INDEX] * len(context) + answer
+            consumed = full
+        if not consumed:
+            raise FmriInputError(
+                "A training conversation needs an assistant message", fix="add the target answer"
+            )
+        rest = self._template(rendered, add_generation_prompt=False)[len(consumed) :]
+        if rest:
+            tail = self._encode_text(rest)
+            input_ids += tail
+            labels += [IGNORE_INDEX] * len(tail)
+        return {"input_ids": input_ids, "labels": labels}
+
+    def pad(
+        self,
+        examples: Sequence[dict[str, Sequence[int]]],
+        *,
+        padding_side: str = "right",
+        return_tensors: str | None = "pt",
+    ):
+        """Pad ``input_ids`` (pad token), ``labels`` (-100) and build ``attention_mask``."""
+        import torch
+        from transformers import BatchEncoding
+
+        if padding_side not in ("left", "right"):
+            raise ValueError("padding_side must be 'left' or 'right'")
+        width = max(len(e["input_ids"]) for e in examples)
+        pad_id = self.tokenizer.pad_token_id
+        out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+        has_labels = all("labels" in e for e in examples)
+        if has_labels:
+            out["labels"] = []
+        for e in examples:
+            ids = list(e["input_ids"])
+            n = width - len(ids)
+            fill = (
+                (lambda seq, v, n=n: [v] * n + seq)
+                if padding_side == "left"
+                else (lambda seq, v, n=n: seq + [v] * n)
+            )
+            out["input_ids"].append(fill(ids, pad_id))
+            out["attention_mask"].append(fill([1] * len(ids), 0))
+            if has_labels:
+                out["labels"].append(fill(list(e["labels"]), IGNORE_INDEX))
+        if return_tensors == "pt":
+            return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
+        return BatchEncoding(out)
+
+    # ---------------------------------------------------------------------------------------- decoding
+    def decode(self, ids: Any, *, skip_special_tokens: bool = True) -> str:
+        """Text of generated ids; brain tokens and chat markers are dropped by default."""
+        return self.tokenizer.decode(_to_numpy(ids).tolist(), skip_special_tokens=skip_special_tokens).strip()
+
+    def codes_from_ids(self, ids: Any) -> np.ndarray:
+        """Brain codes found in a sequence of ids, in order, reshaped to ``(windows, K)`` (a partial window is dropped)."""
+        arr = _to_numpy(ids).reshape(-1)
+        lo = self.ids.first_code_id
+        codes = arr[(arr >= lo) & (arr < lo + self.config.codebook_size)] - lo
+        k = self.config.num_latents
+        return codes[: (len(codes) // k) * k].reshape(-1, k).astype(np.int64)
+
+    # ----------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Text tokenizer at the top level, processor config beside it, fMRI tokenizer in its subfolder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save(directory)
+        if self.fmri_tokenizer is not None:
+            self.fmri_tokenizer.save_pretrained(directory / self.config.fmri_tokenizer_subfolder)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, load_fmri_tokenizer: bool = True
+    ) -> FmriLMProcessor:
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        config = FmriProcessorConfig.load(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        fmri_tokenizer = None
+        sub = directory / config.fmri_tokenizer_subfolder
+        if load_fmri_tokenizer and (sub / "config.json").exists():
+            from fmrilm.tokenizer import FmriTokenizerModel
+
+            fmri_tokenizer = FmriTokenizerModel.from_pretrained(sub)
+            fmri_tokenizer.eval()
+        return cls(tokenizer, fmri_tokenizer, config)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _config_from_fmri_tokenizer(fmri_tokenizer: Any) -> FmriProcessorConfig:
+    if fmri_tokenizer is None:
+        return FmriProcessorConfig()
+    c = fmri_tokenizer.config
+    return FmriProcessorConfig(
+        codebook_size=int(c.codebook_size),
+        num_latents=int(c.num_latents),
+        window_length=int(c.window_length),
+        target_tr=c.target_tr,
+    )
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _is_codes(x: Any) -> bool:
+    if hasattr(x, "timeseries"):
+        return False
+    if hasattr(x, "dtype"):
+        kind = str(x.dtype)
+        return "int" in kind
+    if isinstance(x, (list, tuple)) and x:
+        first = x[0]
+        if isinstance(first, (list, tuple)) and first:
+            first = first[0]
+        return isinstance(first, (int, np.integer))
+    return False
+
+
+def _scan_queue(scans: Any) -> list[Any]:
+    if scans is None:
+        return []
+    if hasattr(scans, "timeseries") or _is_codes(scans):
+        return [scans]
+    return list(scans)
+
+
+def _is_conversation(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and (len(x) == 0 or isinstance(x[0], dict))
+
+
+def _as_batch(conversations: Any, scans: Any) -> tuple[list[Any], list[Any]]:
+    if _is_conversation(conversations):
+        return [conversations], [scans]
+    batch = list(conversations)
+    if scans is None:
+        return batch, [None] * len(batch)
+    scans = list(scans)
+    if len(scans) != len(batch):
+        raise FmriInputError(
+            f"{len(batch)} conversations but {len(scans)} scan lists were given",
+            fix="pass one scan (or list of scans) per conversation",
+        )
+    return batch, scans

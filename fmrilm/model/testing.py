@@ -1,0 +1,101 @@
+"""Tiny random causal LMs and tokenizers built offline, for tests and quick demos (never a download).
+
+Each architecture fmrilm supports (Llama/SmolLM, Qwen2, Qwen3, GPT-2) gets a 2-layer model of width 32 and a
+byte-level BPE tokenizer trained in milliseconds on a few sentences, wrapped in ``PreTrainedTokenizerFast``
+with a chat template, so the whole stack (chat template, special tokens, PEFT, save/load) runs for real.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+#: A deliberately different format, to check that prompts follow each model's own template.
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '### ' + message['role'] + ':\n' + message['content'] + "
+    "eos_token + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "The brain at rest shows strong connectivity within the default mode network.",
+    "Visual and somatomotor regions are more coupled than usual in this scan.",
+    "Functional connectivity between frontoparietal and salience networks is weak.",
+    "Hello, how are you today? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 z-score high low typical.",
+]
+
+
+def tiny_text_tokenizer(template: str = "chatml", vocab_size: int = 320):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with ChatML ("chatml") or a plain ("plain") template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if template == "chatml":
+        specials = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+        chat_template = CHATML_TEMPLATE
+    elif template == "plain":
+        specials = {"bos_token": "<s>", "eos_token": "</s>"}
+        chat_template = PLAIN_TEMPLATE
+    else:
+        raise ValueError("template must be 'chatml' or 'plain'")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(dict.fromkeys(specials.values())),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template, **specials)
+
+
+def tiny_config(arch: str, vocab_size: int, **overrides: Any):
+    """A 2-layer, width-32 config of ``arch`` (tied embeddings for llama/gpt2, untied for qwen)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=vocab_size)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, **common,
+        )  # fmt: skip
+    elif arch in ("qwen2", "qwen3"):
+        cls = Qwen3Config if arch == "qwen3" else Qwen2Config
+        extra = {"head_dim": 8} if arch == "qwen3" else {}
+        cfg = cls(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False, **extra, **common,
+        )  # fmt: skip
+    elif arch == "gpt2":
+        cfg = GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=2048, bos_token_id=0, eos_token_id=0, **common
+        )
+    else:
+        raise ValueError(f"arch must be one of {TINY_ARCHITECTURES}")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_causal_lm(arch: str = "llama", *, template: str | None = None, seed: int = 0):
+    """``(model, tokenizer)``: a random tiny ``arch`` model in float32 and its tokenizer (GPT-2 gets "plain")."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_text_tokenizer(template or ("plain" if arch == "gpt2" else "chatml"))
+    config = tiny_config(arch, vocab_size=len(tokenizer))
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
