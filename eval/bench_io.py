@@ -23,15 +23,22 @@ import numpy as np
 ABIDE_SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide" / "samples"
 
 
-def _best_rate(func: Callable[[Path], object], files: list[Path], rounds: int) -> float:
-    """Scans per second: the fastest of ``rounds`` passes over all files (least disturbed by other load)."""
-    best = float("inf")
+def _best_rates(
+    methods: list[tuple[str, Callable[[Path], object]]], files: list[Path], rounds: int
+) -> list[tuple[str, float]]:
+    """Scans per second of each method: the fastest of ``rounds`` passes over all files.
+
+    Methods take turns within each round, so load from other processes on a shared machine hits them alike,
+    and the best pass is the one least disturbed.
+    """
+    best = {name: float("inf") for name, _ in methods}
     for _ in range(rounds):
-        start = time.perf_counter()
-        for path in files:
-            func(path)
-        best = min(best, time.perf_counter() - start)
-    return len(files) / best
+        for name, func in methods:
+            start = time.perf_counter()
+            for path in files:
+                func(path)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return [(name, len(files) / best[name]) for name, _ in methods]
 
 
 def _synthetic_1d(folder: Path, n: int = 4, t: int = 196, r: int = 200) -> list[Path]:
@@ -103,29 +110,18 @@ def run(args: argparse.Namespace) -> int:
         source = "ABIDE samples" if files else "synthetic (ABIDE samples not found)"
         files = files or _synthetic_1d(folder)
         shape = np.loadtxt(files[0], dtype=np.float32).shape
-        files_1d, files = (
-            files,
-            files * args.repeat_1d,
-        )  # small text files: more loads per pass for stable timing
-        rows = [
-            (
-                "np.loadtxt (baseline)",
-                _best_rate(lambda p: np.loadtxt(p, dtype=np.float32), files, args.rounds),
-            ),
+        files_1d = files
+        files = files * args.repeat_1d  # small text files: more loads per pass for stable timing
+        methods_1d = [
+            ("np.loadtxt (baseline)", lambda p: np.loadtxt(p, dtype=np.float32)),
             (
                 "pandas.read_csv (baseline)",
-                _best_rate(
-                    lambda p: pd.read_csv(p, sep="\t", comment="#", header=None).to_numpy(np.float32),
-                    files,
-                    args.rounds,
-                ),
+                lambda p: pd.read_csv(p, sep="\t", comment="#", header=None).to_numpy(np.float32),
             ),
-            ("fmrilm load_scan", _best_rate(lambda p: load_scan(p, tr=2.0), files, args.rounds)),
-            (
-                "fmrilm load_scan + scan_windows",
-                _best_rate(lambda p: scan_windows(load_scan(p, tr=2.0), config), files, args.rounds),
-            ),
+            ("fmrilm load_scan", lambda p: load_scan(p, tr=2.0)),
+            ("fmrilm load_scan + scan_windows", lambda p: scan_windows(load_scan(p, tr=2.0), config)),
         ]
+        rows = _best_rates(methods_1d, files, args.rounds)
         _report(
             f".1D: {len(files_1d)} {source} ({shape[0]} x {shape[1]}), each loaded {args.repeat_1d}x per pass",
             rows,
@@ -134,23 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
         nifti, labels_path = _synthetic_nifti(folder, args.nifti_scans, args.nifti_timepoints)
         atlas = Atlas.from_labels_image(labels_path)  # resolved once, as a cohort import does
-        rows = [
+        methods_nifti = [
             (
                 "NiftiLabelsMasker.fit_transform (baseline)",
-                _best_rate(
-                    lambda p: NiftiLabelsMasker(labels_img=str(labels_path), standardize=None).fit_transform(
-                        p
-                    ),
-                    nifti,
-                    args.rounds,
-                ),
+                lambda p: NiftiLabelsMasker(labels_img=str(labels_path), standardize=None).fit_transform(p),
             ),
-            ("fmrilm load_scan", _best_rate(lambda p: load_scan(p, atlas=atlas), nifti, args.rounds)),
-            (
-                "fmrilm load_scan + scan_windows",
-                _best_rate(lambda p: scan_windows(load_scan(p, atlas=atlas), config), nifti, args.rounds),
-            ),
+            ("fmrilm load_scan", lambda p: load_scan(p, atlas=atlas)),
+            ("fmrilm load_scan + scan_windows", lambda p: scan_windows(load_scan(p, atlas=atlas), config)),
         ]
+        rows = _best_rates(methods_nifti, nifti, args.rounds)
         _report(
             f"NIfTI: {len(nifti)} synthetic int16 .nii.gz, 45x54x45 x {args.nifti_timepoints} TRs, "
             f"{atlas.n_regions} parcels",
