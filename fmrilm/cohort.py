@@ -31,6 +31,8 @@ from fmrilm.errors import FmriInputError
 from fmrilm.scan import Scan
 
 COHORT_META = "cohort.json"
+#: Values per Arrow chunk of the time series column (below the 2**31 limit of 32-bit list offsets).
+_MAX_CHUNK_VALUES = 2**30
 DATASET_DIR = "dataset"
 CORE_COLUMNS = (
     "scan_id",
@@ -116,8 +118,9 @@ class Cohort:
             raise FmriInputError("No scan to put in the cohort", fix="give at least one scan")
         phenotypes = phenotypes or [{} for _ in scans]
         pheno_cols = list(dict.fromkeys(k for p in phenotypes for k in p))
-        rows: dict[str, list[Any]] = {c: [] for c in CORE_COLUMNS}
+        rows: dict[str, list[Any]] = {c: [] for c in CORE_COLUMNS if c != "timeseries"}
         rows.update({c: [] for c in pheno_cols})
+        series: list[np.ndarray] = []
         for scan, pheno in zip(scans, phenotypes, strict=True):
             if scan.n_regions != atlas.n_regions:
                 raise FmriInputError(
@@ -133,7 +136,7 @@ class Cohort:
             rows["tr"].append(float(scan.tr))
             rows["atlas"].append(atlas.name)
             rows["n_timepoints"].append(scan.n_timepoints)
-            rows["timeseries"].append(np.asarray(scan.timeseries, dtype=np.float32))
+            series.append(np.asarray(scan.timeseries, dtype=np.float32))
             rows["bad_regions"].append([int(i) for i in scan.flags.get("bad_regions", [])])
             for c in pheno_cols:
                 rows[c].append(pheno.get(c))
@@ -151,7 +154,7 @@ class Cohort:
                 **{c: _infer_feature(rows[c]) for c in pheno_cols},
             }
         )
-        dataset = datasets.Dataset.from_dict(rows, features=features)
+        dataset = _build_dataset(rows, series, features)
         kinds = phenotype_kinds or {c: _infer_kind(rows[c]) for c in pheno_cols}
         return cls(dataset=dataset, atlas=atlas, name=name, phenotypes=kinds, meta=meta or {})
 
@@ -205,6 +208,49 @@ class Cohort:
             phenotypes=meta.get("phenotypes", {}),
             meta=meta.get("meta", {}),
         )
+
+
+def _build_dataset(rows: dict[str, list[Any]], series: list[np.ndarray], features):
+    """The dataset with its time series column built straight from the numpy arrays.
+
+    ``Dataset.from_dict`` would turn every (T, R) array into nested Python lists first (about 6x the data
+    in memory and most of the import time for ABIDE); here the arrays are concatenated into Arrow buffers,
+    in chunks so that Arrow's 32-bit list offsets never overflow.
+    """
+    import datasets
+    import pyarrow as pa
+    from datasets.features.features import Array2DExtensionType
+    from datasets.fingerprint import generate_random_fingerprint
+    from datasets.table import InMemoryTable
+
+    column_features = datasets.Features({c: f for c, f in features.items() if c != "timeseries"})
+    base = datasets.Dataset.from_dict(rows, features=column_features).data.table
+    spec = features["timeseries"]
+    ext_type = Array2DExtensionType(shape=spec.shape, dtype=spec.dtype)
+    n_regions = int(spec.shape[1])
+    chunks, start = [], 0
+    while start < len(series):
+        stop, size = start, 0
+        while stop < len(series) and (stop == start or size + series[stop].size <= _MAX_CHUNK_VALUES):
+            size += series[stop].size
+            stop += 1
+        part = series[start:stop]
+        flat = np.concatenate([a.reshape(-1) for a in part]) if size else np.zeros(0, np.float32)
+        rows_offsets = np.arange(0, flat.size + 1, n_regions, dtype=np.int32)
+        time_offsets = np.concatenate([[0], np.cumsum([a.shape[0] for a in part])]).astype(np.int32)
+        inner = pa.ListArray.from_arrays(pa.array(rows_offsets), pa.array(flat, type=pa.float32()))
+        outer = pa.ListArray.from_arrays(pa.array(time_offsets), inner)
+        chunks.append(pa.ExtensionArray.from_storage(ext_type, outer))
+        start = stop
+    column = pa.chunked_array(chunks, type=ext_type)
+    position = list(features).index("timeseries")
+    table = base.add_column(position, pa.field("timeseries", ext_type), column)
+    # A random fingerprint, as datasets gives in-memory data anyway; the default would pickle the whole table.
+    return datasets.Dataset(
+        InMemoryTable(table),
+        info=datasets.DatasetInfo(features=features),
+        fingerprint=generate_random_fingerprint(),
+    )
 
 
 def load_cohort(directory: str | Path) -> Cohort:
