@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fmrilm.cohort_cli",
         "Import a cohort (participants table + scans), print its summary, or split it by subject or site.",
     ),
+    "corpus": ("fmrilm.data_gen.corpus_cli", "Write the descriptor corpus of a cohort (text, z values)."),
     "train": ("fmrilm.train.cli", "Train a stage (tokenizer = Stage 1; see `fmrilm train --help`)."),
 }
 

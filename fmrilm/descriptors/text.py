@@ -348,7 +348,7 @@ def render_ica(zmap: dict[str, float], ctx: TextContext, w: _Writer) -> str:
                 (
                     "{what} deviates most in component {c} ({label}): {bin} {z}.",
                     "among the group components, {what} is most atypical in component {c} ({label}), {bin} {z}.",
-                    "component {c} ({label}) shows the largest {what} deviation: {bin} {z}.",
+                    "component {c} ({label}) deviates most in {what}: {bin} {z}.",
                 ),
                 what=ICA_PHRASES[metric],
                 c=c,
