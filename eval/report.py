@@ -1,0 +1,364 @@
+"""Evaluation results and the report they are written to: JSON for machines, Markdown + PNG plots for people.
+
+Every method — a baseline, the model zero-shot, the model after k-shot fine-tuning with some seed — hands
+back a :class:`MethodResult` with its raw predictions on the same split part; metrics and confidence intervals
+are computed here the same way for all of them, so no method is scored differently from another.
+Plots (matplotlib, Agg backend, no display needed): ROC curves, calibration curves, confusion matrices and
+few-shot curves with over-seed confidence intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fmrilm.eval.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, evaluate, seed_ci
+
+#: The headline metric of each task type (few-shot curves, summary lines).
+MAIN_METRIC = {"binary": "balanced_accuracy", "multiclass": "balanced_accuracy", "regression": "mae"}
+
+
+@dataclass
+class MethodResult:
+    """One method's predictions for one task on one split part (and, for few-shot runs, one k and seed).
+
+    ``y_score`` is ``(n, len(classes))`` class probabilities (classification); ``y_pred`` the predicted class
+    or number. For binary tasks ``classes[1]`` is the positive class (ROC, F1). ``subject_ids`` lets the
+    bootstrap resample whole subjects.
+    """
+
+    method: str
+    task: str
+    task_type: str
+    y_true: list[Any]
+    y_pred: list[Any]
+    y_score: np.ndarray | None = None
+    classes: list[Any] | None = None
+    part: str = "test"
+    subject_ids: list[str] | None = None
+    shots: int | None = None
+    seed: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.y_true)
+
+    def score(self, n_boot: int = 1000, seed: int = 0) -> MethodResult:
+        """Fill :attr:`metrics` with every metric of the task type and its bootstrap interval."""
+        self.metrics = evaluate(
+            "regression" if self.task_type == "regression" else "classification",
+            self.y_true,
+            y_score=self.y_score,
+            classes=self.classes,
+            y_pred=self.y_pred,
+            groups=self.subject_ids,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        return self
+
+    def to_dict(self, predictions: bool = False) -> dict[str, Any]:
+        out = {
+            "method": self.method,
+            "task": self.task,
+            "task_type": self.task_type,
+            "part": self.part,
+            "shots": self.shots,
+            "seed": self.seed,
+            "n": self.n,
+            "metrics": self.metrics,
+            "info": self.info,
+        }
+        if predictions:
+            out["y_true"] = _jsonable(self.y_true)
+            out["y_pred"] = _jsonable(self.y_pred)
+            out["classes"] = _jsonable(self.classes)
+            out["y_score"] = None if self.y_score is None else np.asarray(self.y_score).round(6).tolist()
+            out["subject_ids"] = self.subject_ids
+        return out
+
+
+def aggregate_seeds(results: list[MethodResult]) -> dict[tuple[str, str, int | None], dict[str, Any]]:
+    """Group runs by (task, method, shots) and give each metric's mean and Student-t interval over seeds."""
+    groups: dict[tuple[str, str, int | None], list[MethodResult]] = defaultdict(list)
+    for r in results:
+        groups[(r.task, r.method, r.shots)].append(r)
+    out = {}
+    for key, runs in groups.items():
+        names = REGRESSION_METRICS if runs[0].task_type == "regression" else CLASSIFICATION_METRICS
+        out[key] = {
+            "n_seeds": len(runs),
+            "task_type": runs[0].task_type,
+            **{
+                m: dict(zip(("mean", "low", "high"), seed_ci([r.metrics[m]["value"] for r in runs]), strict=False))
+                for m in names
+            },
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- writing
+def write_report(
+    results: list[MethodResult],
+    out_dir: str | Path,
+    *,
+    title: str = "fmrilm evaluation",
+    context: dict[str, Any] | None = None,
+    predictions: bool = True,
+    n_boot: int = 1000,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``plots/*.png`` into ``out_dir`` (atomically, as one folder).
+
+    Results without metrics are scored first. ``context`` (cohort, split summary, commands) is copied into
+    both files. Returns the paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    out_dir = Path(out_dir)
+    for r in results:
+        if not r.metrics:
+            r.score(n_boot=n_boot)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        (tmp / "plots").mkdir()
+        plots = _plots(results, tmp / "plots")
+        agg = aggregate_seeds(results)
+        record = {
+            "title": title,
+            "context": context or {},
+            "results": [r.to_dict(predictions=predictions) for r in results],
+            "over_seeds": [
+                {"task": t, "method": m, "shots": k, **v}
+                for (t, m, k), v in sorted(agg.items(), key=_agg_key)
+            ],
+            "plots": {k: [str(Path("plots") / p.name) for p in v] for k, v in plots.items()},
+        }
+        (tmp / "report.json").write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=True))
+        (tmp / "report.md").write_text(_markdown(title, context or {}, results, agg, plots))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "json": out_dir / "report.json",
+        "markdown": out_dir / "report.md",
+        **{f"plot:{p.name}": out_dir / "plots" / p.name for v in plots.values() for p in v},
+    }
+
+
+def _agg_key(item: tuple) -> tuple:
+    (task, method, shots), _ = item
+    return (task, method, -1 if shots is None else shots)
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _markdown(
+    title: str,
+    context: dict[str, Any],
+    results: list[MethodResult],
+    agg: dict,
+    plots: dict[str, list[Path]],
+) -> str:
+    lines = [f"# {title}", ""]
+    for key, value in context.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=_json_default)
+        lines.append(f"- **{key}**: {text}")
+    if context:
+        lines.append("")
+    lines.append(
+        "Intervals: 95% bootstrap over test subjects for single runs; Student-t over seeds for repeated runs."
+    )
+    lines.append("")
+    by_task: dict[str, list[MethodResult]] = defaultdict(list)
+    for r in results:
+        by_task[r.task].append(r)
+    for task, runs in by_task.items():
+        ttype = runs[0].task_type
+        names = REGRESSION_METRICS if ttype == "regression" else CLASSIFICATION_METRICS
+        lines += [f"## {task} ({ttype})", ""]
+        lines.append("| method | part | shots | seed | n | " + " | ".join(names) + " |")
+        lines.append("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+        for r in runs:
+            cells = [
+                f"{_fmt(r.metrics[m]['value'])} [{_fmt(r.metrics[m]['low'])}, {_fmt(r.metrics[m]['high'])}]"
+                for m in names
+            ]
+            shots = "—" if r.shots is None else str(r.shots)
+            seed = "—" if r.seed is None else str(r.seed)
+            lines.append(f"| {r.method} | {r.part} | {shots} | {seed} | {r.n} | " + " | ".join(cells) + " |")
+        lines.append("")
+        repeated = {k: v for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1}
+        if repeated:
+            lines += ["Over seeds (mean [95% CI]):", ""]
+            lines.append("| method | shots | seeds | " + " | ".join(names) + " |")
+            lines.append("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+            for (_, method, shots), v in sorted(repeated.items(), key=_agg_key):
+                cells = [f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]" for m in names]
+                lines.append(
+                    f"| {method} | {'—' if shots is None else shots} | {v['n_seeds']} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+            lines.append("")
+        for p in plots.get(task, []):
+            lines.append(f"![{p.stem}](plots/{p.name})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- plots
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower() or "x"
+
+
+def _label(r: MethodResult) -> str:
+    return r.method + ("" if r.shots is None else f" ({r.shots}-shot)")
+
+
+def _plots(results: list[MethodResult], folder: Path) -> dict[str, list[Path]]:
+    """Per task: ROC and calibration (binary), confusion matrices (classification), few-shot curves."""
+    import matplotlib.pyplot as plt
+
+    out: dict[str, list[Path]] = defaultdict(list)
+    by_task: dict[str, list[MethodResult]] = defaultdict(list)
+    for r in results:
+        by_task[r.task].append(r)
+    for task, runs in by_task.items():
+        # One curve per (method, shots): the first seed stands for the others in ROC/calibration/confusion.
+        first: dict[tuple[str, int | None], MethodResult] = {}
+        for r in runs:
+            first.setdefault((r.method, r.shots), r)
+        shown = list(first.values())
+        binary = [
+            r for r in shown if r.task_type == "binary" and r.y_score is not None and len(set(r.y_true)) == 2
+        ]
+        if binary:
+            out[task].append(_roc_plot(task, binary, folder, plt))
+            out[task].append(_calibration_plot(task, binary, folder, plt))
+        for r in shown:
+            if r.task_type != "regression" and r.classes:
+                out[task].append(_confusion_plot(task, r, folder, plt))
+        curve = _fewshot_plot(task, runs, folder, plt)
+        if curve is not None:
+            out[task].append(curve)
+    return dict(out)
+
+
+def _positive_score(r: MethodResult) -> tuple[np.ndarray, np.ndarray]:
+    score = np.asarray(r.y_score, dtype=float)
+    score = score[:, 1] if score.ndim == 2 else score
+    return np.asarray([y == r.classes[1] for y in r.y_true]), score
+
+
+def _roc_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Path:
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for r in runs:
+        truth, score = _positive_score(r)
+        fpr, tpr, _ = roc_curve(truth, score)
+        auc = r.metrics.get("auc", {}).get("value", float("nan"))
+        ax.plot(fpr, tpr, label=f"{_label(r)} (AUC {_fmt(auc, 2)})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {task} ({runs[0].classes[1]})"
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, folder / f"roc_{_slug(task)}.png", plt)
+
+
+def _calibration_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Path:
+    from sklearn.calibration import calibration_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for r in runs:
+        truth, score = _positive_score(r)
+        n_bins = max(2, min(10, len(truth) // 10))
+        frac, mean = calibration_curve(truth, np.clip(score, 0, 1), n_bins=n_bins, strategy="quantile")
+        ax.plot(mean, frac, "o-", ms=3, label=_label(r))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect")
+    ax.set(xlabel="predicted probability", ylabel="observed fraction", title=f"Calibration: {task}")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, folder / f"calibration_{_slug(task)}.png", plt)
+
+
+def _confusion_plot(task: str, r: MethodResult, folder: Path, plt) -> Path:
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    labels = list(r.classes)
+    cm = confusion_matrix(
+        [str(y) for y in r.y_true], [str(y) for y in r.y_pred], labels=[str(c) for c in labels]
+    )
+    size = max(3.5, 0.5 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(cm, display_labels=[str(c) for c in labels]).plot(ax=ax, colorbar=False)
+    ax.set_title(f"{task}: {_label(r)}", fontsize=9)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    name = f"confusion_{_slug(task)}_{_slug(r.method)}" + ("" if r.shots is None else f"_{r.shots}shot")
+    return _save(fig, folder / f"{name}.png", plt)
+
+
+def _fewshot_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Path | None:
+    """Main metric against k, mean and over-seed interval per method; reference lines for methods without k."""
+    shot_runs = [r for r in runs if r.shots is not None]
+    if len({r.shots for r in shot_runs}) < 2:
+        return None
+    metric = MAIN_METRIC[runs[0].task_type]
+    agg = aggregate_seeds(runs)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method in dict.fromkeys(r.method for r in shot_runs):
+        ks = sorted({r.shots for r in shot_runs if r.method == method})
+        mean = np.array([agg[(task, method, k)][metric]["mean"] for k in ks])
+        lo = np.array([agg[(task, method, k)][metric]["low"] for k in ks])
+        hi = np.array([agg[(task, method, k)][metric]["high"] for k in ks])
+        ax.plot(ks, mean, "o-", label=method)
+        ax.fill_between(ks, lo, hi, alpha=0.2)
+    for method in dict.fromkeys(r.method for r in runs if r.shots is None):
+        ax.axhline(agg[(task, method, None)][metric]["mean"], ls="--", lw=1, label=method, color=None)
+    ax.set(
+        xlabel="labelled subjects per class (k)", ylabel=metric.replace("_", " "), title=f"Few-shot: {task}"
+    )
+    ax.set_xscale("symlog", linthresh=1)
+    ax.legend(fontsize=7)
+    return _save(fig, folder / f"fewshot_{_slug(task)}.png", plt)
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _jsonable(values: Any) -> Any:
+    if values is None:
+        return None
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -1,0 +1,255 @@
+"""Metrics (equal to sklearn/scipy, intervals around the estimate), FC baselines with a planted effect, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fmrilm.eval.baselines import (
+    demographics_baseline,
+    fc_features,
+    floor_baseline,
+    linear_probe,
+    run_baselines,
+)
+from fmrilm.eval.metrics import (
+    _codes,
+    _fast_classification,
+    _fast_regression,
+    bootstrap_ci,
+    classification_metrics,
+    evaluate,
+    regression_metrics,
+    seed_ci,
+)
+from fmrilm.eval.report import MethodResult, write_report
+from fmrilm.instructions.spec import load_task
+from scipy.stats import pearsonr
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+)
+
+from fmrilm.atlas import Atlas
+from fmrilm.cohort import Cohort
+from fmrilm.scan import Scan
+from fmrilm.splits import leave_sites_out_split
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["control", "patient"], size=40)
+    p = np.clip(rng.random(40) + 0.3 * (y == "patient"), 0, 1)
+    pred = np.where(p > 0.5, "patient", "control")
+    m = classification_metrics(y, p, ["control", "patient"])
+    truth = y == "patient"
+    assert m["auc"] == pytest.approx(roc_auc_score(truth, p))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(truth, pred == "patient"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    fast = _fast_classification(
+        _codes(y, ["control", "patient"]), np.stack([1 - p, p], 1), (p > 0.5).astype(int), 2
+    )
+    assert fast == pytest.approx(m)
+
+
+def test_multiclass_metrics_equal_sklearn():
+    rng = np.random.default_rng(3)
+    classes = ["a", "b", "c"]
+    y = rng.choice(classes, size=60)
+    proba = rng.dirichlet([1, 1, 1], size=60)
+    pred = np.asarray(classes)[proba.argmax(1)]
+    m = classification_metrics(y, proba, classes)
+    assert m["auc"] == pytest.approx(
+        roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
+    )
+    assert m["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert _fast_classification(_codes(y, classes), proba, proba.argmax(1), 3) == pytest.approx(m)
+
+
+def test_regression_metrics_equal_sklearn_and_scipy():
+    rng = np.random.default_rng(4)
+    t = rng.normal(30, 8, size=50)
+    p = t + rng.normal(0, 5, size=50)
+    m = regression_metrics(t, p)
+    assert m["mae"] == pytest.approx(mean_absolute_error(t, p))
+    assert m["pearson_r"] == pytest.approx(pearsonr(t, p).statistic)
+    assert m["r2"] == pytest.approx(r2_score(t, p))
+    assert _fast_regression(t, p) == pytest.approx(m)
+
+
+def test_intervals_contain_the_point_estimate():
+    rng = np.random.default_rng(5)
+    y = rng.choice(["x", "y"], size=80)
+    p = np.clip(0.5 + 0.3 * (y == "y") + rng.normal(0, 0.25, 80), 0, 1)
+    subjects = [f"s{i // 2}" for i in range(80)]  # two scans per subject: resampled together
+    res = evaluate("classification", y, y_score=p, classes=["x", "y"], groups=subjects, n_boot=300)
+    for name, v in res.items():
+        assert v["low"] <= v["value"] <= v["high"], name
+        assert v["high"] > v["low"]
+    t = rng.normal(size=60)
+    res = evaluate("regression", t, y_pred=t + rng.normal(size=60), n_boot=300)
+    for v in res.values():
+        assert v["low"] <= v["value"] <= v["high"]
+    lo, hi = bootstrap_ci(lambda idx: float(np.mean(t[idx])), len(t), n_boot=300)
+    assert lo <= t.mean() <= hi
+    mean, lo, hi = seed_ci([0.61, 0.66, 0.64, 0.70])
+    assert mean == pytest.approx(0.6525) and lo < mean < hi
+    assert seed_ci([0.5]) == (0.5, 0.5, 0.5)
+
+
+# --------------------------------------------------------------------------------------------------- baselines
+def planted_cohort(n: int = 90, effect: float = 0.9, seed: int = 0) -> Cohort:
+    """Patients couple regions 0-3 through a shared signal; age scales the coupling of regions 6-8.
+
+    Region 11 is constant zero in every scan (as in real ABIDE scans), so features must stay finite.
+    """
+    rng = np.random.default_rng(seed)
+    n_regions, n_time = 12, 120
+    atlas = Atlas(
+        name="toy", labels=[f"r{i}" for i in range(n_regions)], coords=rng.normal(size=(n_regions, 3)) * 30,
+        networks=["A"] * 6 + ["B"] * 6,
+    )  # fmt: skip
+    scans, pheno = [], []
+    for i in range(n):
+        dx = "patient" if i % 2 else "control"
+        age = float(rng.uniform(8, 40))
+        ts = rng.normal(size=(n_time, n_regions))
+        if dx == "patient":
+            ts[:, :4] += effect * rng.normal(size=(n_time, 1))
+        ts[:, 6:9] += 2.0 * (age - 8) / 32 * rng.normal(size=(n_time, 1))
+        ts[:, 11] = 0.0
+        scans.append(
+            Scan(
+                ts.astype(np.float32),
+                tr=2.0,
+                atlas=atlas,
+                scan_id=f"s{i}",
+                subject_id=f"sub{i}",
+                site=f"site{i % 3}",
+            )
+        )
+        pheno.append(
+            {
+                "diagnosis": dx,
+                "sex": "male" if rng.random() < 0.5 else "female",
+                "age": age if i % 17 else None,
+            }
+        )
+    return Cohort.from_scans(scans, pheno, atlas=atlas)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    cohort = planted_cohort()
+    split = leave_sites_out_split(cohort, test_sites=["site0"])
+    return cohort, split, fc_features(cohort)
+
+
+def test_fc_features_are_finite_fisher_z_of_cleaned_data(planted):
+    from nilearn.connectome import ConnectivityMeasure
+    from nilearn.signal import clean
+    from sklearn.covariance import EmpiricalCovariance
+
+    cohort, _, fc = planted
+    n = cohort.atlas.n_regions
+    assert fc.shape == (len(cohort), n * (n - 1) // 2) and np.isfinite(fc).all()
+    ts = clean(cohort.scan(0).timeseries[:, :11], detrend=True, standardize="zscore_sample", t_r=2.0)
+    ref = ConnectivityMeasure(kind="correlation", cov_estimator=EmpiricalCovariance()).fit_transform([ts])[0]
+    iu = np.triu_indices(n, k=1)
+    good = iu[1] < 11
+    np.testing.assert_allclose(fc[0][good], np.arctanh(ref[iu[0][good], iu[1][good]]), atol=1e-4)
+    assert np.all(fc[0][~good] == 0)  # the dead region couples 0, not NaN
+
+
+def test_fc_baseline_beats_chance_on_held_out_sites(planted):
+    cohort, split, fc = planted
+    table = cohort.phenotype_table()
+    results = run_baselines(cohort, [load_task("diagnosis"), load_task("age")], split, fc=fc)
+    by = {(r.method, r.task): r.score(n_boot=200) for r in results}
+    dx = by[("fc_linear", "diagnosis")]
+    assert dx.classes == ["control", "patient"] and dx.part == "test"
+    assert set(table.iloc[split["test"]]["site"]) == {"site0"}
+    assert dx.metrics["balanced_accuracy"]["value"] > 0.75
+    assert dx.metrics["auc"]["low"] > 0.5
+    assert by[("prior", "diagnosis")].metrics["auc"]["value"] == 0.5
+    assert by[("demographics", "diagnosis")].info["covariates"] == ["age", "sex"]
+    age = by[("fc_linear", "age")]
+    assert age.info["n_missing"] > 0  # missing ages left out, not imputed as targets
+    assert age.n == sum(1 for i in split["test"] if table.loc[i, "age"] == table.loc[i, "age"])
+    assert age.metrics["pearson_r"]["value"] > 0.3
+    assert age.metrics["mae"]["value"] < by[("train_mean", "age")].metrics["mae"]["value"]
+
+
+def test_no_effect_means_chance(planted):
+    """The same pipeline on a label that is noise stays near chance (the test above can fail)."""
+    cohort, split, fc = planted
+    table = cohort.phenotype_table()
+    (r,) = linear_probe(fc, table, "sex", split, method="fc_linear")
+    assert r.score(n_boot=200).metrics["auc"]["low"] < 0.5 < r.metrics["auc"]["high"]
+
+
+def test_linear_probe_takes_any_features_and_rejects_nan(planted):
+    cohort, split, _ = planted
+    table = cohort.phenotype_table()
+    codes = np.random.default_rng(0).normal(size=(len(cohort), 7))  # e.g. pooled tokenizer codes
+    (r,) = linear_probe(codes, table, load_task("diagnosis"), split, method="code_probe", inner_groups="site")
+    assert r.method == "code_probe" and r.info["n_features"] == 7 and r.y_score.shape == (r.n, 2)
+    codes[0, 0] = np.nan
+    from fmrilm.errors import FmriInputError
+
+    with pytest.raises(FmriInputError, match="NaN"):
+        linear_probe(codes, table, "diagnosis", split)
+
+
+def test_demographics_baseline_handles_missing_covariates(planted):
+    cohort, split, _ = planted
+    table = cohort.phenotype_table()
+    (r,) = demographics_baseline(table, "diagnosis", split)
+    assert np.isfinite(r.y_score).all() and r.n == len(split["test"])
+    assert demographics_baseline(table, "age", split, covariates=["age"]) == []  # target is never a covariate
+    (floor,) = floor_baseline(table, "age", split)
+    assert len(set(floor.y_pred)) == 1
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def test_report_writes_json_markdown_and_plots(tmp_path, planted):
+    cohort, split, fc = planted
+    results = run_baselines(cohort, [load_task("diagnosis"), load_task("age")], split, fc=fc)
+    rng = np.random.default_rng(0)
+    truth = results[0].y_true
+    for k in (2, 4, 8):
+        for seed in range(3):
+            p = np.clip(
+                0.5 + (k / 20) * (np.asarray(truth) == "patient") + rng.normal(0, 0.2, len(truth)), 0, 1
+            )
+            results.append(
+                MethodResult(
+                    "fmrilm few-shot", "diagnosis", "binary", truth, list(np.where(p > 0.5, "patient", "control")),
+                    np.stack([1 - p, p], 1), ["control", "patient"], shots=k, seed=seed,
+                )
+            )  # fmt: skip
+    paths = write_report(
+        results, tmp_path / "report", context={"cohort": "planted", "split": "leave-sites-out"}, n_boot=100
+    )
+    record = json.loads(paths["json"].read_text())
+    methods = {(r["task"], r["method"]) for r in record["results"]}
+    assert ("diagnosis", "fc_linear") in methods and ("age", "train_mean") in methods
+    assert any(
+        a["method"] == "fmrilm few-shot" and a["shots"] == 8 and a["n_seeds"] == 3
+        for a in record["over_seeds"]
+    )
+    md = paths["markdown"].read_text()
+    assert "## diagnosis (binary)" in md and "fc_linear" in md and "plots/roc_diagnosis.png" in md
+    pngs = {p.name for p in (tmp_path / "report" / "plots").glob("*.png")}
+    assert {"roc_diagnosis.png", "calibration_diagnosis.png", "fewshot_diagnosis.png"} <= pngs
+    assert any(n.startswith("confusion_diagnosis_fc_linear") for n in pngs)
+    assert all((tmp_path / "report" / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in pngs)

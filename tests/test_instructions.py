@@ -1,0 +1,320 @@
+"""Task specs and instruction sets: YAML-only tasks, validation errors, seeding, no phenotype in prompts."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+
+import numpy as np
+import pytest
+from fmrilm.instructions.builder import (
+    DescriptorIndex,
+    build_instructions,
+    load_instruction_set,
+    n_windows,
+)
+from fmrilm.instructions.spec import MIN_QUESTIONS, TaskSpec, builtin_tasks, load_task, load_tasks
+
+from fmrilm.atlas import Atlas
+from fmrilm.cli import main as cli_main
+from fmrilm.cohort import Cohort
+from fmrilm.errors import FmriInputError
+from fmrilm.scan import Scan
+
+QUESTIONS = [f"Which hand does participant number variant {i} prefer?" for i in range(MIN_QUESTIONS)]
+
+
+def toy_cohort(n: int = 8, **extra_columns) -> Cohort:
+    rng = np.random.default_rng(0)
+    atlas = Atlas(
+        name="toy",
+        labels=[f"r{i}" for i in range(6)],
+        coords=rng.normal(size=(6, 3)),
+        networks=["A"] * 3 + ["B"] * 3,
+    )
+    scans, pheno = [], []
+    for i in range(n):
+        scans.append(
+            Scan(
+                rng.normal(size=(60, 6)),
+                tr=2.0,
+                atlas=atlas,
+                scan_id=f"scan{i}",
+                subject_id=f"sub{i}",
+                site=f"SITE{i % 2}",
+            )
+        )
+        row = {
+            "sex": "male" if i % 2 else "female",
+            "age": None if i == 3 else 20.0 + i,
+            "diagnosis": "patient" if i % 3 == 0 else "control",
+        }
+        row.update({k: v[i] for k, v in extra_columns.items()})
+        pheno.append(row)
+    return Cohort.from_scans(scans, pheno, atlas=atlas)
+
+
+def write_task(tmp_path, name="handedness", **overrides) -> str:
+    spec = {
+        "name": name,
+        "type": "binary",
+        "target": "hand",
+        "questions": QUESTIONS,
+        "answers": {"maps": [{"name": "lr", "values": {"L": "left", "R": "right"}}]},
+        "sentences": ["The participant is probably {answer}-handed."],
+        "paradigms": ["brain", "open", "multi"],
+    }
+    spec.update(overrides)
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def user_text(row) -> str:
+    messages = json.loads(row["messages"])
+    return " ".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
+
+
+# ------------------------------------------------------------------------------------------------- task specs
+@pytest.mark.parametrize("name", builtin_tasks())
+def test_every_builtin_task_validates(name):
+    spec = load_task(name)
+    assert len({q.lower() for q in spec.questions}) >= MIN_QUESTIONS
+    assert spec.paradigms
+    if spec.type == "regression":
+        answers = spec.number.bin_answers()
+        assert len(set(answers)) == len(answers) == len(spec.number.bins) - 1
+        assert all(re.fullmatch(r"-?\d+(\.\d+)?", a) for a in answers)  # digits only
+    for m in spec.value_maps:
+        options = list(dict.fromkeys(m["values"].values()))
+        assert len({o.lower() for o in options}) == len(options) >= 2
+    assert TaskSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()  # round-trips
+
+
+def test_builtin_set_covers_the_required_tasks():
+    names = set(builtin_tasks())
+    assert {"sex", "age", "diagnosis", "fiq", "describe"} <= names
+    assert any(load_task(n).source == "descriptors" and load_task(n).is_choice for n in names)
+
+
+def test_unknown_task_names_the_known_ones():
+    with pytest.raises(FmriInputError, match=r"Unknown task 'handednes'.*sex"):
+        load_task("handednes")
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\nquestions: [unclosed\n")
+    with pytest.raises(FmriInputError, match=r"broken\.yaml.*not valid YAML"):
+        load_task(str(path))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"questions": QUESTIONS[:5]}, "fewer than 20"),
+        ({"type": "ordinal"}, "Unknown task type 'ordinal'"),
+        ({"answers": {"maps": [{"values": {"L": "left", "R": "Left"}}]}}, "differ only in case"),
+        ({"answers": {"maps": [{"values": {"L": "left", "R": "left hand"}}]}}, "is the start of answer"),
+        ({"paradigms": ["brain", "telepathy"]}, "Bad `paradigms`"),
+        ({"colour": "blue"}, r"Unknown key\(s\) \['colour'\]"),
+        ({"sentences": []}, "no `sentences`"),
+    ],
+)
+def test_bad_specs_are_rejected_with_the_file_named(tmp_path, overrides, message):
+    path = write_task(tmp_path, **overrides)
+    with pytest.raises(FmriInputError, match=message) as info:
+        load_task(path)
+    assert "handedness.yaml" in str(info.value)
+
+
+def test_unknown_answer_value_is_an_error_not_a_default():
+    cohort = toy_cohort()
+    table = cohort.phenotype_table()
+    table.loc[2, "diagnosis"] = "adhd"
+    spec = load_task("diagnosis")
+    with pytest.raises(FmriInputError, match=r"no answer map covers.*\['adhd'\]"):
+        spec.answer_map(table["diagnosis"].tolist())
+    with pytest.raises(FmriInputError, match="value 'adhd'"):
+        spec.answer_for("adhd", spec.answer_map(["autism", "control"])[1])
+
+
+def test_diagnosis_map_follows_the_cohort_coding():
+    spec = load_task("diagnosis")
+    assert spec.answer_map(["autism", "control"])[1] == {"autism": "autism", "control": "typical development"}
+    assert spec.answer_map(["patient", "control"])[1] == {"patient": "patient", "control": "control"}
+
+
+# --------------------------------------------------------------------------------------------- instruction sets
+def test_yaml_only_task_builds_end_to_end(tmp_path):
+    """A new task is a YAML file, no code: write one, build through the CLI, load the set back."""
+    hands = ["L" if i % 3 == 0 else "R" for i in range(8)]
+    hands[5] = None  # missing target: skipped and counted, never defaulted
+    cohort = toy_cohort(hand=hands)
+    cohort.save(tmp_path / "cohort")
+    task_file = write_task(tmp_path)
+    out = tmp_path / "instr"
+    assert (
+        cli_main(
+            [
+                "instructions",
+                "build",
+                str(tmp_path / "cohort"),
+                "--tasks",
+                f"{task_file},sex",
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    ds, meta, specs = load_instruction_set(out)
+    assert set(specs) == {"handedness", "sex"}  # the set carries its task specs
+    rows = [r for r in ds if r["task"] == "handedness"]
+    assert len(rows) == 7 * 2  # 7 scans with a value x (brain, open)
+    assert meta["counts"]["handedness"]["skipped_missing"] == 2
+    by_scan = {f"scan{i}": {"L": "left", "R": "right"}.get(h) for i, h in enumerate(hands)}
+    for r in rows:
+        assert r["label"] == by_scan[r["scan_id"]]
+        assert r["options"] == ["left", "right"]
+        messages = json.loads(r["messages"])
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert messages[0]["content"][0] == {"type": "fmri", "scan_id": r["scan_id"], "window": None}
+        assert messages[1]["content"] == [{"type": "text", "text": r["answer"]}]
+        if r["paradigm"] == "brain":
+            assert r["answer"] == r["label"]
+            assert "left" in user_text(r) and "right" in user_text(r)  # options listed
+        else:
+            assert r["answer"] == f"The participant is probably {r['label']}-handed."
+    multi = [r for r in ds if r["paradigm"] == "multi"]
+    assert multi and all(len(json.loads(r["subtasks"])) >= 2 for r in multi)
+
+
+def test_build_is_seeded():
+    cohort = toy_cohort()
+    tasks = load_tasks("sex,age,diagnosis")
+    a, _ = build_instructions(cohort, tasks, seed=1)
+    b, _ = build_instructions(cohort, tasks, seed=1)
+    c, _ = build_instructions(cohort, tasks, seed=2)
+    assert list(a["messages"]) == list(b["messages"])
+    assert list(a["messages"]) != list(c["messages"])
+    def single(ds):
+        return [
+            (r["scan_id"], r["task"], r["paradigm"], r["label"]) for r in ds if r["paradigm"] != "multi"
+        ]
+    assert single(a) == single(c)  # answers do not depend on the seed
+
+
+def test_no_phenotype_or_identity_reaches_a_prompt():
+    """A prompt is exactly a paraphrase from the YAML plus the answer instruction: nothing about the person."""
+    cohort = toy_cohort()
+    tasks = {t.name: t for t in load_tasks("sex,age,diagnosis")}
+    ds, _ = build_instructions(cohort, list(tasks.values()), seed=0, paradigms=["brain", "open"])
+    for r in ds:
+        spec, text = tasks[r["task"]], user_text(r)
+        question = next(q for q in spec.questions if text.startswith(q))
+        rest = text[len(question) :].strip()
+        if r["paradigm"] == "open":
+            assert rest == ""
+        elif spec.is_choice:
+            listed = re.fullmatch(r"Answer with one of: (.+)\.", rest).group(1).split(", ")
+            assert sorted(listed) == sorted(r["options"])
+        else:
+            assert rest == "Answer with a number of years."
+
+
+def test_split_column_and_missing_rows_counted():
+    cohort = toy_cohort()
+    split = {"train": [0, 1, 2, 3, 4, 5], "test": [6, 7]}
+    ds, meta = build_instructions(cohort, load_tasks("age"), split=split, paradigms=["brain"])
+    assert meta["counts"]["age"] == {"rows": 7, "skipped_missing": 1}
+    assert {r["scan_id"]: r["split"] for r in ds}["scan7"] == "test"
+    assert all(r["value"] == float(r["label"]) for r in ds)
+
+
+def test_windows_mode_matches_the_signal_windowing():
+    from fmrilm.signal import SignalConfig, scan_windows
+
+    cohort = toy_cohort(n=2)
+    ds, _ = build_instructions(cohort, load_tasks("sex"), windows="all", paradigms=["brain"])
+    expected = len(scan_windows(cohort.scan(0), SignalConfig())[0])
+    assert expected == n_windows(60, 2.0)
+    assert sorted(r["window"] for r in ds if r["scan_id"] == "scan0") == list(range(expected))
+
+
+def descriptor_index(cohort: Cohort, text: str = "Modularity is typical (z = 0.1).") -> DescriptorIndex:
+    names = [
+        "fc.between.A~B",
+        "fc.between.A~C",
+        "fc.between.B~C",
+        "fc.segregation.A",
+        "fc.segregation.B",
+        "graph.modularity",
+    ]
+    rng = np.random.default_rng(1)
+    index = DescriptorIndex(feature_names=names, source="toy-corpus")
+    for sid in cohort.dataset["scan_id"]:
+        index.z[(sid, -1)] = rng.normal(size=len(names))
+        index.texts[(sid, -1)] = {"fc": text, "graph": ""}
+    return index
+
+
+def test_descriptor_tasks_answer_from_z_features():
+    cohort = toy_cohort()
+    index = descriptor_index(cohort)
+    tasks = load_tasks("coupled_pair,decoupled_pair,modularity,describe")
+    ds, meta = build_instructions(cohort, tasks, descriptors=index, paradigms=["brain", "open"])
+    names = index.feature_names
+    for r in ds:
+        z = dict(zip(names, index.z[(r["scan_id"], -1)], strict=True))
+        between = {k: v for k, v in z.items() if k.startswith("fc.between.")}
+        pair = lambda k: " and ".join(k.split(".")[-1].split("~")).lower()  # noqa: E731
+        if r["task"] == "coupled_pair":
+            assert r["label"] == pair(max(between, key=between.get))
+            assert set(r["options"]) == {"a and b", "a and c", "b and c"}
+        elif r["task"] == "decoupled_pair":
+            assert r["label"] == pair(min(between, key=between.get))
+        elif r["task"] == "modularity":
+            assert r["label"] == ("higher" if z["graph.modularity"] > 0 else "lower")
+        else:
+            assert r["task"] == "describe" and r["answer"] == "Modularity is typical (z = 0.1)."
+    assert meta["descriptors"] == "toy-corpus"
+
+
+def test_descriptor_text_only_in_its_paradigm_and_never_with_phenotypes():
+    cohort = toy_cohort()
+    index = descriptor_index(cohort)
+    ds, _ = build_instructions(
+        cohort, load_tasks("sex"), descriptors=index, paradigms=["brain", "brain_descriptors"]
+    )
+    for r in ds:
+        assert ("Modularity is typical" in user_text(r)) == (r["paradigm"] == "brain_descriptors")
+    leaky = descriptor_index(cohort, text="Coupling is typical for a female participant.")
+    with pytest.raises(FmriInputError, match="mentions 'female'"):
+        build_instructions(cohort, load_tasks("sex"), descriptors=leaky)
+
+
+def test_descriptor_task_without_corpus_and_missing_column_are_clear_errors(tmp_path):
+    cohort = toy_cohort()
+    with pytest.raises(FmriInputError, match="no corpus was given"):
+        build_instructions(cohort, load_tasks("modularity"))
+    with pytest.raises(FmriInputError, match="needs column 'fiq'"):
+        build_instructions(cohort, load_tasks("fiq"))
+
+
+def test_cli_reports_bad_task_file_without_traceback(tmp_path, capsys):
+    cohort = toy_cohort()
+    cohort.save(tmp_path / "cohort")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("name: bad\ntype: binary\n"))
+    code = cli_main(
+        ["instructions", "build", str(tmp_path / "cohort"), "--tasks", str(bad), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2
+    assert "no `target`" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing half-written
