@@ -19,6 +19,7 @@ _LAZY = {
     "load_scans": "fmrilm.io",
     "Cohort": "fmrilm.cohort",
     "load_cohort": "fmrilm.cohort",
+    "import_cohort": "fmrilm.cohort_import",
     "FmriTokenizerConfig": "fmrilm.tokenizer",
     "FmriTokenizerModel": "fmrilm.tokenizer",
 }
