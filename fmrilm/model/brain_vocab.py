@@ -123,34 +123,31 @@ def brain_token_ids(tokenizer: Any, vocab: BrainVocab) -> BrainTokenIds:
 def fit_codebook_projection(
     codebook: np.ndarray, table: np.ndarray, *, max_rank: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit an affine map codebook space -> embedding space by aligning principal axes.
+    """Fit an affine map codebook space -> embedding space: a rotation onto the table's principal axes.
 
-    The codebook's top principal components (whitened) are sent onto the embedding table's top principal
-    axes, scaled by their standard deviations, and the result is shifted to the table mean and rescaled so
-    that rows are as far from the mean as real embeddings are. Returns ``(weight (D, H), bias (H,), scale)``
-    with ``rows = (codebook - mean_c) @ weight * scale + bias``: codebook geometry is kept (nearby codes get
-    nearby embeddings) and the statistics match the LLM's own tokens.
+    The codebook's principal axes are sent, in order of variance, onto the embedding table's principal axes
+    (an isometry: distances between codes are kept exactly up to one global scale), the result is shifted to
+    the table mean and scaled so that rows lie as far from the mean as real embeddings do. Returns
+    ``(weight (D, H), bias (H,), scale (1,))`` with ``rows = (codebook - mean_c) @ weight * scale + bias``:
+    nearby codes get nearby embeddings, in the directions the LLM's own tokens vary most, at their scale.
     """
     codebook = np.asarray(codebook, dtype=np.float64)
     table = np.asarray(table, dtype=np.float64)
     mean_c, mean_t = codebook.mean(0), table.mean(0)
     cc, ct = codebook - mean_c, table - mean_t
-    rank = min(cc.shape[1], ct.shape[1], cc.shape[0] - 1 if cc.shape[0] > 1 else 1)
+    rank = min(cc.shape[1], ct.shape[1])
     if max_rank is not None:
         rank = min(rank, max_rank)
-    _, sc, vc = np.linalg.svd(cc, full_matrices=False)
+    _, _, vc = np.linalg.svd(cc, full_matrices=False)
     # The table can be large (50k x 576): the covariance eigendecomposition is cheaper than a full SVD.
-    cov_t = ct.T @ ct / max(len(ct) - 1, 1)
-    evals, evecs = np.linalg.eigh(cov_t)
-    order = np.argsort(evals)[::-1][:rank]
-    std_t, axes_t = np.sqrt(np.clip(evals[order], 0, None)), evecs[:, order]
-    std_c = np.maximum(sc[:rank] / np.sqrt(max(len(cc) - 1, 1)), 1e-8)
-    weight = (vc[:rank].T / std_c) @ (std_t[:, None] * axes_t.T)  # (D, H)
-    projected = cc @ weight
+    evals, evecs = np.linalg.eigh(ct.T @ ct)
+    axes_t = evecs[:, np.argsort(evals)[::-1][:rank]]
+    rank = min(rank, len(vc))
+    weight = vc[:rank].T @ axes_t[:, :rank].T  # (D, H), orthonormal rows in the codebook's span
+    got_norm = np.linalg.norm(cc @ weight, axis=1).mean()
     target_norm = np.linalg.norm(ct, axis=1).mean()
-    got_norm = np.linalg.norm(projected, axis=1).mean()
     scale = float(target_norm / got_norm) if got_norm > 0 else 1.0
-    return weight.astype(np.float32), mean_t.astype(np.float32), np.float32(scale) * np.ones(1, np.float32)
+    return weight.astype(np.float32), mean_t.astype(np.float32), np.full(1, scale, np.float32)
 
 
 def initial_brain_rows(
@@ -170,6 +167,8 @@ def initial_brain_rows(
         d = rng.standard_normal((n, table.shape[1]))
         return mean_t + d / np.linalg.norm(d, axis=1, keepdims=True) * typical
 
+    if codebook is not None and float(np.var(np.asarray(codebook, dtype=np.float64), axis=0).sum()) < 1e-12:
+        codebook = None  # an untrained (constant) codebook carries no geometry to keep
     if codebook is None:
         code_rows = random_rows(n_codes)
     else:

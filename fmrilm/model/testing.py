@@ -99,3 +99,97 @@ def tiny_causal_lm(arch: str = "llama", *, template: str | None = None, seed: in
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def tiny_fmri_tokenizer(
+    codebook_size: int = 32, num_latents: int = 4, window_length: int = 16, seed: int = 0
+):
+    """An untrained tiny `FmriTokenizerModel` (windows of ``window_length`` samples at TR 2 s)."""
+    import torch
+
+    from fmrilm.tokenizer import FmriTokenizerConfig, FmriTokenizerModel
+
+    config = FmriTokenizerConfig.from_preset(
+        "tiny",
+        codebook_size=codebook_size,
+        num_latents=num_latents,
+        window_length=window_length,
+        patch_length=8,
+    )
+    torch.manual_seed(seed)
+    return FmriTokenizerModel(config).eval()
+
+
+def random_scan(n_timepoints: int = 64, atlas: Any = "dosenbach160", seed: int = 0, scan_id: str = "scan-0"):
+    """A `Scan` of white noise on a built-in atlas (TR 2 s), for shape and plumbing tests."""
+    import numpy as np
+
+    from fmrilm.atlas import Atlas
+    from fmrilm.scan import Scan
+
+    atlas = Atlas.builtin(atlas) if isinstance(atlas, str) else atlas
+    ts = np.random.default_rng(seed).standard_normal((n_timepoints, atlas.n_regions)).astype(np.float32)
+    return Scan(ts, tr=2.0, atlas=atlas, scan_id=scan_id, subject_id=f"sub-{scan_id}")
+
+
+def write_llama_gguf(model: Any, tokenizer: Any, path: Any) -> None:
+    """Write a (tiny) Hugging Face Llama model and its byte-level BPE tokenizer as an F32 GGUF file.
+
+    Follows llama.cpp's conventions (tensor names, rotary permutation of q/k, ``tokenizer.ggml.*`` metadata),
+    so transformers' GGUF loader reads it back as it reads real GGUF files.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    vocab = tokenizer.get_vocab()
+    tokens = [""] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3 = control
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:  # llama.cpp's rotary layout for q and k
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    for key, tensor in model.state_dict().items():
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        value = tensor.detach().float().numpy()
+        if key.endswith("q_proj.weight"):
+            value = permute(value, cfg.num_attention_heads)
+        elif key.endswith("k_proj.weight"):
+            value = permute(value, cfg.num_key_value_heads)
+        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
