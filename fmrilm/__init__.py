@@ -22,6 +22,8 @@ _LAZY = {
     "import_cohort": "fmrilm.cohort_import",
     "FmriTokenizerConfig": "fmrilm.tokenizer",
     "FmriTokenizerModel": "fmrilm.tokenizer",
+    "FmriLM": "fmrilm.model.modeling",
+    "FmriLMProcessor": "fmrilm.model.processing",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
