@@ -286,7 +286,8 @@ def mapping_from_flags(
         specs.setdefault(pname.strip(), {})["kind"] = k.strip()
     for spec in specs.values():
         spec.setdefault("column", "")  # "" = refine the spec of the same name from --mapping/--preset
-    return CohortMapping.from_dict({"ids": ids, "phenotypes": specs}, source="command-line flags")
+    source = "command-line flags" if ids or specs else None
+    return CohortMapping.from_dict({"ids": ids, "phenotypes": specs}, source=source)
 
 
 def resolve_mapping(mapping: CohortMapping | dict | str | Path | None) -> CohortMapping:
