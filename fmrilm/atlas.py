@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,9 @@ class Atlas:
         """Read a table with x, y, z columns (MNI mm), an optional label column and an optional network column."""
         path = Path(path)
         if not path.exists():
-            raise FmriInputError("Atlas table not found", file=path, fix="check the path to the centroids table")
+            raise FmriInputError(
+                "Atlas table not found", file=path, fix="check the path to the centroids table"
+            )
         sep = "\t" if path.suffix.lower() in {".tsv", ".txt"} else ","
         try:
             table = pd.read_csv(path, sep=sep)
@@ -135,14 +137,14 @@ class Atlas:
             )
         coords = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(dtype=np.float32)
         if not np.isfinite(coords).all():
-            raise FmriInputError("The atlas table has missing coordinates", file=path, fix="fill every x, y, z")
+            raise FmriInputError(
+                "The atlas table has missing coordinates", file=path, fix="fill every x, y, z"
+            )
         label_col = next((cols[c] for c in ("label", "labels", "roi", "name", "region") if c in cols), None)
-        labels = (
-            [str(v) for v in table[label_col]] if label_col else [str(i + 1) for i in range(len(table))]
-        )
+        labels = [str(v) for v in table[label_col]] if label_col else [str(i + 1) for i in range(len(table))]
         net_col = next((cols[c] for c in ("network", "networks") if c in cols), None)
         networks = [str(v) for v in table[net_col]] if net_col else assign_networks(coords)
-        return cls(name=name or path.stem, labels=labels, coords=coords, networks=networks)
+        return cls(name=name or _atlas_name_from_file(path), labels=labels, coords=coords, networks=networks)
 
     @classmethod
     def from_labels_image(cls, labels_img: str | Path, name: str | None = None) -> Atlas:
@@ -157,7 +159,9 @@ class Atlas:
             data = np.asarray(img.dataobj)
         except Exception as exc:
             raise FmriInputError(
-                f"Cannot read the labels image ({exc})", file=path, fix="give a 3D NIfTI image of integer labels"
+                f"Cannot read the labels image ({exc})",
+                file=path,
+                fix="give a 3D NIfTI image of integer labels",
             ) from exc
         if data.ndim != 3:
             raise FmriInputError(
@@ -177,6 +181,15 @@ class Atlas:
             networks=assign_networks(coords),
             labels_img=str(path),
         )
+
+
+def _atlas_name_from_file(path: Path) -> str:
+    """'cc200_centroids.csv' -> 'cc200': the file's stem without a trailing centroids/coords word."""
+    stem = path.name.split(".")[0]
+    for suffix in ("_centroids", "-centroids", "_coords", "-coords", "_coordinates"):
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 def resolve_atlas(spec: Atlas | str | Path | None) -> Atlas | None:
@@ -206,7 +219,7 @@ def assign_networks(coords: np.ndarray, cutoff_mm: float = NETWORK_DISTANCE_CUTO
     return [ref.networks[i] if d <= cutoff_mm else UNASSIGNED for d, i in zip(dist, idx, strict=True)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin(key: str) -> Atlas:
     from nilearn import datasets
 
