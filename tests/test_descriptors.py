@@ -287,6 +287,8 @@ HAND_Z = {
     "fc.within.Visual": 2.46,
     "fc.within.DefaultMode": 0.2,
     "fc.between.Visual~DefaultMode": -2.2,
+    "fc.between.Visual~Salience": 1.6,
+    "fc.between.DefaultMode~Salience": 0.5,
     "fc.segregation.Visual": 1.1,
     "graph.global_efficiency": -0.5,
     "graph.modularity": 1.5,
@@ -311,6 +313,9 @@ def test_render_hand_made_z_values():
         "within the visual network: markedly elevated (z = 2.5)" in fc
     )
     assert "between the visual and default-mode networks" in fc and "z = -2.2" in fc
+    # further notable between-network pairs are listed, typical ones are not
+    assert "the visual and salience networks (z = 1.6, somewhat elevated)" in fc
+    assert "default-mode and salience" not in fc
     graph = texts["graph"]
     assert "somewhat elevated (z = 1.5)" in graph  # modularity
     assert "clustering" not in graph.lower()  # NaN feature: no sentence rather than a made-up one

@@ -22,6 +22,8 @@ from fmrilm.descriptors.ica import ICA_METRICS
 BINS = ("markedly reduced", "somewhat reduced", "typical", "somewhat elevated", "markedly elevated")
 #: |z| at or above this counts as a deviation worth listing.
 NOTABLE = 1.0
+#: At most this many extra between-network pairs are listed (beyond the strongest and weakest).
+MAX_LISTED = 4
 
 NETWORK_NAMES = {
     "DefaultMode": "default-mode",
@@ -189,6 +191,22 @@ def render_fc(zmap: dict[str, float], ctx: TextContext, w: _Writer) -> str:
                     bin=z_bin(pairs[lo]),
                 )
             )
+    between = {k: v for k, v in _finite(zmap, "fc.between.").items() if k not in (hi, lo)} if pairs else {}
+    notable = sorted((k for k in between if abs(between[k]) >= NOTABLE), key=lambda k: -abs(between[k]))
+    if notable:
+        items = [
+            f"{_pair(ctx, k).removeprefix('between ')} ({format_z(between[k])}, {z_bin(between[k])})"
+            for k in notable[:MAX_LISTED]
+        ]
+        out.append(
+            w.pick(
+                (
+                    "other notable between-network deviations: {items}.",
+                    "coupling also departs from the reference between {items}.",
+                ),
+                items=_listing(items),
+            )
+        )
     within = _finite(zmap, "fc.within.")
     notable = sorted((k for k in within if abs(within[k]) >= NOTABLE), key=lambda k: -abs(within[k]))[:3]
     if notable:
