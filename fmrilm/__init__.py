@@ -20,6 +20,7 @@ _LAZY = {
     "Cohort": "fmrilm.cohort",
     "load_cohort": "fmrilm.cohort",
     "import_cohort": "fmrilm.cohort_import",
+    "ReferenceStats": "fmrilm.descriptors",
     "FmriTokenizerConfig": "fmrilm.tokenizer",
     "FmriTokenizerModel": "fmrilm.tokenizer",
     "FmriLM": "fmrilm.model.modeling",

@@ -200,12 +200,12 @@ class ReferenceStats:
 
         signal_config = signal_config or SignalConfig()
         feature_config = feature_config or FeatureConfig()
-        scans, atlas, name = _scan_source(data, atlas, max_scans)
+        scans, n_scans, atlas, name = _scan_source(data, atlas, max_scans)
         ready: list[np.ndarray] = []
         ids: list[str] = []
         subjects: set[str] = set()
         tr = None
-        for scan in tqdm(scans, desc="reference: preprocess", disable=not progress):
+        for scan in tqdm(scans, total=n_scans, desc="reference: preprocess", disable=not progress):
             if scan.n_regions != atlas.n_regions:
                 raise FmriInputError(
                     f"The scan has {scan.n_regions} regions but atlas '{atlas.name}' has {atlas.n_regions}",
@@ -368,14 +368,18 @@ def _json_list(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
-def _scan_source(data: Any, atlas: Atlas | None, max_scans: int | None) -> tuple[Iterable[Scan], Atlas, str]:
+def _scan_source(
+    data: Any, atlas: Atlas | None, max_scans: int | None
+) -> tuple[Iterable[Scan], int, Atlas, str]:
+    """Scans to fit on (lazily for a Cohort, so a big cohort is never all in memory twice), their count,
+    the atlas and a name for the metadata."""
     from fmrilm.cohort import Cohort
 
     if isinstance(data, Cohort):
         idx = np.arange(len(data))
         if max_scans and len(idx) > max_scans:
             idx = idx[np.linspace(0, len(idx) - 1, max_scans).astype(int)]
-        return (data.scan(int(i)) for i in idx), atlas or data.atlas, data.name
+        return (data.scan(int(i)) for i in idx), len(idx), atlas or data.atlas, data.name
     scans: Sequence[Scan] = list(data)
     if not scans:
         raise FmriInputError("No scan to fit reference statistics on", fix="give a cohort or a list of scans")
@@ -384,7 +388,7 @@ def _scan_source(data: Any, atlas: Atlas | None, max_scans: int | None) -> tuple
     atlas = atlas or scans[0].atlas
     if atlas is None:
         raise FmriInputError("The scans carry no atlas", fix="pass atlas= to ReferenceStats.fit")
-    return scans, atlas, "scans"
+    return scans, len(scans), atlas, "scans"
 
 
 __all__ = ["Descriptor", "ReferenceStats", "feature_names", "window_seed"]
