@@ -18,6 +18,15 @@ ARCHS = ["llama", "qwen3", "gpt2"]
 K, CODEBOOK = 4, 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build(arch: str, fmri_tokenizer=None, **kwargs) -> FmriLM:
     llm, tok = tiny_causal_lm(arch)
     return FmriLM.from_base(

@@ -18,6 +18,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "fmrilm.train.stage1",
         "Stage 1: train the VQ fMRI tokenizer (reconstruction + text alignment).",
     ),
+    "align": (
+        "fmrilm.train.stage2",
+        "Stage 2: align the LLM to brain tokens (describe, forecast, text replay) with LoRA.",
+    ),
 }
 
 

@@ -30,6 +30,7 @@ from fmrilm.model.brain_vocab import resize_and_init
 from fmrilm.model.processing import (
     DESCRIBE_PROMPT,
     FORECAST_PROMPT,
+    IGNORE_INDEX,
     FmriLMProcessor,
     FmriProcessorConfig,
 )
@@ -236,16 +237,64 @@ class FmriLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
 
-    def forward(self, **batch: Any) -> Any:
-        """The LLM's forward (``input_ids``, ``attention_mask``, ``labels`` ...): loss and logits as usual."""
-        return self.llm(**batch)
+    def forward(self, *, loss_reduction: str = "token", **batch: Any) -> Any:
+        """The LLM's forward (``input_ids``, ``attention_mask``, ``labels`` ...): loss and logits as usual.
+
+        With ``loss_reduction="example"`` and ``labels``, logits are computed only where a label is learned
+        (the output layer over a large vocabulary is skipped for every prompt token) and the loss is the mean
+        over examples of each example's mean token loss, so a long answer does not outweigh a short one;
+        ``example_losses`` (B,) and ``logits`` (learned positions only) come back too.
+        """
+        if loss_reduction == "token" or batch.get("labels") is None:
+            return self.llm(**batch)
+        if loss_reduction != "example":
+            raise ValueError("loss_reduction must be 'token' or 'example'")
+        from transformers.modeling_outputs import ModelOutput
+
+        labels = batch.pop("labels")
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
+        out = self.llm(**batch, logits_to_keep=keep)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        targets = labels[:, 1:][keep[:, :-1]]
+        token_loss = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        rows = keep.nonzero()[:, 0]
+        n_tokens = torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1)
+        example_losses = (
+            torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_loss) / n_tokens
+        )
+        has_answer = keep.any(dim=1)
+        loss = example_losses[has_answer].mean() if has_answer.any() else example_losses.sum() * 0.0
+        return ModelOutput(loss=loss, example_losses=example_losses, logits=out.logits)
 
     def generate(self, **kwargs: Any) -> torch.LongTensor:
         kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         return self.llm.generate(**kwargs)
 
-    @torch.no_grad()
     def chat(
+        self,
+        scan: Any,
+        message: str,
+        history: list[dict[str, Any]] | None = None,
+        *,
+        stream: Any = False,
+        max_new_tokens: int = 256,
+        **generate_kwargs: Any,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Ask about a scan: ``(answer, history)``; pass ``history`` back with the next message to continue.
+
+        ``scan`` is a `Scan`, codes, a file path, a list of them, or None to keep talking about the scans already
+        in ``history``; ``stream=True`` prints the answer as it is generated, a callable receives each piece.
+        See `fmrilm.chat` (and `fmrilm.chat.ChatSession`, which also keeps the KV cache between turns).
+        """
+        from fmrilm.chat import chat
+
+        return chat(
+            self, scan, message, history, stream=stream, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
+
+    @torch.no_grad()
+    def reply(
         self,
         messages: list[dict[str, Any]],
         scans: Any = None,
@@ -260,11 +309,20 @@ class FmriLM(nn.Module):
         return self.processor.decode(out[0, inputs["input_ids"].shape[1] :])
 
     def describe(
-        self, scan: Any, *, prompt: str = DESCRIBE_PROMPT, max_new_tokens: int = 256, **kwargs: Any
+        self,
+        scan: Any,
+        *,
+        window: int | None = None,
+        prompt: str = DESCRIBE_PROMPT,
+        max_new_tokens: int = 256,
+        **kwargs: Any,
     ) -> str:
-        """A plain-language description of a scan (what Stage 2 teaches: its descriptors)."""
-        messages = [{"role": "user", "content": [{"type": "fmri"}, {"type": "text", "text": prompt}]}]
-        return self.chat(messages, [scan], max_new_tokens=max_new_tokens, **kwargs)
+        """A plain-language description of a scan, or of one of its windows (what Stage 2 teaches: descriptors)."""
+        part: dict[str, Any] = {"type": "fmri"}
+        if window is not None:
+            part["windows"] = [int(window)]
+        messages = [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}]
+        return self.reply(messages, [scan], max_new_tokens=max_new_tokens, **kwargs)
 
     @torch.no_grad()
     def forecast_codes(
@@ -278,7 +336,8 @@ class FmriLM(nn.Module):
     ) -> np.ndarray:
         """Codes ``(windows, K)`` of the windows that follow the scan, generated one window at a time.
 
-        Each step prompts with the last ``context_windows`` windows (all by default; generated ones are
+        Each step prompts with the last ``context_windows`` windows (default: as many as Stage 2 trained
+        with, else all; generated ones are
         appended) and the forecast instruction, opens the answer with the start marker and generates exactly K
         tokens restricted to brain codes.
         """
@@ -289,6 +348,8 @@ class FmriLM(nn.Module):
         proc = self.processor
         k = proc.config.num_latents
         context = proc.encode_scan(scan)
+        if context_windows is None:
+            context_windows = proc.config.forecast_context_windows
         restrict = LogitsProcessorList([BrainCodesOnly(proc.ids.first_code_id, proc.config.codebook_size)])
         produced = []
         for _ in range(windows):

@@ -48,6 +48,7 @@ class FmriProcessorConfig:
     window_length: int = 48
     target_tr: float | None = 2.0
     max_windows: int | None = None
+    forecast_context_windows: int | None = None
     atlas: dict[str, Any] | None = None
     descriptor_reference: dict[str, Any] | None = None
     base_model: str | None = None

@@ -84,13 +84,16 @@ def tiny_config(arch: str, vocab_size: int, **overrides: Any):
     return cfg
 
 
-def tiny_causal_lm(arch: str = "llama", *, template: str | None = None, seed: int = 0):
-    """``(model, tokenizer)``: a random tiny ``arch`` model in float32 and its tokenizer (GPT-2 gets "plain")."""
+def tiny_causal_lm(arch: str = "llama", *, template: str | None = None, seed: int = 0, **overrides: Any):
+    """``(model, tokenizer)``: a random tiny ``arch`` model in float32 and its tokenizer (GPT-2 gets "plain").
+
+    ``overrides`` set config fields, e.g. ``initializer_range=0.3`` for output logits wide enough to be
+    learned through LoRA alone (at the default 0.02 a frozen output layer caps every logit near zero)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     tokenizer = tiny_text_tokenizer(template or ("plain" if arch == "gpt2" else "chatml"))
-    config = tiny_config(arch, vocab_size=len(tokenizer))
+    config = tiny_config(arch, vocab_size=len(tokenizer), **overrides)
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
