@@ -1,0 +1,294 @@
+"""Conversations about scans: history, scan attachment, streamed generation with the KV cache.
+
+A conversation is a plain list of chat messages in `FmriLMProcessor`'s format, so it can be passed back for the
+next turn, saved as JSON or fed to training code. Each attached scan is stored in its user message as an fMRI
+part holding the scan's brain codes (``{"type": "fmri", "codes": [[...]], "scan_id": ...}``): the scan is
+encoded once, every later turn re-renders the same brain tokens, and scans attached on earlier turns stay in the
+context when a later turn attaches another one.
+
+`ChatSession` also keeps the model's KV cache between turns: a new turn only runs the LLM over the tokens that
+differ from what the cache already holds (the new message), not over the whole conversation and its brain
+tokens again. Answers are decoded with special tokens skipped, so brain tokens and chat markers never reach the
+user as text.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fmrilm.errors import FmriInputError
+
+History = list[dict[str, Any]]
+#: ``False``/``None``: silent; ``True``: print to stdout as tokens arrive; a callable: called with each text piece.
+Stream = bool | Callable[[str], None] | None
+
+
+# ------------------------------------------------------------------------------------------------- scans
+def load_chat_scan(
+    path: str | os.PathLike, *, atlas: Any = None, tr: float | None = None, model: Any = None
+) -> Any:
+    """Load a scan file for a model: the model's own atlas when none is given, so a bare region table just works.
+
+    ``model`` is an `FmriLM`, its processor or its `FmriProcessorConfig`. Errors are `FmriInputError` sentences
+    from `fmrilm.io.load_scan` (file, subject, fix); when the model's atlas was used implicitly, the fix says so,
+    because the user never typed it.
+    """
+    from fmrilm.io import load_scan
+
+    implicit = None
+    if atlas is None and model is not None:
+        implicit = model_atlas(model)
+        atlas = implicit
+    try:
+        return load_scan(path, atlas=atlas, tr=tr)
+    except FmriInputError as exc:
+        if implicit is None or "atlas" not in exc.problem:
+            raise
+        raise FmriInputError(
+            exc.problem,
+            fix=f"{exc.fix.replace(', or omit atlas=', '')}; this model's atlas '{implicit.name}' "
+            f"({implicit.n_regions} regions) was used because none was given: pass --atlas on the command line "
+            "or atlas= in Python",
+            file=exc.file,
+            subject=exc.subject,
+        ) from exc
+
+
+def model_atlas(model: Any) -> Any:
+    """The `Atlas` saved with a model (an `FmriLM`, its processor or its config); None when it has none."""
+    config = getattr(model, "processor", model)
+    config = getattr(config, "config", config)
+    if not getattr(config, "atlas", None):
+        return None
+    from fmrilm.atlas import Atlas
+
+    return Atlas.from_dict(config.atlas)
+
+
+def fmri_part(processor: Any, scan: Any) -> dict[str, Any]:
+    """The history's fMRI part of a scan (or of precomputed codes): encoded once, stored as its codes."""
+    codes = processor.encode_scan(scan)
+    part: dict[str, Any] = {"type": "fmri", "codes": codes.tolist()}
+    scan_id = getattr(scan, "scan_id", None)
+    if scan_id is not None:
+        part["scan_id"] = str(scan_id)
+    return part
+
+
+def _scan_list(scan: Any) -> list[Any]:
+    """None -> [], one scan / codes / path -> [it], a list or tuple of them -> the list."""
+    from fmrilm.model.processing import _is_codes
+
+    if scan is None:
+        return []
+    if isinstance(scan, (list, tuple)) and not _is_codes(scan):
+        if any(isinstance(s, dict) and "role" in s for s in scan):
+            raise FmriInputError(
+                "chat() takes a scan, a message and the history, but a list of chat messages was given as the scan",
+                fix="call model.chat(scan, message, history) or, for ready-made messages, model.reply(messages, scans)",
+            )
+        return list(scan)
+    return [scan]
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def make_streamer(tokenizer: Any, stream: Stream) -> Any:
+    """A transformers streamer for ``stream`` (None when silent): skips the prompt and all special tokens."""
+    if stream is None or stream is False:
+        return None
+    from transformers import TextStreamer
+
+    if stream is True:
+        return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if not callable(stream):
+        raise FmriInputError(
+            f"stream must be True, False or a function of one text argument, not {type(stream).__name__}",
+            fix="pass stream=True to print, or stream=callback",
+        )
+
+    class CallbackStreamer(TextStreamer):
+        """Hands each finished piece of text to a callback; leading whitespace of the answer is dropped."""
+
+        started = False
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
+            if text:
+                stream(text)
+
+    return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------ session
+class ChatSession:
+    """One conversation with an `FmriLM`: history, scans waiting for the next message, and the KV cache.
+
+    ``session.attach(scan)`` queues a scan (a `Scan`, codes, or a file path loaded with the model's atlas) for
+    the next message; ``session.ask(text)`` returns the answer and appends both turns to ``session.history``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        history: Sequence[dict[str, Any]] | None = None,
+        *,
+        reuse_cache: bool = True,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> None:
+        self.model = model
+        self.history: History = list(history or [])
+        self.pending: list[dict[str, Any]] = []
+        self.reuse_cache = reuse_cache
+        self.generate_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
+        self._cache: Any = None
+        self._cache_ids: Any = None
+        #: Tokens the LLM actually ran over in the last turn's prefill (prompt minus the reused cache).
+        self.last_prefill_tokens = 0
+
+    @property
+    def processor(self) -> Any:
+        return self.model.processor
+
+    def attach(self, scan: Any, *, atlas: Any = None, tr: float | None = None) -> dict[str, Any]:
+        """Queue a scan for the next message; returns its fMRI part (``codes``, ``scan_id``)."""
+        if isinstance(scan, (str, os.PathLike)):
+            scan = load_chat_scan(Path(scan), atlas=atlas, tr=tr, model=self.model)
+        part = fmri_part(self.processor, scan)
+        self.pending.append(part)
+        return part
+
+    def reset(self) -> None:
+        """Forget the conversation, the queued scans and the cache."""
+        self.history = []
+        self.pending = []
+        self._cache = self._cache_ids = None
+
+    def ask(self, message: str, scans: Any = None, *, stream: Stream = False, **generate_kwargs: Any) -> str:
+        """Send a user message (with any queued or given scans) and return the assistant's answer text."""
+        for scan in _scan_list(scans):
+            self.attach(scan)
+        if not isinstance(message, str):
+            raise FmriInputError(
+                f"The message must be text, not {type(message).__name__}", fix="pass the question as a string"
+            )
+        content: list[dict[str, Any]] = list(self.pending)
+        if message.strip():
+            content.append({"type": "text", "text": message})
+        if not content:
+            raise FmriInputError("The message is empty and no scan is attached", fix="type a question")
+        user = {"role": "user", "content": content}
+        answer_ids = self._generate(
+            [*self.history, user], stream, {**self.generate_kwargs, **generate_kwargs}
+        )
+        text = self.processor.decode(answer_ids)
+        reply: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        codes = self.processor.codes_from_ids(answer_ids)
+        if len(codes):  # the model wrote brain tokens: keep them in the context, never in the text
+            reply.append({"type": "fmri", "codes": codes.tolist()})
+        self.history = [*self.history, user, {"role": "assistant", "content": reply}]
+        self.pending = []
+        return text
+
+    # -------------------------------------------------------------------------------------- generation
+    def _generate(self, messages: History, stream: Stream, kwargs: dict[str, Any]) -> Any:
+        import torch
+
+        model = self.model
+        inputs = self.processor(messages, add_generation_prompt=True)
+        ids = inputs["input_ids"]
+        kwargs["max_new_tokens"] = _fit_context(model, ids.shape[1], int(kwargs.get("max_new_tokens") or 256))
+        cache = self._reusable_cache(ids[0]) if self.reuse_cache else None
+        self.last_prefill_tokens = ids.shape[1] - (0 if cache is None else cache.get_seq_length())
+        streamer = make_streamer(self.processor.tokenizer, stream)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=inputs["attention_mask"].to(model.device),
+                past_key_values=cache,
+                streamer=streamer,
+                return_dict_in_generate=True,
+                **kwargs,
+            )
+        sequence = out.sequences[0].cpu()
+        self._cache = getattr(out, "past_key_values", None) if self.reuse_cache else None
+        self._cache_ids = None if self._cache is None else sequence[: self._cache.get_seq_length()]
+        return sequence[ids.shape[1] :]
+
+    def _reusable_cache(self, ids: Any) -> Any:
+        """The previous turn's cache cut back to its longest prefix shared with ``ids`` (None if unusable)."""
+        from transformers import DynamicCache
+
+        cache, cached = self._cache, self._cache_ids
+        self._cache = self._cache_ids = None  # handed to generate, which extends it in place
+        if not isinstance(cache, DynamicCache) or cached is None:
+            return None
+        n = min(len(cached), len(ids) - 1)  # at least one new token must go through the model
+        same = (cached[:n] == ids[:n]).long()
+        keep = int(same.cumprod(0).sum()) if n > 0 else 0
+        if keep == 0:
+            return None
+        try:
+            if keep < cache.get_seq_length():
+                cache.crop(
+                    keep - cache.get_seq_length()
+                )  # transformers 5: a negative count removes from the end
+        except Exception:  # sliding-window or recurrent layers that cannot roll back: recompute
+            return None
+        return cache if cache.get_seq_length() == keep else None
+
+
+def _fit_context(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
+    """``max_new_tokens`` cut to the model's context; a prompt that does not fit at all is a clear error."""
+    config = model.base_llm.config if hasattr(model, "base_llm") else model.llm.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit:
+        return max_new_tokens
+    if prompt_tokens >= limit:
+        raise FmriInputError(
+            f"The conversation is {prompt_tokens} tokens long, beyond this model's context of {limit} tokens",
+            fix="start a new conversation (/reset in the chat) or attach fewer or shorter scans",
+        )
+    return min(max_new_tokens, int(limit) - prompt_tokens)
+
+
+# --------------------------------------------------------------------------------------------- functions
+def chat(
+    model: Any,
+    scan: Any,
+    message: str,
+    history: Sequence[dict[str, Any]] | None = None,
+    *,
+    stream: Stream = False,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    **generate_kwargs: Any,
+) -> tuple[str, History]:
+    """One turn: ``(answer, history)``; pass ``history`` back with the next message to continue.
+
+    ``scan`` is a `Scan`, precomputed codes, a file path (loaded with the model's atlas), a list of these, or
+    None to go on talking about the scans already in ``history``.
+    """
+    session = ChatSession(
+        model,
+        history,
+        reuse_cache=False,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        **generate_kwargs,
+    )
+    answer = session.ask(message, scan, stream=stream)
+    return answer, session.history
+
+
+def print_stream(text: str) -> None:
+    """Stream target that writes to stdout as soon as text arrives (the CLI's default)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()

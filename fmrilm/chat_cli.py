@@ -1,0 +1,220 @@
+"""`fmrilm chat`: talk with a saved fMRI-LM about one or more scans, in a terminal or one-shot with --message.
+
+Scans are loaded (and bad input reported) before the model, so a wrong path or atlas fails in a second, not
+after the model has loaded. Heavy imports (torch, transformers) stay inside `run`, so `fmrilm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from fmrilm.errors import FmriInputError
+
+EPILOG = """examples:
+  fmrilm chat --model runs/demo/model --scan sub-0051456_rois_cc200.1D --tr 2.0
+  fmrilm chat --model runs/demo/model --scan a.1D --scan b.1D --tr 2.0 --message "Compare these two scans."
+
+in the conversation:
+  /scan PATH [PATH ...]   attach scans to your next message (earlier scans stay in the conversation)
+  /reset                  start over (the scans given on the command line are attached again)
+  /quit                   leave (end of input, Ctrl-D, works too)
+"""
+
+COMMANDS_HELP = "/scan PATH attaches another scan, /reset starts over, /quit exits"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument(
+        "--model", required=True, metavar="DIR", help="folder written by FmriLM.save_pretrained"
+    )
+    parser.add_argument(
+        "--scan",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="scan to talk about (region table .1D/.csv/.tsv/.txt/.npy/.npz/.h5 or NIfTI); repeat for several",
+    )
+    parser.add_argument(
+        "--atlas",
+        help="built-in atlas name, centroids table (.csv) or labels image (.nii.gz) of the scans "
+        "(default: the atlas saved with the model)",
+    )
+    parser.add_argument(
+        "--tr", type=float, help="repetition time in seconds, when the scan file does not give it"
+    )
+    parser.add_argument("--message", "-m", help="ask this one question, print the answer and exit")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="answer length limit")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 (default) answers greedily"
+    )
+    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ... or auto")
+    parser.add_argument(
+        "--no-stream", action="store_true", help="print each answer whole instead of streaming it"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    config = _processor_config(args.model)
+    scans = [_load(path, args, config) for path in args.scan]  # bad input fails before the model loads
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from fmrilm.chat import ChatSession, print_stream
+    from fmrilm.model.modeling import FmriLM
+
+    hf_logging.disable_progress_bar()
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {}
+    session = ChatSession(model, max_new_tokens=args.max_new_tokens, **sampling)
+    stream = None if args.no_stream else print_stream
+
+    if args.message is not None:
+        for scan in scans:
+            session.attach(scan)
+        _answer(session, args.message, stream, sys.stdout)
+        return 0
+    return _interactive(session, scans, args, config, stream)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def _check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise FmriInputError("--max-new-tokens must be at least 1", fix="pass --max-new-tokens 256, say")
+    if args.temperature < 0:
+        raise FmriInputError("--temperature cannot be negative", fix="pass 0 for greedy answers or e.g. 0.7")
+    if args.tr is not None and args.tr <= 0:
+        raise FmriInputError(
+            f"--tr must be positive, got {args.tr}", fix="pass the TR in seconds, e.g. --tr 2.0"
+        )
+
+
+def _processor_config(model: str) -> Any:
+    """The saved processor config when ``model`` is a local folder (its atlas is the default); else None."""
+    from fmrilm.model.processing import FmriProcessorConfig
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return FmriProcessorConfig.load(path)
+    if path.exists() or str(model).count("/") != 1:  # a file, or neither a folder nor a hub id
+        raise FmriInputError(
+            "No saved fmrilm model here",
+            fix="pass --model a folder written by FmriLM.save_pretrained",
+            file=model,
+        )
+    return None  # a hub id: from_pretrained looks in the local cache
+
+
+def _load(path: str, args: argparse.Namespace, config: Any) -> Any:
+    from fmrilm.chat import load_chat_scan
+
+    return load_chat_scan(path, atlas=args.atlas, tr=args.tr, model=config)
+
+
+def _device_map(device: str, torch: Any) -> Any:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    if device == "cpu":
+        return None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FmriInputError(
+            f"--device {device} was asked for but no CUDA GPU is available", fix="use --device cpu"
+        )
+    return device
+
+
+def _answer(session: Any, message: str, stream: Any, out: TextIO, prefix: str = "") -> str:
+    out.write(prefix)
+    out.flush()
+    answer = session.ask(message, stream=stream)
+    out.write("\n" if stream is not None else answer + "\n")
+    out.flush()
+    return answer
+
+
+def _describe_part(part: dict[str, Any], processor: Any) -> str:
+    n_windows = len(part["codes"])
+    tokens = processor.n_brain_tokens(n_windows)
+    return (
+        f"'{part.get('scan_id', 'scan')}' ({n_windows} window{'s' * (n_windows != 1)}, {tokens} brain tokens)"
+    )
+
+
+def _interactive(session: Any, scans: list[Any], args: argparse.Namespace, config: Any, stream: Any) -> int:
+    """Read questions and /commands from stdin until /quit or end of input; bad scans do not end the chat."""
+    tty = sys.stdin.isatty()
+    if tty:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+
+    def attach_initial() -> None:
+        for scan in scans:
+            part = session.attach(scan)
+            print(f"attached {_describe_part(part, session.processor)}", file=sys.stderr)
+
+    print(f"fmrilm chat with {args.model}: type a question; {COMMANDS_HELP}.", file=sys.stderr)
+    attach_initial()
+    while True:
+        try:
+            line = input("you> " if tty else "")
+        except EOFError:
+            if tty:
+                print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command, _, rest = text.partition(" ")
+            command = command.lower()
+            if command in ("/quit", "/exit", "/q"):
+                return 0
+            if command == "/reset":
+                session.reset()
+                print("conversation reset", file=sys.stderr)
+                attach_initial()
+            elif command == "/scan":
+                _attach_paths(session, rest, args, config)
+            elif command == "/help":
+                print(EPILOG.split("in the conversation:\n", 1)[1].rstrip(), file=sys.stderr)
+            else:
+                print(f"unknown command {command}: {COMMANDS_HELP}", file=sys.stderr)
+            continue
+        try:
+            _answer(session, line, stream, sys.stdout, prefix="model> " if tty else "")
+        except FmriInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=sys.stderr)
+
+
+def _attach_paths(session: Any, rest: str, args: argparse.Namespace, config: Any) -> None:
+    try:
+        paths = shlex.split(rest)
+    except ValueError:
+        paths = [rest.strip()]
+    if not paths:
+        print("usage: /scan PATH [PATH ...]", file=sys.stderr)
+        return
+    for path in paths:
+        try:
+            part = session.attach(_load(path, args, config))
+        except FmriInputError as exc:  # a bad file is reported and the conversation goes on
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        print(f"attached {_describe_part(part, session.processor)} to your next message", file=sys.stderr)
