@@ -101,7 +101,9 @@ def aggregate_seeds(results: list[MethodResult]) -> dict[tuple[str, str, int | N
             "n_seeds": len(runs),
             "task_type": runs[0].task_type,
             **{
-                m: dict(zip(("mean", "low", "high"), seed_ci([r.metrics[m]["value"] for r in runs]), strict=False))
+                m: dict(
+                    zip(("mean", "low", "high"), seed_ci([r.metrics[m]["value"] for r in runs]), strict=False)
+                )
                 for m in names
             },
         }

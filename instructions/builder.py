@@ -102,62 +102,20 @@ class DescriptorIndex:
 
 
 def _load_corpus(directory: Path) -> DescriptorIndex:
-    import datasets
+    """Descriptors of a corpus folder (:func:`fmrilm.data_gen.corpus.load_corpus`): z vectors and texts."""
+    from fmrilm.data_gen.corpus import TEXT_COLUMNS, load_corpus
 
-    from fmrilm.descriptors import FAMILIES
-
-    if not directory.exists():
-        raise FmriInputError(
-            "The corpus folder does not exist", file=directory, fix="build it with `fmrilm corpus build`"
-        )
-    ds_dir = next(
-        (
-            p
-            for p in (directory / "dataset", directory / "corpus", directory)
-            if (p / "dataset_info.json").exists() or (p / "state.json").exists()
-        ),
-        None,
-    )
-    if ds_dir is None:
-        raise FmriInputError(
-            "Not a descriptor corpus folder (no saved dataset inside)",
-            file=directory,
-            fix="build it with `fmrilm corpus build COHORT --out DIR` and pass that DIR",
-        )
-    ds = datasets.load_from_disk(str(ds_dir))
-    names = _corpus_feature_names(directory, ds)
-    cols = ds.column_names
-    text_cols = {f: c for f in FAMILIES for c in (f, f"text_{f}", f"{f}_text") if c in cols}
-    z_col = next((c for c in ("z", "z_features", "features_z") if c in cols), None)
-    if "scan_id" not in cols or "window" not in cols or (z_col is None and not text_cols):
-        raise FmriInputError(
-            f"The corpus has columns {cols}, not scan_id, window, z and text columns",
-            file=directory,
-            fix="rebuild it with `fmrilm corpus build`",
-        )
-    index = DescriptorIndex(feature_names=names, source=str(directory))
-    for row in ds.select_columns(["scan_id", "window", *([z_col] if z_col else []), *text_cols.values()]):
+    ds, meta, _ = load_corpus(directory)
+    index = DescriptorIndex(feature_names=list(meta["feature_names"]), source=str(directory))
+    cols = ["scan_id", "window", "z", *[c for c in TEXT_COLUMNS if c in ds.column_names]]
+    families = [c[len("text_") :] for c in cols[3:]]
+    for row in ds.select_columns(cols):
         key = (str(row["scan_id"]), int(row["window"]))
-        if z_col:
-            index.z[key] = np.asarray(row[z_col], dtype=float)
-        index.texts[key] = {f: row[c] or "" for f, c in text_cols.items()}
+        if key[1] < WHOLE_SCAN:  # marker rows of scans that could not be described
+            continue
+        index.z[key] = np.asarray(row["z"], dtype=float)
+        index.texts[key] = {f: row[f"text_{f}"] or "" for f in families}
     return index
-
-
-def _corpus_feature_names(directory: Path, ds) -> list[str]:
-    for name in ("corpus.json", "meta.json"):
-        path = directory / name
-        if path.exists():
-            meta = json.loads(path.read_text())
-            for key in ("feature_names", "features"):
-                if isinstance(meta.get(key), list):
-                    return [str(n) for n in meta[key]]
-    ref = next(iter(sorted(directory.glob("reference*.json"))), None)
-    if ref is not None:
-        from fmrilm.descriptors import ReferenceStats
-
-        return list(ReferenceStats.load(ref).feature_names)
-    return []
 
 
 def check_no_phenotype(
@@ -355,12 +313,15 @@ def build_instructions(
     max_multi: int = 3,
     seed: int = 0,
     cohort_file: Any = None,
+    signal_config: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Build the instruction rows of ``cohort`` for ``tasks``; returns ``(datasets.Dataset, meta)``.
 
     ``windows``: ``"whole"`` (one fMRI part with every window of the scan), ``"all"`` (one row per window) or
     an integer N (N windows per scan, drawn with the seed). With a descriptor corpus, the windows are the
-    corpus's (its whole-scan descriptor, window -1, for ``"whole"``). ``paradigms`` restricts the YAMLs' lists.
+    corpus's (its whole-scan descriptor, window -1, for ``"whole"``); without one they are counted with
+    ``signal_config`` (the model's :class:`fmrilm.signal.SignalConfig`, default settings when None).
+    ``paradigms`` restricts the YAMLs' lists.
     """
     import datasets
 
@@ -379,6 +340,14 @@ def build_instructions(
                 fix="pass --corpus DIR (from `fmrilm corpus build`) or drop brain_descriptors from --paradigms",
             )
         wanted.discard("brain_descriptors")  # not applicable without a corpus: not a skipped row
+    needs_text = "brain_descriptors" in wanted or any(b.spec.source == "descriptors" for b in bound)
+    if descriptors is not None and windows == "whole" and needs_text:
+        if not any(w == WHOLE_SCAN for _, w in (descriptors.z or descriptors.texts)):
+            raise FmriInputError(
+                "The corpus has per-window descriptors only, but whole-scan rows were asked for (--windows whole)",
+                file=descriptors.source,
+                fix="use --windows all (or N), or rebuild the corpus with `fmrilm corpus build ... --scan-level`",
+            )
     part_of = {int(i): p for p, idx in (split or {}).items() for i in idx}
     # Site names of 3+ characters are refused in descriptor text too (shorter ones collide with words).
     site_names = (
@@ -399,7 +368,7 @@ def build_instructions(
             "site": str(rec.get("site") or ""),
             "split": part_of.get(i),
         }
-        for window in _scan_windows(cohort, i, rec, windows, descriptors, seed):
+        for window in _scan_windows(rec, windows, descriptors, seed, signal_config):
             key = (scan_id, WHOLE_SCAN if window is None else window)
             zmap = descriptors.zmap(*key) if descriptors else None
             if descriptors and key not in checked_text:
@@ -538,16 +507,16 @@ def _features():
 
 
 def _scan_windows(
-    cohort, i: int, rec, windows: str | int, descriptors: DescriptorIndex | None, seed: int
+    rec, windows: str | int, descriptors: DescriptorIndex | None, seed: int, signal_config: Any = None
 ) -> list[int | None]:
-    """Windows of scan ``i`` to build rows for (None = the whole scan as one fMRI part)."""
+    """Windows of the scan in table row ``rec`` to build rows for (None = the whole scan as one fMRI part)."""
     if windows == "whole":
         return [None]
     scan_id = str(rec["scan_id"])
     if descriptors is not None:
         available = [w for w in descriptors.windows(scan_id) if w != WHOLE_SCAN]
     else:
-        available = list(range(n_windows(int(rec["n_timepoints"]), float(rec["tr"]))))
+        available = list(range(n_windows(int(rec["n_timepoints"]), float(rec["tr"]), signal_config)))
     if windows == "all":
         return available
     n = int(windows)

@@ -253,3 +253,25 @@ def test_report_writes_json_markdown_and_plots(tmp_path, planted):
     assert {"roc_diagnosis.png", "calibration_diagnosis.png", "fewshot_diagnosis.png"} <= pngs
     assert any(n.startswith("confusion_diagnosis_fc_linear") for n in pngs)
     assert all((tmp_path / "report" / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in pngs)
+
+
+def test_row_space_rotation_gives_the_same_predictions():
+    """The speed-up is exact: L2 models on rotated coordinates predict what they predict on raw features."""
+    from fmrilm.eval.baselines import make_model
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 300))
+    y_reg = X[:, :5].sum(1) + rng.normal(size=40)
+    y_cls = np.where(X[:, 0] + 0.5 * rng.normal(size=40) > 0, "a", "b")
+    idx = np.arange(40)
+    test = rng.normal(size=(20, 300))
+    for ttype, y in (("regression", y_reg), ("binary", y_cls)):
+        cv40 = [(idx[idx % 3 != k], idx[idx % 3 == k]) for k in range(3)]
+        fast = make_model(ttype, cv40, rotate=True).fit(X[:40], y[:40])
+        slow = make_model(ttype, cv40, rotate=False).fit(X[:40], y[:40])
+        if ttype == "regression":
+            assert fast[-1].alpha_ == slow[-1].alpha_
+            np.testing.assert_allclose(fast.predict(test), slow.predict(test), rtol=1e-6, atol=1e-6)
+        else:
+            assert fast[-1].C_ == pytest.approx(slow[-1].C_)
+            np.testing.assert_allclose(fast.predict_proba(test), slow.predict_proba(test), atol=2e-3)

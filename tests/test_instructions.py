@@ -203,10 +203,10 @@ def test_build_is_seeded():
     c, _ = build_instructions(cohort, tasks, seed=2)
     assert list(a["messages"]) == list(b["messages"])
     assert list(a["messages"]) != list(c["messages"])
+
     def single(ds):
-        return [
-            (r["scan_id"], r["task"], r["paradigm"], r["label"]) for r in ds if r["paradigm"] != "multi"
-        ]
+        return [(r["scan_id"], r["task"], r["paradigm"], r["label"]) for r in ds if r["paradigm"] != "multi"]
+
     assert single(a) == single(c)  # answers do not depend on the seed
 
 
@@ -318,3 +318,56 @@ def test_cli_reports_bad_task_file_without_traceback(tmp_path, capsys):
     assert code == 2
     assert "no `target`" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_instruction_set_from_a_real_descriptor_corpus(tmp_path):
+    """`fmrilm corpus build` output feeds descriptor tasks and the brain+descriptor paradigm."""
+    from fmrilm.data_gen.corpus import build_corpus, load_corpus
+
+    rng = np.random.default_rng(0)
+    seitzman = Atlas.builtin("seitzman300")
+    atlas = seitzman.subset(np.sort(rng.choice(300, 30, replace=False)))
+    scans = [
+        Scan(
+            rng.normal(size=(100, 30)),
+            tr=2.0,
+            atlas=atlas,
+            scan_id=f"scan{i}",
+            subject_id=f"sub{i}",
+            site="SITEA",
+        )
+        for i in range(6)
+    ]
+    cohort = Cohort.from_scans(scans, [{"sex": "male" if i % 2 else "female"} for i in range(6)], atlas=atlas)
+    cohort.save(tmp_path / "cohort")
+    build_corpus(cohort, tmp_path / "corpus", units=("window", "scan"), progress=False)
+    corpus, meta, _ = load_corpus(tmp_path / "corpus")
+    out = tmp_path / "instr"
+    argv = ["instructions", "build", str(tmp_path / "cohort"), "--corpus", str(tmp_path / "corpus")]
+    assert cli_main([*argv, "--tasks", "sex,modularity,coupled_pair,describe", "--out", str(out)]) == 0
+    ds, _, _ = load_instruction_set(out)
+    whole = {r["scan_id"]: r for r in corpus if r["window"] == -1}
+    names = meta["feature_names"]
+    for r in ds:
+        z = dict(zip(names, whole[r["scan_id"]]["z"], strict=True))
+        if r["task"] == "modularity":
+            assert r["label"] == ("higher" if z["graph.modularity"] > 0 else "lower")
+        if r["task"] == "describe":
+            assert r["answer"] == " ".join(
+                t
+                for t in (
+                    whole[r["scan_id"]][c] for c in ("text_fc", "text_graph", "text_gradient", "text_ica")
+                )
+                if t
+            )
+        if r["paradigm"] == "brain_descriptors":
+            assert whole[r["scan_id"]]["text_fc"] in user_text(r)
+    assert {r["task"] for r in ds} == {"sex", "modularity", "coupled_pair", "describe", "multi"}
+    ds_w, _ = build_instructions(
+        cohort,
+        load_tasks("modularity"),
+        descriptors=DescriptorIndex.from_corpus(tmp_path / "corpus"),
+        windows="all",
+    )
+    per_window = {(r["scan_id"], r["window"]) for r in corpus if r["window"] >= 0}
+    assert sorted((r["scan_id"], r["window"]) for r in ds_w) == sorted(per_window)
