@@ -10,8 +10,10 @@ Model, per subject (one scan each):
 1. Coupling ``W`` (regions x regions, symmetric) built from the atlas: within-network coupling that decays
    slowly with distance, weak local coupling between neighbours of any network, positive coupling between
    sensory networks and between task-positive networks, and NEGATIVE coupling between the default-mode network
-   and every task-positive network (canonical names: see ``data_gen/networks.py``). Blocks are normalised by
-   network size and the whole matrix scaled so its largest eigenvalue is ``coupling_gain`` (< 1: stable).
+   and every task-positive network (canonical names: see ``data_gen/networks.py``). Role couplings are shared
+   out over the partner networks and blocks divided by ``(size_i * size_j) ** (size_exponent / 2)``, so
+   within-network FC is comparable across atlases and network sizes; the whole matrix is then scaled so its
+   largest eigenvalue is ``coupling_gain`` (< 1: stable).
 2. Individual variation: every network-pair block is scaled by a log-normal factor (``subject_variability``)
    and every edge gets a small Gaussian perturbation (``edge_noise``).
 3. Phenotype effects (ground truth, in ``cohort.meta["simulator"]["effects"]``): each effect multiplies the
@@ -473,7 +475,6 @@ def simulate_cohort(config: SimulationConfig | None = None, *, progress: bool = 
                     subject_id=subject_id,
                     session_id="1",
                     site=site.name,
-                    source="simulated",
                 )
             )
     meta = {"simulator": ground_truth(model, config, sites, spikes)}
