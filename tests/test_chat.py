@@ -44,6 +44,17 @@ def _candidate_scans(atlas) -> list[Scan]:
     return scans
 
 
+def _signal_sensitive(fmri_tok):
+    """Stand-in for a trained tokenizer: an untrained one gives almost every scan the same codes, so its weight
+    matrices get a large random component (seeded), which makes the codes depend on the signal."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in fmri_tok.parameters():
+            if param.ndim >= 2:
+                param.add_(torch.randn(param.shape, generator=gen) * 3.0 / param.shape[-1] ** 0.5)
+    return fmri_tok
+
+
 def _train(model: FmriLM, codes: list[np.ndarray]) -> None:
     """Full fine-tuning of the tiny LLM until it names each scan, alone or after the other one."""
 
@@ -78,7 +89,9 @@ def trained(tmp_path_factory) -> SimpleNamespace:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("chat")
     llm, tok = tiny_causal_lm("llama")
-    fmri_tok = tiny_fmri_tokenizer(codebook_size=CODEBOOK, num_latents=K, window_length=WINDOW)
+    fmri_tok = _signal_sensitive(
+        tiny_fmri_tokenizer(codebook_size=CODEBOOK, num_latents=K, window_length=WINDOW)
+    )
     atlas = random_scan(T).atlas
     model = FmriLM.from_base(llm, tokenizer=tok, fmri_tokenizer=fmri_tok, atlas=atlas)
 
