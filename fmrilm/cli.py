@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fmrilm.train.cli", "Train a stage (tokenizer = Stage 1; see `fmrilm train --help`)."),
     "instructions": ("fmrilm.instructions.cli", "Build seeded instruction sets from a cohort and task YAMLs."),
     "chat": ("fmrilm.chat_cli", "Talk with a saved model about one or more scans (interactive or --message)."),
+    "bench": ("fmrilm.eval.bench", "Run the speed and accuracy benchmarks under eval/ (see BENCHMARKS.md)."),
 }
 
 
