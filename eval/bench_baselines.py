@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.splits import leave_sites_out_split
 
     warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean of the floor's all-NaN Pearson r
     threadpool_limits(args.threads)
     abide = Path(args.abide)
     if not (abide / "phenotypes.csv").exists():

@@ -294,6 +294,37 @@ def _question(bound: BoundTask, rng: np.random.Generator, instruct: bool = True)
     return f"{q} {instr}".strip()
 
 
+def question_message(
+    spec: TaskSpec,
+    options: Sequence[str] | None = None,
+    *,
+    paradigm: str = "brain",
+    scan_id: str | None = None,
+    window: int | None = None,
+    descriptor_text: str | None = None,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, Any]:
+    """The user turn that asks ``spec`` about one scan, exactly as instruction sets phrase it.
+
+    Use it at inference (zero-shot ``predict``, evaluation) so a model is asked the way it was tuned: a seeded
+    paraphrase, the options listed in a seeded order (``options`` default: the task's own, e.g. regression
+    bins or threshold answers; pass the bound answer map's options for phenotype tasks), the descriptor text
+    first in the ``brain_descriptors`` paradigm, no instruction in the ``open`` paradigm.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    bound = BoundTask(spec, options=list(options if options is not None else spec.options()))
+    user: list[dict[str, Any]] = [_fmri(scan_id, window)]
+    if paradigm == "brain_descriptors":
+        if not descriptor_text:
+            raise FmriInputError(
+                "The brain_descriptors paradigm needs the scan's descriptor text",
+                fix="pass descriptor_text (fmrilm.descriptors ReferenceStats.describe) or use paradigm 'brain'",
+            )
+        user.append(_text(f"{DESCRIPTOR_HEADER} {descriptor_text}"))
+    user.append(_text(_question(bound, rng, instruct=paradigm != "open")))
+    return {"role": "user", "content": user}
+
+
 def _answer_text(bound: BoundTask, answer: str, paradigm: str, rng: np.random.Generator) -> str:
     spec = bound.spec
     if paradigm == "open" and spec.type != "open-ended":
@@ -395,15 +426,19 @@ def build_instructions(
                         multi.append((b, answer, value))
                         continue
                     rng = _rng(seed, scan_id, window, spec.name, paradigm)
-                    question = _question(b, rng, instruct=paradigm != "open")
-                    user = [_fmri(scan_id, window)]
-                    if paradigm == "brain_descriptors":
-                        desc = descriptors.text(*key) if descriptors else None
-                        if desc is None:
-                            counts[spec.name]["skipped_no_descriptor"] += 1
-                            continue
-                        user.append(_text(f"{DESCRIPTOR_HEADER} {desc}"))
-                    user.append(_text(question))
+                    desc = descriptors.text(*key) if descriptors and paradigm == "brain_descriptors" else None
+                    if paradigm == "brain_descriptors" and desc is None:
+                        counts[spec.name]["skipped_no_descriptor"] += 1
+                        continue
+                    user = question_message(
+                        spec,
+                        b.options,
+                        paradigm=paradigm,
+                        scan_id=scan_id,
+                        window=window,
+                        descriptor_text=desc,
+                        seed=rng,
+                    )["content"]
                     reply = _answer_text(b, answer, paradigm, rng)
                     rows.append(_row(base, window, spec, paradigm, user, reply, answer, b.options, value, []))
                     counts[spec.name]["rows"] += 1

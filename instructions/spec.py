@@ -129,6 +129,13 @@ class NumberFormat:
         i = bisect.bisect_right(self.bins, float(value)) - 1
         return min(max(i, 0), len(self.bins) - 2)
 
+    def expectation(self, probabilities) -> float:
+        """Expected value over bins: sum of each bin's probability times its representative value."""
+        import numpy as np
+
+        p = np.asarray(probabilities, dtype=float)
+        return float(np.dot(p / p.sum(), self.centers()))
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"decimals": self.decimals, "unit": self.unit, "bins": list(self.bins)}
         if self.valid_range is not None:

@@ -371,3 +371,34 @@ def test_instruction_set_from_a_real_descriptor_corpus(tmp_path):
     )
     per_window = {(r["scan_id"], r["window"]) for r in corpus if r["window"] >= 0}
     assert sorted((r["scan_id"], r["window"]) for r in ds_w) == sorted(per_window)
+
+
+def test_question_message_asks_like_the_instruction_sets():
+    from fmrilm.instructions.builder import question_message
+
+    spec = load_task("diagnosis")
+    options = spec.options(spec.answer_map(["autism", "control"])[1])
+    msg = question_message(spec, options, scan_id="s1", seed=4)
+    assert msg["role"] == "user" and msg["content"][0] == {"type": "fmri", "scan_id": "s1", "window": None}
+    text = msg["content"][-1]["text"]
+    assert any(text.startswith(q) for q in spec.questions)
+    assert sorted(re.search(r"one of: (.+)\.$", text).group(1).split(", ")) == [
+        "autism",
+        "typical development",
+    ]
+    assert question_message(spec, options, scan_id="s1", seed=4) == msg  # seeded
+    with_desc = question_message(
+        spec, options, paradigm="brain_descriptors", descriptor_text="Coupling is typical."
+    )
+    assert with_desc["content"][1]["text"].endswith("Coupling is typical.")
+    with pytest.raises(FmriInputError, match="needs the scan's descriptor text"):
+        question_message(spec, options, paradigm="brain_descriptors")
+
+
+def test_regression_bins_give_an_expectation():
+    fmt = load_task("age").number
+    p = np.zeros(len(fmt.bin_answers()))
+    p[fmt.bin_index(24.0)] = 3.0  # unnormalized scores are normalized
+    assert fmt.expectation(p) == pytest.approx(fmt.centers()[fmt.bin_index(24.0)])
+    assert fmt.expectation(np.ones(len(p))) == pytest.approx(np.mean(fmt.centers()))
+    assert fmt.format(23.6) == "24" and not fmt.is_valid(-9999) and not fmt.is_valid(None)
