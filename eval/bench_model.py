@@ -270,6 +270,7 @@ def bench_quality(
 
     from fmrilm.cohort import load_cohort
     from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.processing import valid_windows
 
     train_config = json.loads((run_dir / "train_config.json").read_text())
     split = json.loads((run_dir / "split.json").read_text())
@@ -295,12 +296,15 @@ def bench_quality(
             windows, mask = tok.windows(scan)
             codes = tok.encode(windows, coords=scan.atlas, mask=mask).numpy()
             held.append((scan, windows, mask, codes))
-    min_valid = max(tok.config.patch_length, tok.config.window_length // 2)
+    valid = {
+        k: valid_windows(mask, tok.config.window_length, tok.config.patch_length)
+        for k, (_, _, mask, _) in enumerate(held)
+    }
 
     # ---- describe
     targets = [
         (k, w) for k, (scan, _, mask, _) in enumerate(held) for w in range(len(mask))
-        if mask[w].sum() >= min_valid and (scan.scan_id, w) in texts
+        if valid[k][w] and (scan.scan_id, w) in texts
     ]  # fmt: skip
     targets = [targets[i] for i in rng.permutation(len(targets))[:max_windows]]
     # A text-only baseline: one fixed training descriptor (the medoid of a sample by ROUGE-L).
@@ -327,7 +331,7 @@ def bench_quality(
     # ---- forecast
     pairs = [
         (k, w) for k, (_, _, mask, _) in enumerate(held) for w in range(1, len(mask))
-        if mask[w].sum() >= min_valid and mask[w - 1].sum() >= min_valid
+        if valid[k][w] and valid[k][w - 1]
     ]  # fmt: skip
     pairs = [pairs[i] for i in rng.permutation(len(pairs))[:max_forecasts]]
     preds, persist, recon, truths = [], [], [], []
@@ -336,12 +340,12 @@ def bench_quality(
         scan, windows, mask, codes = held[k]
         context = codes[:w] if ctx is None else codes[max(0, w - ctx) : w]
         predicted = model.forecast_codes(context, 1)
-        valid = mask[w]
+        real = mask[w]
         with torch.no_grad():
-            preds.append(tok.decode(predicted, scan.atlas)[0].numpy()[valid])
-            recon.append(tok.decode(codes[w : w + 1], scan.atlas)[0].numpy()[valid])
-        persist.append(windows[w - 1][valid])
-        truths.append(windows[w][valid])
+            preds.append(tok.decode(predicted, scan.atlas)[0].numpy()[real])
+            recon.append(tok.decode(codes[w : w + 1], scan.atlas)[0].numpy()[real])
+        persist.append(windows[w - 1][real])
+        truths.append(windows[w][real])
     pooled = (lambda xs: np.concatenate(xs)) if pairs else (lambda xs: np.zeros((0, 1)))
     t = pooled(truths)
     return {

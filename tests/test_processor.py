@@ -106,16 +106,26 @@ def test_batch_pads_on_the_left_for_generation_and_counts_each_row():
         assert all(t == proc.tokenizer.pad_token_id for t, keep in zip(row, m, strict=True) if not keep)
 
 
-def test_scans_are_encoded_by_the_fmri_tokenizer():
+def test_scans_are_encoded_by_the_fmri_tokenizer_without_their_padded_end():
     fmri_tok = tiny_fmri_tokenizer(codebook_size=16, num_latents=4, window_length=16)
     proc = make_processor(fmri_tokenizer=fmri_tok)
     scans = [random_scan(40, seed=1, scan_id="a"), random_scan(100, seed=2, scan_id="b")]
-    n_windows = [len(fmri_tok.windows(s)[0]) for s in scans]
-    assert n_windows[0] < n_windows[1]
+    masks = [fmri_tok.windows(s)[1] for s in scans]
+    assert [m.sum(1).tolist() for m in masks] == [[16, 16, 8], [16] * 6 + [4]]
     ids = proc(user(FMRI, text("vs"), FMRI), scans)["input_ids"][0].tolist()
-    assert count(ids, proc) == (4 * sum(n_windows), 2, 2)
-    expected = np.concatenate([fmri_tok.encode(s).numpy() for s in scans])
+    assert count(ids, proc) == (4 * (3 + 6), 2, 2)  # the 4-sample end of scan b is not shown
+    expected = np.concatenate([fmri_tok.encode(scans[0]).numpy(), fmri_tok.encode(scans[1]).numpy()[:6]])
     assert proc.codes_from_ids(ids).tolist() == expected.tolist()
+
+
+def test_a_window_is_picked_by_its_index_in_the_scan():
+    proc = make_processor()
+    proc.config.max_windows = 2
+    scan_codes = codes(5)
+    ids = proc(user({"type": "fmri", "windows": [1]}), [scan_codes])["input_ids"][0].tolist()
+    assert proc.codes_from_ids(ids).tolist() == scan_codes[1:2].tolist()
+    with pytest.raises(FmriInputError, match="does not exist"):
+        proc(user({"type": "fmri", "windows": [9]}), [scan_codes])
 
 
 def test_max_windows_keeps_the_last_windows():

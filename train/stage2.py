@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fmrilm.errors import FmriInputError
+from fmrilm.model.processing import valid_windows
 
 logger = logging.getLogger("fmrilm.train.stage2")
 
@@ -39,8 +40,6 @@ SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 TASKS = ("describe", "forecast", "replay")
-#: Windows with fewer real samples than this share are neither described nor forecast.
-MIN_VALID_SHARE = 0.5
 
 #: Paraphrases of the describe instruction; the first is the one `FmriLM.describe` uses.
 DESCRIBE_PROMPTS = (
@@ -126,7 +125,6 @@ def encode_cohorts(
                 list(np.split(flat_valid, splits)),
             )
     config = fmri_tokenizer.config
-    min_valid = max(config.patch_length, int(MIN_VALID_SHARE * config.window_length))
     out = ScanCodes([], [], [], [])
     total = sum(len(c) for c in cohorts)
     bar = None
@@ -144,7 +142,7 @@ def encode_cohorts(
             out.scan_ids.append(str(scan.scan_id))
             out.subjects.append(str(scan.subject_id))
             out.codes.append(codes)
-            out.valid.append(mask.sum(1) >= min(min_valid, int(mask.sum(1).max())))
+            out.valid.append(valid_windows(mask, config.window_length, config.patch_length))
             if bar is not None:
                 bar.update(1)
     if bar is not None:

@@ -117,8 +117,12 @@ class FmriLMProcessor:
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
 
     # ------------------------------------------------------------------------------------------ scans
-    def encode_scan(self, scan_or_codes: Any) -> np.ndarray:
-        """``(W, K)`` int64 codes of a scan (through the fMRI tokenizer) or of given codes (checked)."""
+    def encode_scan(self, scan_or_codes: Any, *, limit: bool = True) -> np.ndarray:
+        """``(W, K)`` int64 codes of a scan (through the fMRI tokenizer) or of given codes (checked).
+
+        A scan's windows that are mostly padding (its last, short window) are dropped, as in training. With
+        ``limit`` only the last ``config.max_windows`` windows are kept.
+        """
         if _is_codes(scan_or_codes):
             codes = np.asarray(_to_numpy(scan_or_codes), dtype=np.int64)
             codes = codes[None] if codes.ndim == 1 else codes
@@ -128,18 +132,26 @@ class FmriLMProcessor:
                     "This processor has no fMRI tokenizer, so it cannot encode a scan",
                     fix="load the model with its fmri_tokenizer subfolder, or pass precomputed codes",
                 )
-            import torch
-
-            with torch.no_grad():
-                codes = _to_numpy(self.fmri_tokenizer.encode(scan_or_codes)).astype(np.int64)
+            codes = self._encode_with_tokenizer(scan_or_codes)
         if codes.ndim != 2 or codes.shape[1] != self.config.num_latents:
             raise FmriInputError(
                 f"Brain codes must have shape (windows, {self.config.num_latents}), got {tuple(codes.shape)}",
                 fix="encode scans with the fMRI tokenizer saved with this model",
             )
-        if self.config.max_windows is not None and len(codes) > self.config.max_windows:
+        if limit and self.config.max_windows is not None and len(codes) > self.config.max_windows:
             codes = codes[-self.config.max_windows :]
         return codes
+
+    def _encode_with_tokenizer(self, scan: Any) -> np.ndarray:
+        import torch
+
+        tok = self.fmri_tokenizer
+        with torch.no_grad():
+            if not hasattr(scan, "timeseries"):  # windows (W, L, R): the caller chose them
+                return _to_numpy(tok.encode(scan)).astype(np.int64)
+            windows, mask = tok.windows(scan)
+            keep = valid_windows(mask, tok.config.window_length, tok.config.patch_length)
+            return _to_numpy(tok.encode(windows[keep], coords=scan, mask=mask[keep])).astype(np.int64)
 
     def n_brain_tokens(self, n_windows: int) -> int:
         """Tokens one fMRI part of ``n_windows`` windows takes: start + K per window + end."""
@@ -193,10 +205,18 @@ class FmriLMProcessor:
                 "A message has more {'type': 'fmri'} parts than scans were given",
                 fix="pass one scan per fMRI part",
             )
-        codes = self.encode_scan(source)
         windows = part.get("windows")
-        if windows is not None:
-            codes = codes[windows] if isinstance(windows, slice) else codes[np.asarray(windows, dtype=int)]
+        codes = self.encode_scan(source, limit=windows is None)
+        if windows is not None:  # indices into the scan's own windows, before any max_windows cap
+            try:
+                codes = (
+                    codes[windows] if isinstance(windows, slice) else codes[np.asarray(windows, dtype=int)]
+                )
+            except IndexError:
+                raise FmriInputError(
+                    f"Window {windows} does not exist: the scan has {len(codes)} usable windows",
+                    fix=f"ask for a window between 0 and {len(codes) - 1}",
+                ) from None
             codes = codes[None] if codes.ndim == 1 else codes
         return self.vocab.render(codes)
 
@@ -354,6 +374,19 @@ class FmriLMProcessor:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+#: A window with fewer real samples than this share (the padded end of a scan) is not shown to the model.
+MIN_VALID_SHARE = 0.5
+
+
+def valid_windows(mask: np.ndarray, window_length: int, patch_length: int) -> np.ndarray:
+    """Windows that are mostly real samples; the first window is kept even when the scan is short."""
+    mask = np.asarray(mask)
+    counts = mask.sum(1)
+    need = max(patch_length, int(MIN_VALID_SHARE * window_length))
+    keep = counts >= min(need, int(counts.max()) if len(counts) else 0)
+    return keep
+
+
 def _config_from_fmri_tokenizer(fmri_tokenizer: Any) -> FmriProcessorConfig:
     if fmri_tokenizer is None:
         return FmriProcessorConfig()
