@@ -66,7 +66,7 @@ def perturb_adapters(model: FmriLM, seed: int = 0) -> None:
                 param.add_(torch.randn(param.shape, generator=gen) * 0.2)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "qwen2"])
 def test_saved_folder_loads_with_plain_transformers(arch, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

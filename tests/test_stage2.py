@@ -134,7 +134,7 @@ def test_align_cli_trains_saves_a_loadable_model_and_resumes_exactly(stage2_inpu
     split = json.loads((run / "split.json").read_text())
     assert len(split["val_subjects"]) == 1 and split["train_examples"]["describe"] == 9
 
-    model = FmriLM.from_pretrained(run / "model")
+    model = FmriLM.from_pretrained(run)  # the Stage-2 folder resolves to run/model
     assert model.has_adapters
     assert model.processor.config.descriptor_reference == {"format_version": 1, "stats": {"fc": [0.1]}}
     assert model.processor.config.atlas["name"] == random_scan(8).atlas.name

@@ -31,6 +31,7 @@ from fmrilm.model.processing import (
     DESCRIBE_PROMPT,
     FORECAST_PROMPT,
     IGNORE_INDEX,
+    PROCESSOR_CONFIG_NAME,
     FmriLMProcessor,
     FmriProcessorConfig,
 )
@@ -412,6 +413,21 @@ class FmriLM(nn.Module):
             flags={"forecast_windows": int(windows), "codes": codes.tolist()},
         )
 
+    def predict(self, scan: Any, task: Any, **kwargs: Any) -> dict[str, Any]:
+        """Scored answer: ``{option: probability}`` over the task's allowed answers (regression: value + method).
+
+        ``task`` is a task this model learned (its name), or a task spec; see `fmrilm.model.scoring.predict`.
+        """
+        from fmrilm.model.scoring import predict
+
+        return predict(self, scan, task, **kwargs)
+
+    def predict_cohort(self, cohort: Any, task: Any, indices: Any = None, **kwargs: Any):
+        """Scored answers for cohort rows as a DataFrame; see `fmrilm.model.scoring.predict_cohort`."""
+        from fmrilm.model.scoring import predict_cohort
+
+        return predict_cohort(self, cohort, task, indices, **kwargs)
+
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _codebook_for_init(fmri_tokenizer: Any) -> np.ndarray | None:
@@ -459,6 +475,9 @@ def _as_jsonable(value: Any) -> Any:
 def _local_dir(path: str | os.PathLike) -> Path:
     directory = Path(path).expanduser()
     if directory.is_dir():
+        nested = directory / "model"  # a Stage-2 output folder holds its model in model/
+        if not (directory / PROCESSOR_CONFIG_NAME).exists() and (nested / PROCESSOR_CONFIG_NAME).exists():
+            return nested
         return directory
     if directory.exists() or str(path).count("/") != 1:
         raise FmriInputError(
