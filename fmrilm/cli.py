@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fmrilm.train.cli", "Train a stage (tokenizer = Stage 1; see `fmrilm train --help`)."),
     "instructions": ("fmrilm.instructions.cli", "Build seeded instruction sets from a cohort and task YAMLs."),
     "chat": ("fmrilm.chat_cli", "Talk with a saved model about one or more scans (interactive or --message)."),
+    "eval": (
+        "fmrilm.eval.cli",
+        "Evaluate a model zero-shot, few-shot and fine-tuned next to baselines on one split (JSON + Markdown).",
+    ),
     "bench": ("fmrilm.eval.bench", "Run the speed and accuracy benchmarks under eval/ (see BENCHMARKS.md)."),
 }
 

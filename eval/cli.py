@@ -1,0 +1,141 @@
+"""`fmrilm eval --model DIR --cohort DIR --task NAME [--split ...] [--shots 0,2,4,8,16] [--seeds N] --out DIR`.
+
+Scores a trained model zero-shot, after few-shot LoRA fine-tuning (k labelled subjects per class, several seeds)
+and optionally after full fine-tuning, next to FC, code-probe, demographics and floor baselines on the same
+subject-level split; writes ``report.json``, ``report.md`` and ``plots/`` (see `fmrilm.eval.evaluate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fmrilm.errors import FmriInputError
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FmriInputError(
+            f"{flag} must be comma-separated whole numbers, got '{text}'", fix=f"give e.g. {flag} 0,2,4,8"
+        ) from None
+    if not values:
+        raise FmriInputError(f"{flag} is empty", fix=f"give e.g. {flag} 0,2,4,8")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, EvalConfig
+
+    d = EvalConfig(model="", cohort="", task="", out="")
+    p = parser
+    p.add_argument(
+        "--model", required=True, metavar="DIR", help="trained fmrilm model (Stage 3 output or folder)"
+    )
+    p.add_argument("--cohort", required=True, metavar="DIR", help="imported or simulated cohort (any atlas)")
+    p.add_argument(
+        "--task", required=True, help="built-in task name (diagnosis, sex, age, ...) or a task .yaml"
+    )
+    p.add_argument(
+        "--split",
+        default=d.split,
+        help="leave-sites-out (default), stratified, a split .json file, or a split stored in the cohort",
+    )
+    p.add_argument("--test-sites", default=None, help="comma-separated test sites (leave-sites-out)")
+    p.add_argument(
+        "--n-test-sites", type=int, default=d.n_test_sites, help="sites drawn for testing when none are named"
+    )
+    p.add_argument("--test-size", type=float, default=d.test_size, help="test share of subjects (stratified)")
+    p.add_argument(
+        "--shots",
+        default=None,
+        help="labelled subjects per class for few-shot fine-tuning; 0 = zero-shot "
+        f"(default {','.join(map(str, DEFAULT_SHOTS))}, dropping k the train part cannot supply)",
+    )
+    p.add_argument("--seeds", type=int, default=d.seeds, help="few-shot draws (and adapters) per k")
+    p.add_argument("--seed", type=int, default=d.seed, help="first seed (split draw, k-shot draws)")
+    p.add_argument("--full", action="store_true", help="also fine-tune on every train subject (slow)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps of each few-shot run")
+    p.add_argument("--full-steps", type=int, default=d.full_steps, help="optimizer steps of the --full run")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument(
+        "--target-modules", default="all-linear", help="'all-linear' or comma-separated module names"
+    )
+    p.add_argument(
+        "--paraphrases", type=int, default=d.paraphrases, help="question wordings averaged per scan"
+    )
+    p.add_argument(
+        "--normalize", choices=["sum", "mean"], default=d.normalize, help="answer log-prob pooling"
+    )
+    p.add_argument("--score-batch-size", type=int, default=d.batch_size_scoring)
+    p.add_argument(
+        "--code-features", choices=CODE_FEATURES, default=d.code_features, help="code-probe features"
+    )
+    p.add_argument("--no-few-shot-baselines", action="store_true", help="skip FC/code probes on the k shots")
+    p.add_argument("--covariates", default=",".join(d.covariates), help="demographics baseline columns")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap draws for single-run intervals")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--keep-work", action="store_true", help="keep the per-run work folder beside --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="report folder (report.json, report.md, plots/)"
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    from fmrilm.eval.evaluate import EvalConfig
+
+    return EvalConfig(
+        model=str(args.model),
+        cohort=str(args.cohort),
+        task=str(args.task),
+        out=str(args.out),
+        split=str(args.split),
+        test_sites=[s.strip() for s in args.test_sites.split(",") if s.strip()] if args.test_sites else None,
+        n_test_sites=args.n_test_sites,
+        test_size=args.test_size,
+        shots=None if args.shots is None else _int_list(args.shots, "--shots"),
+        seeds=args.seeds,
+        seed=args.seed,
+        full=bool(args.full),
+        steps=args.steps,
+        full_steps=args.full_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.target_modules,
+        paraphrases=args.paraphrases,
+        normalize=args.normalize,
+        batch_size_scoring=args.score_batch_size,
+        code_features=args.code_features,
+        few_shot_baselines=not args.no_few_shot_baselines,
+        covariates=[c.strip() for c in args.covariates.split(",") if c.strip()],
+        n_boot=args.n_boot,
+        threads=args.threads,
+        progress=not args.no_progress,
+        keep_work=bool(args.keep_work),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from fmrilm.eval.evaluate import evaluate, summary_table
+    from fmrilm.eval.report import MAIN_METRIC
+    from fmrilm.train.common import setup_logging
+
+    setup_logging()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    cfg = config_from_args(args)
+    result = evaluate(cfg)
+    print(summary_table(result.results, MAIN_METRIC[result.results[0].task_type]))
+    print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")
+    return 0

@@ -1,0 +1,728 @@
+"""`fmrilm eval`: a trained model zero-shot, few-shot and fully fine-tuned, next to baselines on ONE split.
+
+Every method is scored on the same test rows of the same subject-level split (site-level for leave-sites-out):
+
+- ``fmrilm_zero_shot`` (shots 0): the model as it is, asked the task's question; answers are scored (the
+  probability of each allowed answer, `fmrilm.model.scoring`), never parsed;
+- ``fmrilm_few_shot`` (shots k, one run per seed): fresh LoRA adapters trained by `fmrilm.train.finetune` on k
+  labelled subjects per class drawn from the TRAIN part (`sample_k_shot`, seeded), then scored;
+- ``fmrilm_full`` (``full=True``): the same fine-tuning on every train subject;
+- baselines fitted on the train part (`fmrilm.eval.baselines`): ``fc_linear`` (Fisher-z FC + logistic
+  regression / ridge), ``code_probe`` (the same linear model on the model's own tokenizer codes, pooled per scan:
+  quantized latents or a code histogram), ``demographics`` (covariates only, where some apply) and the floor
+  (``prior`` / ``train_mean``); and, for a like-for-like few-shot curve, ``fc_linear_few_shot`` and
+  ``code_probe_few_shot`` fitted on exactly the k-shot subjects of each seed.
+
+Nothing is fitted on a test row: FC and code features are per-scan transforms, every scaler, imputer and
+hyperparameter search lives inside the train part, and prompts carry no phenotype. Metrics and intervals come
+from `fmrilm.eval.report` (bootstrap over test subjects for one run, Student-t over seeds for repeated runs),
+which writes ``report.json``, ``report.md`` and ``plots/`` into the output folder.
+
+The fine-tuning runs are the slow part, so each finished model run's predictions are kept in a work folder
+beside the output (``.<out>.eval-work/``); a re-run with the same settings picks up where it stopped, and the
+work folder is removed once the report is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmrilm.errors import FmriInputError
+
+logger = logging.getLogger("fmrilm.eval")
+
+SPLIT_KINDS = ("leave-sites-out", "stratified")
+CODE_FEATURES = ("latents", "histogram")
+DEFAULT_SHOTS = (0, 2, 4, 8, 16)
+#: Settings that do not change any number in the report (a resumed run may differ in them).
+NOT_RESULT_SETTINGS = ("out", "progress", "threads", "keep_work", "batch_size_scoring")
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation depends on (stored in the report and checked when a run is resumed)."""
+
+    model: str
+    cohort: str
+    task: str
+    out: str
+    split: str = (
+        "leave-sites-out"  # leave-sites-out | stratified | a split .json file | a split stored in the cohort
+    )
+    test_sites: list[str] | None = None
+    n_test_sites: int = 1
+    test_size: float = 0.2
+    shots: list[int] | None = (
+        None  # None: DEFAULT_SHOTS, dropping k the train part cannot supply; 0 = zero-shot
+    )
+    seeds: int = 3
+    seed: int = 0
+    full: bool = False
+    # fine-tuning (few-shot runs are kept cheap by default: a few steps on a CPU)
+    steps: int = 20
+    full_steps: int = 200
+    batch_size: int = 4
+    lr: float = 5e-4
+    warmup_steps: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    # scoring
+    paraphrases: int = 1
+    normalize: str = "sum"
+    batch_size_scoring: int = 8
+    # baselines
+    code_features: str = "latents"
+    few_shot_baselines: bool = True
+    covariates: list[str] = field(default_factory=lambda: ["age", "sex"])
+    n_boot: int = 1000
+    # running
+    threads: int | None = None
+    progress: bool = True
+    keep_work: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def result_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_RESULT_SETTINGS}
+
+
+@dataclass
+class EvalRun:
+    """What `evaluate` returns: every scored method result, the split, and the files written."""
+
+    results: list[Any]
+    split: dict[str, list[int]]
+    test_rows: list[int]
+    paths: dict[str, Path]
+    context: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------------ task
+def load_eval_task(name: str, table: Any, cohort_dir: str | Path) -> tuple[Any, Any, Any]:
+    """``(spec, bound, card)``: the task spec, bound to this cohort's coding, and the card the model scores.
+
+    Only phenotype tasks with scored answers (binary, multiclass, regression) have a truth to compare with.
+    """
+    from fmrilm.instructions.builder import bind_task
+    from fmrilm.instructions.spec import load_task
+
+    from fmrilm.model.scoring import TaskCard
+
+    spec = load_task(name)
+    if spec.source != "phenotype" or spec.type == "open-ended":
+        raise FmriInputError(
+            f"Task '{spec.name}' is answered from descriptors ({spec.type}), not from a cohort column",
+            fix="evaluate a phenotype task (e.g. diagnosis, sex, age) or a task YAML with `source: phenotype`",
+        )
+    bound = bind_task(spec, table, None, cohort_file=cohort_dir)
+    card = TaskCard.from_spec(spec, options=bound.options or None, mapping=bound.mapping)
+    return spec, bound, card
+
+
+# ----------------------------------------------------------------------------------------------------- split
+def resolve_eval_split(
+    cfg: EvalConfig, cohort: Any, label: str
+) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """``({part: rows}, how it was made)``: leave-sites-out, stratified, a split file, or a stored split."""
+    from fmrilm.splits import leave_sites_out_split, list_splits, stratified_split
+
+    kind = str(cfg.split)
+    if cfg.test_sites and kind != "leave-sites-out":
+        raise FmriInputError(
+            f"--test-sites only applies to a leave-sites-out split, not to '{kind}'",
+            fix="pass --split leave-sites-out with --test-sites, or drop --test-sites",
+        )
+    if kind == "leave-sites-out":
+        split = leave_sites_out_split(
+            cohort, test_sites=cfg.test_sites or None, n_test_sites=cfg.n_test_sites, seed=cfg.seed
+        )
+        how = {"kind": kind, "test_sites": _sites_of(cohort, split["test"]), "seed": cfg.seed}
+    elif kind == "stratified":
+        split = stratified_split(cohort, label=label, test_size=cfg.test_size, seed=cfg.seed)
+        how = {"kind": kind, "label": label, "test_size": cfg.test_size, "seed": cfg.seed}
+    else:
+        from fmrilm.train.finetune import FinetuneConfig, resolve_split
+
+        path = Path(kind)
+        if not (path.is_file() or path.suffix == ".json" or kind in list_splits(cfg.cohort)):
+            stored = ", ".join(list_splits(cfg.cohort)) or "none"
+            raise FmriInputError(
+                f"Unknown split '{kind}' (not a split kind, a .json file, or a split stored in the cohort: {stored})",
+                fix="pass --split leave-sites-out, stratified, a split .json file, or a name from "
+                "`fmrilm cohort split`",
+            )
+        split, source = resolve_split(FinetuneConfig(cohort=cfg.cohort, split=kind), cohort, label)
+        how = {"kind": "saved", "source": source, "test_sites": _sites_of(cohort, split.get("test", []))}
+    for part in ("train", "test"):
+        if not split.get(part):
+            raise FmriInputError(
+                f"The split has no '{part}' rows", fix="use a split with both a train and a test part"
+            )
+    _check_subject_level(cohort, split)
+    return split, how
+
+
+def _sites_of(cohort: Any, rows: list[int]) -> list[str]:
+    sites = cohort.phenotype_table()["site"].fillna("").astype(str).to_numpy()
+    return sorted({sites[i] for i in rows})
+
+
+def _check_subject_level(cohort: Any, split: dict[str, list[int]]) -> None:
+    """No subject in two parts: a test subject's other scans must not be trained on."""
+    subjects = cohort.phenotype_table()["subject_id"].astype(str).to_numpy()
+    owner: dict[str, str] = {}
+    for part, rows in split.items():
+        for s in {subjects[i] for i in rows}:
+            if owner.setdefault(s, part) != part:
+                raise FmriInputError(
+                    f"The split puts subject '{s}' in both '{owner[s]}' and '{part}'",
+                    subject=s,
+                    fix="make a subject-level split with `fmrilm cohort split` (or --split stratified)",
+                )
+
+
+def write_split_file(path: Path, cohort: Any, split: dict[str, list[int]], how: dict[str, Any]) -> Path:
+    """The split as `fmrilm finetune --split` reads it (parts with their scan ids), written atomically."""
+    scan_ids = [str(s) for s in cohort.dataset["scan_id"]]
+    record = {
+        **how,
+        "parts": {p: [int(i) for i in rows] for p, rows in split.items()},
+        "scan_ids": {p: [scan_ids[i] for i in rows] for p, rows in split.items()},
+    }
+    _write_json(path, record)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- code features
+def code_features(
+    fmri_tokenizer: Any, cohort: Any, kind: str = "latents", progress: bool = False
+) -> np.ndarray:
+    """One row per scan summarising the model's tokenizer output, for the linear code probe.
+
+    ``latents``: the quantized latents of each window (``FmriTokenizerModel.embed``) averaged over the scan's
+    windows, ``(n_scans, hidden)``; ``histogram``: the frequency of each code over the scan's windows and
+    latent slots, ``(n_scans, codebook_size)``. The windows are those the model reads (a mostly-padded end
+    window is dropped, as the processor does). Both are fixed per-scan transforms: nothing is fitted here.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from fmrilm.model.processing import valid_windows
+
+    if kind not in CODE_FEATURES:
+        raise FmriInputError(f"Unknown code features '{kind}'", fix=f"use one of {', '.join(CODE_FEATURES)}")
+    if fmri_tokenizer is None:
+        raise FmriInputError(
+            "The model has no fMRI tokenizer, so scans cannot be encoded",
+            fix="evaluate a model saved with its fmri_tokenizer subfolder (Stage 2 or 3 output)",
+        )
+    config = fmri_tokenizer.config
+    rows = []
+    with torch.no_grad():
+        for i in tqdm(range(len(cohort)), desc=f"code features ({kind})", disable=not progress, unit="scan"):
+            scan = cohort.scan(i)
+            windows, mask = fmri_tokenizer.windows(scan)
+            keep = valid_windows(mask, config.window_length, config.patch_length)
+            if kind == "latents":
+                emb = fmri_tokenizer.embed(windows[keep], coords=scan, mask=mask[keep])
+                rows.append(emb.float().mean(dim=0).cpu().numpy())
+            else:
+                codes = fmri_tokenizer.encode(windows[keep], coords=scan, mask=mask[keep]).cpu().numpy()
+                rows.append(np.bincount(codes.ravel(), minlength=config.codebook_size) / max(codes.size, 1))
+    return np.asarray(rows, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- model results
+def model_result(
+    frame: Any,
+    method: str,
+    task: Any,
+    target: tuple[np.ndarray, list[Any] | None, str],
+    rows: list[int],
+    table: Any,
+    *,
+    shots: int | None = None,
+    seed: int | None = None,
+    info: dict[str, Any] | None = None,
+) -> Any:
+    """A `MethodResult` from `predict_cohort`'s table, labelled exactly as the baselines label the truth.
+
+    The truth is the baselines' (`task_target`), and the model's own label column is checked against it, so
+    no method can be scored against a differently coded answer.
+    """
+    from fmrilm.eval.report import MethodResult
+
+    from fmrilm.model.scoring import PROB_PREFIX
+
+    y, classes, ttype = target
+    frame = frame.set_index("index").loc[rows]
+    truth = y[rows]
+    labels = frame["label"].to_numpy()
+    if ttype == "regression":
+        same = np.allclose(labels.astype(float), truth.astype(float))
+    else:
+        same = [str(a) for a in labels] == [str(b) for b in truth]
+    if not same:  # the card and the baselines disagree on the coding: a bug, never a silent mismatch
+        raise RuntimeError(f"model labels {labels[:5]} differ from the baselines' truth {truth[:5]}")
+    score = None
+    if ttype == "regression":
+        pred = frame["prediction"].astype(float).tolist()
+    else:
+        score = np.stack([frame[PROB_PREFIX + str(c)].to_numpy(dtype=float) for c in classes], axis=1)
+        pred = np.asarray(classes, dtype=object)[score.argmax(axis=1)].tolist()
+    return MethodResult(
+        method=method,
+        task=getattr(task, "name", str(task)),
+        task_type=ttype,
+        y_true=truth.tolist(),
+        y_pred=pred,
+        y_score=score,
+        classes=None if classes is None else list(classes),
+        part="test",
+        subject_ids=table["subject_id"].astype(str).to_numpy()[rows].tolist(),
+        shots=shots,
+        seed=seed,
+        info=dict(info or {}),
+    )
+
+
+def result_to_record(r: Any) -> dict[str, Any]:
+    record = r.to_dict(predictions=True)
+    record["metrics"] = {}
+    return record
+
+
+def result_from_record(record: dict[str, Any]) -> Any:
+    from fmrilm.eval.report import MethodResult
+
+    score = record.get("y_score")
+    return MethodResult(
+        method=record["method"],
+        task=record["task"],
+        task_type=record["task_type"],
+        y_true=list(record["y_true"]),
+        y_pred=list(record["y_pred"]),
+        y_score=None if score is None else np.asarray(score, dtype=float),
+        classes=record.get("classes"),
+        part=record.get("part", "test"),
+        subject_ids=record.get("subject_ids"),
+        shots=record.get("shots"),
+        seed=record.get("seed"),
+        info=dict(record.get("info") or {}),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ few-shot
+def shot_plan(
+    cfg: EvalConfig, table: Any, spec: Any, split: dict[str, list[int]]
+) -> tuple[list[int], dict[tuple[int, int], list[int]], list[dict[str, Any]]]:
+    """``(k values, {(k, seed): training rows}, skipped)``, all drawn before any training starts.
+
+    The rows are those `fmrilm finetune` will draw (`training_rows`: k subjects per class from the train part,
+    seeded, never a test subject), so the few-shot baselines see exactly the model's subjects. A k that the
+    train part cannot supply is an error when asked for explicitly, and is dropped (and reported) from the
+    default list.
+    """
+    from fmrilm.train.finetune import training_rows
+
+    explicit = cfg.shots is not None
+    shots = sorted({int(k) for k in (cfg.shots if explicit else DEFAULT_SHOTS)})
+    if any(k < 0 for k in shots):
+        raise FmriInputError(f"--shots must be 0 or more, got {shots}", fix="give e.g. --shots 0,2,4,8")
+    if int(cfg.seeds) < 1:
+        raise FmriInputError(f"--seeds must be at least 1, got {cfg.seeds}", fix="give e.g. --seeds 3")
+    plan: dict[tuple[int, int], list[int]] = {}
+    kept, skipped = [], []
+    for k in shots:
+        if k == 0:
+            kept.append(0)
+            continue
+        try:
+            for s in seeds_of(cfg):
+                plan[(k, s)] = training_rows(table, spec, split, k, s)[0]
+        except FmriInputError as exc:
+            if explicit:
+                raise
+            plan = {key: v for key, v in plan.items() if key[0] != k}
+            skipped.append({"shots": k, "reason": exc.problem})
+            logger.info("skipping %d-shot runs: %s", k, exc.problem)
+            continue
+        kept.append(k)
+    return kept, plan, skipped
+
+
+def seeds_of(cfg: EvalConfig) -> list[int]:
+    return [int(cfg.seed) + i for i in range(int(cfg.seeds))]
+
+
+def finetune_and_score(
+    cfg: EvalConfig,
+    shots: int | None,
+    seed: int,
+    split_file: Path,
+    run_dir: Path,
+    cohort: Any,
+    card: Any,
+    rows: list[int],
+) -> tuple[Any, dict[str, Any]]:
+    """Train adapters with `fmrilm finetune` (k shots, or all train subjects) and score the test rows."""
+    import torch
+    from fmrilm.train.finetune import FINETUNE_FILE, FinetuneConfig, finetune, load_finetuned
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run restarts from scratch
+    targets = cfg.target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    ft = FinetuneConfig(
+        model=cfg.model,
+        cohort=cfg.cohort,
+        task=cfg.task,
+        out=str(run_dir),
+        shots=shots,
+        split=str(split_file),
+        steps=int(cfg.steps if shots else cfg.full_steps),
+        batch_size=int(cfg.batch_size),
+        lr=float(cfg.lr),
+        warmup_steps=int(cfg.warmup_steps),
+        lora={
+            "r": cfg.lora_r,
+            "alpha": cfg.lora_alpha,
+            "dropout": cfg.lora_dropout,
+            "target_modules": targets,
+        },
+        seed=int(seed),
+        threads=cfg.threads,
+        progress=False,
+        eval_every=10**9,
+        save_every=10**9,
+        log_every=max(1, int(cfg.steps if shots else cfg.full_steps)),
+    )
+    torch.manual_seed(int(seed))  # the fresh adapters' initialisation is drawn before training seeds its RNGs
+    finetune(ft)
+    model = load_finetuned(run_dir)
+    frame = model.predict_cohort(
+        cohort,
+        card,
+        rows,
+        normalize=cfg.normalize,
+        paraphrases=cfg.paraphrases,
+        batch_size=cfg.batch_size_scoring,
+    )
+    used = json.loads((run_dir / FINETUNE_FILE).read_text()).get("used", {})
+    info = {
+        "steps": ft.steps,
+        "train_subjects": used.get("subjects", []),
+        "n_train": len(used.get("rows", [])),
+    }
+    del model
+    return frame, info
+
+
+# -------------------------------------------------------------------------------------------------- running
+def evaluate(cfg: EvalConfig) -> EvalRun:
+    """Run every method of the evaluation on one split and write the report into ``cfg.out``."""
+    import torch
+    from fmrilm.eval.baselines import (
+        demographics_baseline,
+        fc_features,
+        floor_baseline,
+        linear_probe,
+        task_target,
+    )
+    from fmrilm.eval.report import MAIN_METRIC, write_report
+    from tqdm.auto import tqdm
+
+    from fmrilm.cohort import load_cohort
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.scoring import stored_tasks
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.code_features not in CODE_FEATURES:
+        raise FmriInputError(
+            f"Unknown code features '{cfg.code_features}'", fix=f"use one of {', '.join(CODE_FEATURES)}"
+        )
+    out_dir = Path(cfg.out)
+    _check_out_dir(out_dir)
+    model_dir = _model_dir(cfg.model)
+    cohort = load_cohort(cfg.cohort)
+    table = cohort.phenotype_table()
+    spec, bound, card = load_eval_task(cfg.task, table, cfg.cohort)
+    split, how = resolve_eval_split(cfg, cohort, spec.target)
+    y, classes, ttype, ok = task_target(table, spec)
+    test_rows = [int(i) for i in split["test"] if ok[i]]
+    if not test_rows:
+        raise FmriInputError(
+            f"No test subject has a '{spec.target}' value",
+            fix="choose test sites or a split with labelled subjects",
+        )
+    shots, plan, skipped = shot_plan(cfg, table, spec, split)
+    target = (y, classes, ttype)
+    subjects = table["subject_id"].astype(str).to_numpy()
+    test_subjects = sorted({subjects[i] for i in test_rows})
+
+    work = _work_dir(out_dir, cfg)
+    split_file = write_split_file(work / SPLIT_FILE, cohort, split, how)
+    inner = "site" if how["kind"] == "leave-sites-out" else "subject_id"
+    results: list[Any] = []
+
+    # ---- the model as it is, and the features of its tokenizer
+    model = FmriLM.from_pretrained(model_dir)
+    task_known = spec.name in stored_tasks(model)
+    if 0 in shots:
+        zero = _cached(work, "fmrilm_zero_shot-k0")
+        if zero is None:
+            logger.info("zero-shot: scoring %d test scans", len(test_rows))
+            frame = model.predict_cohort(
+                cohort,
+                card,
+                test_rows,
+                normalize=cfg.normalize,
+                paraphrases=cfg.paraphrases,
+                batch_size=cfg.batch_size_scoring,
+                progress=cfg.progress,
+            )
+            zero = model_result(
+                frame, "fmrilm_zero_shot", spec, target, test_rows, table, shots=0,
+                info={"task_stored_in_model": task_known, "options": list(card.options)},
+            )  # fmt: skip
+            _store(work, "fmrilm_zero_shot-k0", zero)
+        results.append(zero)
+    codes = code_features(model.fmri_tokenizer, cohort, cfg.code_features, progress=cfg.progress)
+    model_info = {
+        "folder": str(model_dir),
+        "base_model": model.processor.config.base_model,
+        "atlas": (model.processor.config.atlas or {}).get("name"),
+        "tasks_stored": sorted(stored_tasks(model)),
+    }
+    del model
+
+    # ---- baselines on the whole train part
+    logger.info("baselines: FC, code probe, demographics, floor")
+    fc = fc_features(cohort, progress=cfg.progress)
+    probe_kw = {"eval_parts": ("test",), "inner_groups": inner, "seed": cfg.seed}
+    results += linear_probe(fc, table, spec, split, method="fc_linear", **probe_kw)
+    for r in linear_probe(codes, table, spec, split, method="code_probe", **probe_kw):
+        r.info["features"] = cfg.code_features
+        results.append(r)
+    results += demographics_baseline(table, spec, split, covariates=cfg.covariates, seed=cfg.seed)
+    results += floor_baseline(table, spec, split)
+
+    # ---- few-shot and full fine-tuning
+    runs = [(k, s) for k in shots if k > 0 for s in seeds_of(cfg)]
+    if cfg.full:
+        runs.append((None, cfg.seed))
+    for k, s in tqdm(runs, desc="fine-tuning runs", disable=not cfg.progress or not runs, unit="run"):
+        method = "fmrilm_few_shot" if k else "fmrilm_full"
+        key = f"{method}-k{k or 'all'}-s{s}"
+        result = _cached(work, key)
+        if result is None:
+            logger.info("%s: k=%s seed=%d", method, k or "all", s)
+            frame, info = finetune_and_score(
+                cfg, k, s, split_file, work / "runs" / key, cohort, card, test_rows
+            )
+            leaked = sorted(set(info["train_subjects"]) & set(test_subjects))
+            if leaked:  # finetune promises this never happens; an evaluation must not trust it blindly
+                raise RuntimeError(f"test subjects {leaked[:5]} were fine-tuned on")
+            result = model_result(frame, method, spec, target, test_rows, table, shots=k, seed=s, info=info)
+            _store(work, key, result)
+            shutil.rmtree(work / "runs" / key, ignore_errors=True)
+        results.append(result)
+        if k and cfg.few_shot_baselines:
+            results += _few_shot_baselines(fc, codes, table, spec, plan[(k, s)], test_rows, k, s, ttype, cfg)
+
+    # ---- one split, one test set: the promise of this module
+    for r in results:
+        if sorted(set(r.subject_ids)) != test_subjects or r.n != len(test_rows):
+            raise RuntimeError(f"{r.method} was scored on other test rows than the rest")
+
+    context = {
+        "task": {"name": spec.name, "type": ttype, "target": spec.target, "options": list(card.options)},
+        "cohort": {
+            "folder": str(cfg.cohort),
+            "name": cohort.name,
+            "atlas": cohort.atlas.name,
+            "scans": len(cohort),
+        },
+        "model": model_info,
+        "split": {
+            **how,
+            "train_scans": len(split["train"]),
+            "test_scans": len(test_rows),
+            "test_subjects": len(test_subjects),
+            "inner_cv_groups": inner,
+        },
+        "shots": shots,
+        "seeds": seeds_of(cfg),
+        "skipped": skipped,
+        "config": cfg.to_dict(),
+        "command": command_line(cfg),
+    }
+    paths = write_report(
+        results,
+        out_dir,
+        title=f"fmrilm evaluation: {spec.name} on {cohort.name}",
+        context=context,
+        n_boot=cfg.n_boot,
+    )
+    summary = summary_table(results, MAIN_METRIC[ttype])
+    _insert_summary(paths["markdown"], summary)
+    os.replace(split_file, out_dir / SPLIT_FILE)
+    paths["split"] = out_dir / SPLIT_FILE
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return EvalRun(results=results, split=split, test_rows=test_rows, paths=paths, context=context)
+
+
+def _few_shot_baselines(fc, codes, table, spec, rows, test_rows, k, seed, ttype, cfg) -> list[Any]:
+    """FC and code probes fitted on exactly the k-shot subjects of this seed (one scan each)."""
+    from fmrilm.eval.baselines import linear_probe
+
+    if ttype != "regression" and k < 2:
+        return []  # one example per class leaves no inner cross-validation to choose the penalty
+    part = {"train": list(rows), "test": list(test_rows)}
+    out = []
+    for features, method in ((fc, "fc_linear_few_shot"), (codes, "code_probe_few_shot")):
+        for r in linear_probe(features, table, spec, part, method=method, inner_groups=None, seed=seed):
+            r.shots, r.seed = k, seed
+            out.append(r)
+    return out
+
+
+def summary_table(results: list[Any], metric: str) -> str:
+    """Markdown table of the headline: each method (and k) with its main metrics, means over seeds."""
+    from fmrilm.eval.report import aggregate_seeds
+
+    for r in results:
+        if not r.metrics:
+            r.score()
+    agg = aggregate_seeds(results)
+    ttype = results[0].task_type
+    names = ("mae", "pearson_r") if ttype == "regression" else ("balanced_accuracy", "auc", "f1")
+    lines = [
+        "## Summary",
+        "",
+        "Mean over seeds [95% interval: Student-t over seeds for repeated runs, bootstrap over test subjects "
+        "for single runs]; every method is scored on the same test subjects.",
+        "",
+        "| method | shots | runs | " + " | ".join(names) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in results))}
+    for (_, method, shots), v in sorted(
+        agg.items(), key=lambda kv: (order[kv[0][1]], -1 if kv[0][2] is None else kv[0][2])
+    ):
+        cells = []
+        for m in names:
+            if v["n_seeds"] > 1:
+                cells.append(f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]")
+            else:
+                single = next(r for r in results if r.method == method and r.shots == shots).metrics[m]
+                cells.append(f"{_fmt(single['value'])} [{_fmt(single['low'])}, {_fmt(single['high'])}]")
+        k = "all" if shots is None else str(shots)
+        lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def _insert_summary(markdown: Path, summary: str) -> None:
+    """Put the summary table right after the report's header block (atomically)."""
+    text = markdown.read_text()
+    marker = "\n## "
+    at = text.find(marker)
+    text = text + "\n" + summary if at < 0 else text[: at + 1] + summary + "\n" + text[at + 1 :]
+    _write_text(markdown, text)
+
+
+def command_line(cfg: EvalConfig) -> str:
+    parts = ["fmrilm eval", f"--model {cfg.model}", f"--cohort {cfg.cohort}", f"--task {cfg.task}"]
+    parts.append(f"--split {cfg.split}")
+    if cfg.test_sites:
+        parts.append(f"--test-sites {','.join(cfg.test_sites)}")
+    if cfg.shots is not None:
+        parts.append(f"--shots {','.join(str(k) for k in cfg.shots)}")
+    parts.append(f"--seeds {cfg.seeds}")
+    if cfg.full:
+        parts.append("--full")
+    parts.append(f"--out {cfg.out}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _model_dir(path: str | Path) -> Path:
+    from fmrilm.train.stage3 import resolve_model_dir
+
+    return resolve_model_dir(path)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The report replaces the output folder as a whole, so it must be new, empty or an earlier report."""
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").exists())
+    ):
+        raise FmriInputError(
+            "The output folder exists and is not an earlier evaluation report (it would be replaced)",
+            file=out_dir,
+            fix="choose a new --out folder",
+        )
+
+
+def _work_dir(out_dir: Path, cfg: EvalConfig) -> Path:
+    """``.<out>.eval-work`` beside the output: reused when its settings match, started afresh otherwise."""
+    work = out_dir.parent / f".{out_dir.name}.eval-work"
+    settings = json.dumps(cfg.result_settings(), sort_keys=True, default=str)
+    digest = hashlib.sha1(settings.encode()).hexdigest()
+    stamp = work / "settings.sha1"
+    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
+        shutil.rmtree(work)
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        _write_text(stamp, digest)
+    return work
+
+
+def _cached(work: Path, key: str) -> Any:
+    path = work / "results" / f"{key}.json"
+    if not path.exists():
+        return None
+    logger.info("%s: reusing the finished run in %s", key, work)
+    return result_from_record(json.loads(path.read_text()))
+
+
+def _store(work: Path, key: str, result: Any) -> None:
+    _write_json(work / "results" / f"{key}.json", result_to_record(result))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from fmrilm.eval.report import _json_default
+
+    _write_text(path, json.dumps(data, indent=1, default=_json_default))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

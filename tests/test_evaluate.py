@@ -1,0 +1,183 @@
+"""`fmrilm eval`: every method (model zero-shot and few-shot, FC, code probe, demographics, floor) on ONE split.
+
+A small simulated cohort (3 sites, dosenbach160) and a tiny model whose tokenizer reads another atlas
+(seitzman300) are written to disk once; the CLI then runs the whole evaluation with a few fine-tuning steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fmrilm.eval.evaluate import EvalConfig, evaluate
+
+from fmrilm.cli import main
+from fmrilm.errors import FmriInputError
+
+N_SUBJECTS, K_LATENTS, CODEBOOK = 24, 4, 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _signal_sensitive(fmri_tok):
+    """Stand-in for a trained tokenizer: an untrained one gives every scan nearly the same codes, so its weight
+    matrices get a large seeded random component, which makes codes and latents depend on the signal."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in fmri_tok.parameters():
+            if param.ndim >= 2:
+                param.add_(torch.randn(param.shape, generator=gen) * 3.0 / param.shape[-1] ** 0.5)
+    return fmri_tok
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from fmrilm.data_gen.simulate import SimulationConfig, simulate_cohort
+
+    from fmrilm.atlas import Atlas
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    root = tmp_path_factory.mktemp("evaluate")
+    cohort = simulate_cohort(SimulationConfig(n_subjects=N_SUBJECTS, n_sites=3, timepoints=(40, 60), seed=0))
+    cohort.save(root / "cohort")
+    llm, tok = tiny_causal_lm("llama", initializer_range=0.3)
+    fmri_tok = _signal_sensitive(tiny_fmri_tokenizer(codebook_size=CODEBOOK, num_latents=K_LATENTS))
+    model = FmriLM.from_base(llm, tokenizer=tok, fmri_tokenizer=fmri_tok, atlas=Atlas.builtin("seitzman300"))
+    model.save_pretrained(root / "model")
+    table = cohort.phenotype_table()
+    return root, table
+
+
+def _results(report: dict) -> list[dict]:
+    return report["results"]
+
+
+def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
+    root, table = setup
+    out = root / "report"
+    rc = main(
+        [
+            "eval", "--model", str(root / "model"), "--cohort", str(root / "cohort"), "--task", "diagnosis",
+            "--split", "leave-sites-out", "--test-sites", "site-1", "--shots", "0,2,3", "--seeds", "2",
+            "--steps", "3", "--lr", "1e-2", "--n-boot", "200", "--no-progress", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    results = _results(report)
+    methods = {r["method"] for r in results}
+    assert {
+        "fmrilm_zero_shot", "fmrilm_few_shot", "fc_linear", "code_probe", "demographics", "prior",
+        "fc_linear_few_shot", "code_probe_few_shot",
+    } <= methods  # fmt: skip
+    runs = {(r["shots"], r["seed"]) for r in results if r["method"] == "fmrilm_few_shot"}
+    assert runs == {(2, 0), (2, 1), (3, 0), (3, 1)}
+
+    # One split: every method scored on exactly the test part's subjects, all from the held-out site.
+    split = json.loads((out / "split.json").read_text())
+    subjects = table["subject_id"].astype(str).to_numpy()
+    test_subjects = sorted({subjects[i] for i in split["parts"]["test"]})
+    train_subjects = {subjects[i] for i in split["parts"]["train"]}
+    assert set(table["site"].to_numpy()[split["parts"]["test"]]) == {"site-1"}
+    assert not train_subjects & set(test_subjects)
+    for r in results:
+        assert sorted(r["subject_ids"]) == test_subjects, r["method"]
+        assert r["subject_ids"] == results[0]["subject_ids"]  # same rows, same order
+    # The few-shot subjects are k per class, from the train part only.
+    for r in results:
+        if r["method"] == "fmrilm_few_shot":
+            used = set(r["info"]["train_subjects"])
+            assert len(used) == 2 * r["shots"] and used <= train_subjects
+            labels = table.set_index("subject_id").loc[sorted(used), "diagnosis"]
+            assert sorted(labels.value_counts().tolist()) == [r["shots"], r["shots"]]
+
+    # Metrics with intervals: bootstrap for every run, Student-t over the two seeds of each k.
+    for r in results:
+        for name in ("balanced_accuracy", "auc", "f1"):
+            m = r["metrics"][name]
+            assert m["low"] <= m["value"] <= m["high"], (r["method"], name, m)
+        probs = np.asarray(r["y_score"])
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    seeds = {(a["method"], a["shots"]): a for a in report["over_seeds"]}
+    for k in (2, 3):
+        agg = seeds[("fmrilm_few_shot", k)]
+        assert agg["n_seeds"] == 2
+        assert agg["auc"]["low"] <= agg["auc"]["mean"] <= agg["auc"]["high"]
+
+    # Markdown with the summary and every plot it links; the model never saw this cohort's atlas.
+    md = (out / "report.md").read_text()
+    assert "## Summary" in md and all(m in md for m in methods)
+    links = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    names = {Path(p).name for p in links}
+    assert {"roc_diagnosis.png", "calibration_diagnosis.png", "fewshot_diagnosis.png"} <= names
+    assert any(n.startswith("confusion_diagnosis_fmrilm_few_shot") for n in names)
+    for link in links:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["context"]["cohort"]["atlas"] == "dosenbach160"
+    assert report["context"]["model"]["atlas"] == "seitzman300"
+    assert not (root / ".report.eval-work").exists()  # work folder removed once the report is written
+
+
+def test_eval_regression_with_a_stratified_split_and_resume(setup, monkeypatch):
+    root, table = setup
+    out = root / "age"
+    cfg = EvalConfig(
+        model=str(root / "model"), cohort=str(root / "cohort"), task="age", out=str(out), split="stratified",
+        shots=[0], seeds=1, n_boot=100, progress=False, keep_work=True, code_features="histogram",
+    )  # fmt: skip
+    run = evaluate(cfg)
+    by_method = {r.method: r for r in run.results}
+    assert set(by_method) == {"fmrilm_zero_shot", "fc_linear", "code_probe", "demographics", "train_mean"}
+    assert by_method["demographics"].info["covariates"] == ["sex"]  # age itself is never a covariate
+    assert by_method["code_probe"].info["n_features"] == CODEBOOK
+    ages = table["age"].to_numpy()
+    for r in run.results:
+        assert r.task_type == "regression" and set(r.metrics) >= {"mae", "pearson_r"}
+        np.testing.assert_allclose(r.y_true, ages[run.test_rows], rtol=1e-6)
+    zero = by_method["fmrilm_zero_shot"]
+    assert min(zero.y_pred) >= 6 and max(zero.y_pred) <= 72  # an expectation over the age bins' values
+
+    # A re-run with the same settings reuses the finished model run from the kept work folder.
+    from fmrilm.model.modeling import FmriLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the zero-shot run should have been reused")
+
+    monkeypatch.setattr(FmriLM, "predict_cohort", refuse)
+    again = evaluate(cfg)
+    assert {r.method: r.y_pred for r in again.results}["fmrilm_zero_shot"] == zero.y_pred
+
+
+def test_unknown_task_or_site_is_one_clear_error(setup, capsys):
+    root, _ = setup
+    base = ["eval", "--model", str(root / "model"), "--cohort", str(root / "cohort")]
+    assert main([*base, "--task", "handedness", "--out", str(root / "bad1")]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown task 'handedness'" in err and "Fix:" in err and "Traceback" not in err
+
+    with pytest.raises(FmriInputError, match=r"Unknown site\(s\) site-9.*site-1, site-2, site-3"):
+        evaluate(
+            EvalConfig(
+                str(root / "model"), str(root / "cohort"), "sex", str(root / "bad2"), test_sites=["site-9"]
+            )
+        )
+    with pytest.raises(FmriInputError, match="only applies to a leave-sites-out split"):
+        evaluate(
+            EvalConfig(
+                str(root / "model"), str(root / "cohort"), "sex", str(root / "bad3"), split="stratified",
+                test_sites=["site-1"],
+            )
+        )  # fmt: skip
+    with pytest.raises(FmriInputError, match="fewer than k=50"):
+        evaluate(EvalConfig(str(root / "model"), str(root / "cohort"), "sex", str(root / "bad4"), shots=[50]))
+    assert not [p.name for p in root.iterdir() if "bad" in p.name]  # nothing half-written, no work folder
