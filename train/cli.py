@@ -22,6 +22,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "fmrilm.train.stage2",
         "Stage 2: align the LLM to brain tokens (describe, forecast, text replay) with LoRA.",
     ),
+    "instruct": (
+        "fmrilm.train.stage3",
+        "Stage 3: multi-task instruction tuning (LoRA) on instruction sets; loss on the answers only.",
+    ),
 }
 
 

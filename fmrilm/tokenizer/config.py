@@ -14,16 +14,16 @@ from transformers import PretrainedConfig
 #: Named sizes. "tiny" is for tests, "small" (the default) trains usefully in minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=32, num_heads=2, encoder_layers=1, latent_layers=1, decoder_layers=1, codebook_dim=16
+        hidden_size=32, num_heads=2, encoder_layers=1, latent_layers=1, decoder_layers=1, codebook_dim=8
     ),
     "small": dict(
-        hidden_size=64, num_heads=4, encoder_layers=2, latent_layers=1, decoder_layers=1, codebook_dim=32
+        hidden_size=64, num_heads=4, encoder_layers=2, latent_layers=1, decoder_layers=1, codebook_dim=8
     ),
     "base": dict(
-        hidden_size=128, num_heads=4, encoder_layers=4, latent_layers=2, decoder_layers=2, codebook_dim=32
+        hidden_size=128, num_heads=4, encoder_layers=4, latent_layers=2, decoder_layers=2, codebook_dim=16
     ),
     "large": dict(
-        hidden_size=256, num_heads=8, encoder_layers=6, latent_layers=2, decoder_layers=3, codebook_dim=64
+        hidden_size=256, num_heads=8, encoder_layers=6, latent_layers=2, decoder_layers=3, codebook_dim=32
     ),
 }
 
@@ -32,7 +32,8 @@ class FmriTokenizerConfig(PretrainedConfig):
     """Sizes of the encoder/quantizer/decoder and the signal settings the tokenizer expects.
 
     A window of ``window_length`` samples (at ``target_tr`` seconds) is cut into ``window_length //
-    patch_length`` temporal patches per region; each region carries its MNI coordinates as position (Fourier
+    patch_length`` temporal patches per region (default 2: on simulated data, 24-sample patches reached a
+    higher held-out R² than 16-sample ones within a few hundred CPU steps, at two thirds of the cost); each region carries its MNI coordinates as position (Fourier
     features), never its index, so codes do not depend on region order and any atlas can be read.
     ``num_latents`` learned queries compress the window into K latents, each quantized to one of
     ``codebook_size`` codes. ``quantizer`` is "vq" (k-means init, EMA, cosine distance) or "fsq" (finite
@@ -45,7 +46,7 @@ class FmriTokenizerConfig(PretrainedConfig):
         self,
         codebook_size: int = 512,
         num_latents: int = 32,
-        codebook_dim: int = 32,
+        codebook_dim: int = 8,
         hidden_size: int = 64,
         num_heads: int = 4,
         encoder_layers: int = 2,
@@ -54,7 +55,7 @@ class FmriTokenizerConfig(PretrainedConfig):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         window_length: int = 48,
-        patch_length: int = 16,
+        patch_length: int = 24,
         target_tr: float | None = 2.0,
         stride: int | None = None,
         detrend: bool = True,

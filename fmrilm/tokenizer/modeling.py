@@ -68,6 +68,9 @@ class CoordinateEncoding(nn.Module):
             nn.GELU(),
             nn.Linear(config.hidden_size, config.hidden_size),
         )
+        # unit-scale output from the first step: with small initial weights a position signal would otherwise
+        # be ~100x weaker than the patch content, and regions would be hard to tell apart early in training
+        self.norm = nn.LayerNorm(config.hidden_size)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         wavelengths = torch.logspace(
@@ -79,7 +82,7 @@ class CoordinateEncoding(nn.Module):
         )
         angles = coords[..., None] * (2 * math.pi / wavelengths)  # (..., 3, F)
         features = torch.cat([coords / 100.0, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
-        return self.mlp(features)
+        return self.norm(self.mlp(features))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -135,7 +138,9 @@ class FmriTokenizerPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        if module is getattr(self, "patch_embed", None):  # unit-scale patch content from the first step
+            init.xavier_normal_(module.weight)
+        if isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.MultiheadAttention):
@@ -186,6 +191,7 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         self.encoder = _self_attention_stack(config, config.encoder_layers)
         self.encoder_norm = nn.LayerNorm(d)
         self.latent_queries = nn.Parameter(torch.zeros(k, d))
+        self.pool_maps = nn.Linear(d, k)
         self.compress = CrossAttentionBlock(d, config.num_heads, config.mlp_ratio, config.dropout)
         self.latent_encoder = _self_attention_stack(config, config.latent_layers)
         self.latent_norm = nn.LayerNorm(d)
@@ -212,6 +218,7 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         self.latent_decoder = _self_attention_stack(config, config.decoder_layers)
         self.decoder_coords = CoordinateEncoding(config)
         self.decoder_time = nn.Parameter(torch.zeros(n_patches, d))
+        self.unpool_maps = nn.Linear(d, k)
         self.readout = nn.ModuleList(
             CrossAttentionBlock(d, config.num_heads, config.mlp_ratio, config.dropout)
             for _ in range(config.decoder_layers)
@@ -249,8 +256,9 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         position = self.encoder_coords(coords.float())  # (R, D) or (B, R, D)
         if position.dim() == 2:
             position = position[None]
-        tokens = self.patch_embed(patches) + position[:, :, None, :] + self.patch_time
-        tokens = tokens.reshape(b, n_regions * n_patches, -1)
+        where = (position[:, :, None, :] + self.patch_time).expand(b, -1, -1, -1)  # (B, R, P, D)
+        where = where.reshape(b, n_regions * n_patches, -1)
+        tokens = self.patch_embed(patches).reshape(b, n_regions * n_patches, -1) + where
         valid = patch_valid.reshape(b, -1)
         n_tokens = tokens.shape[1]
         visible = valid
@@ -260,6 +268,7 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
             scores = scores + (~valid).float() * 2.0  # padded patches are dropped first
             keep = scores.argsort(dim=1)[:, :n_keep]
             tokens = tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+            where = where.gather(1, keep[..., None].expand(-1, -1, where.shape[-1]))
             kept_valid = valid.gather(1, keep)
             visible = torch.zeros_like(valid).scatter(1, keep, kept_valid)
             valid = kept_valid
@@ -272,7 +281,11 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         for layer in self.encoder:
             tokens = layer(tokens, src_key_padding_mask=padding)
         tokens = self.encoder_norm(tokens)
-        latents = self.compress(self.latent_queries.expand(b, -1, -1), tokens, padding)
+        # linear "spatial map" pooling: each latent slot weighs tokens by where/when they are (easy to learn,
+        # like a PCA/ICA unmixing); cross-attention then adds content-dependent pooling
+        maps = self.pool_maps(where) * (~padding)[..., None].float()  # (B, N, K)
+        pooled = torch.einsum("bnk,bnd->bkd", maps, tokens) / (~padding).sum(1).clamp_min(1)[:, None, None]
+        latents = self.compress(self.latent_queries + pooled, tokens, padding)
         for layer in self.latent_encoder:
             latents = layer(latents)
         latents = self.latent_norm(latents)
@@ -307,6 +320,8 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         n_regions = position.shape[1]
         queries = position[:, :, None, :] + self.decoder_time  # (B|1, R, P, D)
         queries = queries.expand(b, -1, -1, -1).reshape(b, n_regions * cfg.num_patches, -1)
+        # linear "spatial map" mixing of the latents (the decoder-side mirror of the encoder's pooling)
+        queries = queries + torch.einsum("bnk,bkd->bnd", self.unpool_maps(queries), z)
         for block in self.readout:
             queries = block(queries, z)
         out = self.readout_head(self.readout_norm(queries))  # (B, R*P, plen)
@@ -320,13 +335,20 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         time_mask: torch.Tensor | None = None,
         mask_ratio: float = 0.0,
         generator: torch.Generator | None = None,
+        skip_quantization: bool = False,
         return_dict: bool = True,
         **_: Any,
     ) -> FmriTokenizerOutput:
         """Encode, quantize and reconstruct a batch of windows; ``mask_ratio`` hides patches (training),
-        drawn with ``generator`` when given (reproducible runs)."""
+        drawn with ``generator`` when given (reproducible runs). ``skip_quantization`` decodes the continuous
+        latents (quantizer warm-up: the codebook is then k-means-initialised on latents that mean something);
+        codes are then -1."""
         latents, visible, patch_valid = self.encode_latents(windows, coords, time_mask, mask_ratio, generator)
-        quantized, codes, commit = self.quantize(latents)
+        if skip_quantization:
+            quantized, commit = latents, latents.new_zeros(())
+            codes = torch.full(latents.shape[:2], -1, dtype=torch.long, device=latents.device)
+        else:
+            quantized, codes, commit = self.quantize(latents)
         reconstruction = self.decode_latents(quantized, coords)
         return FmriTokenizerOutput(
             reconstruction=reconstruction,
