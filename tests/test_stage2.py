@@ -94,7 +94,12 @@ def stage2_inputs(tmp_path_factory):
     scans = [random_scan(48, seed=i, scan_id=f"scan{i}") for i in range(4)]
     Cohort.from_scans(scans, atlas=scans[0].atlas, name="tiny").save(root / "cohort")
     rows = [
-        {"scan_id": s.scan_id, "window": w, "text": f"Window {w} of {s.scan_id}: coupling is typical."}
+        {
+            "scan_id": s.scan_id,
+            "window": w,
+            "text": f"Window {w} of {s.scan_id}: coupling is typical.",
+            "text_graph": f"Modularity of {s.scan_id} is typical.",
+        }
         for s in scans
         for w in range(3)
     ]
@@ -173,3 +178,14 @@ def test_align_refuses_to_overwrite_a_run_and_needs_a_corpus_to_describe(stage2_
     args = [a for a in align_args(root, tmp_path / "other") if a not in ("--corpus", str(root / "corpus"))]
     assert main(args) == 2
     assert "needs descriptor texts" in capsys.readouterr().err
+
+
+def test_describe_texts_can_come_from_chosen_corpus_columns(stage2_inputs):
+    from fmrilm.train.stage2 import corpus_texts
+
+    from fmrilm.errors import FmriInputError
+
+    texts = corpus_texts(stage2_inputs / "corpus", ["text_graph"])
+    assert len(texts) == 12 and texts[("scan1", 2)] == "Modularity of scan1 is typical."
+    with pytest.raises(FmriInputError, match="no column text_nope"):
+        corpus_texts(stage2_inputs / "corpus", ["text_nope"])

@@ -69,6 +69,7 @@ class Stage2Config:
     max_windows: int = 4
     max_length: int = 1024
     replay_file: str | None = None
+    text_columns: list[str] | None = None
     steps: int = 300
     batch_size: int = 4
     lr: float = 2e-4
@@ -217,6 +218,34 @@ def make_example(
     if len(example["input_ids"]) > cfg.max_length:
         example = {k: v[: cfg.max_length] for k, v in example.items()}
     return example
+
+
+def corpus_texts(corpus_dir: str | os.PathLike, columns: list[str]) -> dict[tuple[str, int], str]:
+    """``{(scan_id, window): text}`` from chosen text columns of a corpus (e.g. one descriptor family)."""
+    import datasets
+
+    path = Path(corpus_dir)
+    source = path / "dataset" if (path / "dataset").is_dir() else path
+    try:
+        dataset = datasets.load_from_disk(str(source))
+    except Exception as exc:  # noqa: BLE001 - reported as one sentence
+        raise FmriInputError(
+            f"Cannot read the corpus ({exc})", file=path, fix="rebuild it with `fmrilm corpus build`"
+        ) from exc
+    missing = [c for c in [*columns, "scan_id", "window"] if c not in dataset.column_names]
+    if missing:
+        raise FmriInputError(
+            f"The corpus has no column {', '.join(missing)}",
+            file=path,
+            fix=f"choose --text-columns among {', '.join(c for c in dataset.column_names if c.startswith('text'))}",
+        )
+    table = dataset.select_columns(["scan_id", "window", *columns]).to_pandas()
+    out: dict[tuple[str, int], str] = {}
+    for row in table.itertuples(index=False):
+        text = " ".join(str(getattr(row, c)).strip() for c in columns if getattr(row, c))
+        if text.strip():
+            out[(str(row.scan_id), int(row.window))] = text.strip()
+    return out
 
 
 def reference_from_corpus(corpus_dirs: list[str]) -> dict[str, Any] | None:
@@ -386,7 +415,9 @@ def train_align(cfg: Stage2Config, resume: bool = False) -> Path:
     data = encode_cohorts(cohorts, fmri_tokenizer, out_dir / f"codes-{tag}.npz", progress=bool(show))
     texts: dict[tuple[str, int], str] = {}
     for corpus in cfg.corpus:
-        texts.update(load_window_texts(corpus))
+        texts.update(
+            load_window_texts(corpus) if not cfg.text_columns else corpus_texts(corpus, cfg.text_columns)
+        )
     is_val = subject_split(data.subjects, cfg.val_fraction, seed=cfg.seed)
     train_items = build_items(data, texts, np.flatnonzero(~is_val))
     val_items = build_items(data, texts, np.flatnonzero(is_val))
@@ -570,6 +601,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-forecast", type=float, default=0.5, help="share of fMRI -> next-window examples")
     p.add_argument("--weight-replay", type=float, default=0.25, help="share of text -> text replay examples")
     p.add_argument("--replay-file", default=None, help="extra replay pairs (JSON lines: prompt, response)")
+    p.add_argument(
+        "--text-columns",
+        default=None,
+        help="corpus columns to describe, comma-separated (default: 'text', all families); e.g. text_graph",
+    )
     p.add_argument("--context-windows", type=int, default=2, help="windows of context for forecasting")
     p.add_argument("--max-windows", type=int, default=4, help="windows of a whole scan shown to the model")
     p.add_argument("--max-length", type=int, default=1024)
@@ -617,6 +653,9 @@ def config_from_args(args: argparse.Namespace) -> Stage2Config:
         max_windows=args.max_windows,
         max_length=args.max_length,
         replay_file=args.replay_file,
+        text_columns=[c.strip() for c in args.text_columns.split(",") if c.strip()]
+        if args.text_columns
+        else None,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
