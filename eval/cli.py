@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--covariates", default=",".join(d.covariates), help="demographics baseline columns")
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap draws for single-run intervals")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
     p.add_argument("--keep-work", action="store_true", help="keep the per-run work folder beside --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -120,6 +121,7 @@ def config_from_args(args: argparse.Namespace):
         covariates=[c.strip() for c in args.covariates.split(",") if c.strip()],
         n_boot=args.n_boot,
         threads=args.threads,
+        device=args.device,
         progress=not args.no_progress,
         keep_work=bool(args.keep_work),
     )

@@ -45,7 +45,7 @@ SPLIT_KINDS = ("leave-sites-out", "stratified")
 CODE_FEATURES = ("latents", "histogram")
 DEFAULT_SHOTS = (0, 2, 4, 8, 16)
 #: Settings that do not change any number in the report (a resumed run may differ in them).
-NOT_RESULT_SETTINGS = ("out", "progress", "threads", "keep_work", "batch_size_scoring")
+NOT_RESULT_SETTINGS = ("out", "progress", "threads", "keep_work", "batch_size_scoring", "device")
 SPLIT_FILE = "split.json"
 
 
@@ -90,6 +90,9 @@ class EvalConfig:
     n_boot: int = 1000
     # running
     threads: int | None = None
+    device: str | None = (
+        None  # None: cuda when available, else cpu (fine-tuning places itself via accelerate)
+    )
     progress: bool = True
     keep_work: bool = False
 
@@ -413,7 +416,7 @@ def finetune_and_score(
     )
     torch.manual_seed(int(seed))  # the fresh adapters' initialisation is drawn before training seeds its RNGs
     finetune(ft)
-    model = load_finetuned(run_dir)
+    model = load_finetuned(run_dir).to(_device(cfg.device))
     frame = model.predict_cohort(
         cohort,
         card,
@@ -433,8 +436,13 @@ def finetune_and_score(
 
 
 # -------------------------------------------------------------------------------------------------- running
-def evaluate(cfg: EvalConfig) -> EvalRun:
-    """Run every method of the evaluation on one split and write the report into ``cfg.out``."""
+def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray | None = None) -> EvalRun:
+    """Run every method of the evaluation on one split and write the report into ``cfg.out``.
+
+    ``fc`` / ``codes`` reuse per-scan features already computed for this cohort (`fc_features`,
+    `code_features` with ``cfg.code_features`` and this model), e.g. across the folds and tasks of a benchmark;
+    they are fixed transforms of each scan, so reusing them across splits leaks nothing.
+    """
     import torch
     from fmrilm.eval.baselines import (
         demographics_baseline,
@@ -481,7 +489,7 @@ def evaluate(cfg: EvalConfig) -> EvalRun:
     results: list[Any] = []
 
     # ---- the model as it is, and the features of its tokenizer
-    model = FmriLM.from_pretrained(model_dir)
+    model = FmriLM.from_pretrained(model_dir).to(_device(cfg.device))
     task_known = spec.name in stored_tasks(model)
     if 0 in shots:
         zero = _cached(work, "fmrilm_zero_shot-k0")
@@ -502,7 +510,9 @@ def evaluate(cfg: EvalConfig) -> EvalRun:
             )  # fmt: skip
             _store(work, "fmrilm_zero_shot-k0", zero)
         results.append(zero)
-    codes = code_features(model.fmri_tokenizer, cohort, cfg.code_features, progress=cfg.progress)
+    if codes is None:
+        codes = code_features(model.fmri_tokenizer, cohort, cfg.code_features, progress=cfg.progress)
+    _check_rows(codes, cohort, "codes")
     model_info = {
         "folder": str(model_dir),
         "base_model": model.processor.config.base_model,
@@ -513,7 +523,9 @@ def evaluate(cfg: EvalConfig) -> EvalRun:
 
     # ---- baselines on the whole train part
     logger.info("baselines: FC, code probe, demographics, floor")
-    fc = fc_features(cohort, progress=cfg.progress)
+    if fc is None:
+        fc = fc_features(cohort, progress=cfg.progress)
+    _check_rows(fc, cohort, "fc")
     probe_kw = {"eval_parts": ("test",), "inner_groups": inner, "seed": cfg.seed}
     results += linear_probe(fc, table, spec, split, method="fc_linear", **probe_kw)
     for r in linear_probe(codes, table, spec, split, method="code_probe", **probe_kw):
@@ -666,10 +678,25 @@ def command_line(cfg: EvalConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _model_dir(path: str | Path) -> Path:
     from fmrilm.train.stage3 import resolve_model_dir
 
     return resolve_model_dir(path)
+
+
+def _check_rows(features: np.ndarray, cohort: Any, name: str) -> None:
+    if np.ndim(features) != 2 or len(features) != len(cohort):
+        raise FmriInputError(
+            f"The precomputed '{name}' features have shape {np.shape(features)}, not one row per scan "
+            f"of the cohort's {len(cohort)}",
+            fix=f"compute them from this cohort, or pass {name}=None",
+        )
 
 
 def _check_out_dir(out_dir: Path) -> None:
