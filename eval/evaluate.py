@@ -485,7 +485,11 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
 
     work = _work_dir(out_dir, cfg)
     split_file = write_split_file(work / SPLIT_FILE, cohort, split, how)
-    inner = "site" if how["kind"] == "leave-sites-out" else "subject_id"
+    # A site-disjoint split (leave-sites-out, made here or saved) chooses baseline hyperparameters by CV grouped
+    # by site inside the train part, so the choice favours models that transfer to unseen scanners.
+    sites = table["site"].fillna("").astype(str).to_numpy()
+    site_level = not {sites[i] for i in split["train"]} & {sites[i] for i in split["test"]}
+    inner = "site" if site_level else "subject_id"
     results: list[Any] = []
 
     # ---- the model as it is, and the features of its tokenizer

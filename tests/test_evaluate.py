@@ -90,6 +90,7 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
     train_subjects = {subjects[i] for i in split["parts"]["train"]}
     assert set(table["site"].to_numpy()[split["parts"]["test"]]) == {"site-1"}
     assert not train_subjects & set(test_subjects)
+    assert report["context"]["split"]["inner_cv_groups"] == "site"  # baselines tuned for unseen sites
     for r in results:
         assert sorted(r["subject_ids"]) == test_subjects, r["method"]
         assert r["subject_ids"] == results[0]["subject_ids"]  # same rows, same order
@@ -137,6 +138,7 @@ def test_eval_regression_with_a_stratified_split_and_resume(setup, monkeypatch):
     )  # fmt: skip
     run = evaluate(cfg)
     by_method = {r.method: r for r in run.results}
+    assert run.context["split"]["inner_cv_groups"] == "subject_id"
     assert set(by_method) == {"fmrilm_zero_shot", "fc_linear", "code_probe", "demographics", "train_mean"}
     assert by_method["demographics"].info["covariates"] == ["sex"]  # age itself is never a covariate
     assert by_method["code_probe"].info["n_features"] == CODEBOOK
