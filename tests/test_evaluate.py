@@ -69,7 +69,8 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
         [
             "eval", "--model", str(root / "model"), "--cohort", str(root / "cohort"), "--task", "diagnosis",
             "--split", "leave-sites-out", "--test-sites", "site-1", "--shots", "0,2,3", "--seeds", "2",
-            "--steps", "3", "--lr", "1e-2", "--n-boot", "200", "--no-progress", "--out", str(out),
+            "--steps", "3", "--full", "--full-steps", "3", "--lr", "1e-2", "--n-boot", "200", "--no-progress",
+            "--out", str(out),
         ]
     )  # fmt: skip
     assert rc == 0
@@ -77,7 +78,7 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
     results = _results(report)
     methods = {r["method"] for r in results}
     assert {
-        "fmrilm_zero_shot", "fmrilm_few_shot", "fc_linear", "code_probe", "demographics", "prior",
+        "fmrilm_zero_shot", "fmrilm_few_shot", "fmrilm_full", "fc_linear", "code_probe", "demographics", "prior",
         "fc_linear_few_shot", "code_probe_few_shot",
     } <= methods  # fmt: skip
     runs = {(r["shots"], r["seed"]) for r in results if r["method"] == "fmrilm_few_shot"}
@@ -101,6 +102,9 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
             assert len(used) == 2 * r["shots"] and used <= train_subjects
             labels = table.set_index("subject_id").loc[sorted(used), "diagnosis"]
             assert sorted(labels.value_counts().tolist()) == [r["shots"], r["shots"]]
+
+    (full,) = [r for r in results if r["method"] == "fmrilm_full"]  # every train subject, one run
+    assert full["shots"] is None and set(full["info"]["train_subjects"]) == train_subjects
 
     # Metrics with intervals: bootstrap for every run, Student-t over the two seeds of each k.
     for r in results:
