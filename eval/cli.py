@@ -131,13 +131,12 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from fmrilm.eval.evaluate import evaluate, summary_table
-    from fmrilm.eval.report import MAIN_METRIC
     from fmrilm.train.common import setup_logging
 
     setup_logging()
     warnings.filterwarnings("ignore", category=FutureWarning)
     cfg = config_from_args(args)
     result = evaluate(cfg)
-    print(summary_table(result.results, MAIN_METRIC[result.results[0].task_type]))
+    print(summary_table(result.results))
     print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")
     return 0

@@ -451,7 +451,7 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         linear_probe,
         task_target,
     )
-    from fmrilm.eval.report import MAIN_METRIC, write_report
+    from fmrilm.eval.report import write_report
     from tqdm.auto import tqdm
 
     from fmrilm.cohort import load_cohort
@@ -595,7 +595,7 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         context=context,
         n_boot=cfg.n_boot,
     )
-    summary = summary_table(results, MAIN_METRIC[ttype])
+    summary = summary_table(results)
     _insert_summary(paths["markdown"], summary)
     os.replace(split_file, out_dir / SPLIT_FILE)
     paths["split"] = out_dir / SPLIT_FILE
@@ -619,7 +619,7 @@ def _few_shot_baselines(fc, codes, table, spec, rows, test_rows, k, seed, ttype,
     return out
 
 
-def summary_table(results: list[Any], metric: str) -> str:
+def summary_table(results: list[Any]) -> str:
     """Markdown table of the headline: each method (and k) with its main metrics, means over seeds."""
     from fmrilm.eval.report import aggregate_seeds
 
