@@ -21,6 +21,15 @@ from fmrilm.tokenizer.losses import (
 N_REGIONS = 20
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: small models run fastest without thread oversubscription."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_config(**overrides) -> FmriTokenizerConfig:
     return FmriTokenizerConfig.from_preset("tiny", codebook_size=32, num_latents=8, **overrides)
 

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,11 +80,23 @@ def setup_logging(verbose: bool = True) -> None:
     """Log fmrilm.* messages to stderr once (the CLI's way to say what a run is doing)."""
     root = logging.getLogger("fmrilm")
     if not any(getattr(h, "_fmrilm", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._fmrilm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. by a test's capture)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 # -------------------------------------------------------------------------------------------- trainer state

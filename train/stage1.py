@@ -261,6 +261,18 @@ def _check_resume_config(cfg: Stage1Config, out_dir: Path) -> None:
 def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
     """Run Stage 1 and write the trained tokenizer to ``cfg.out``; returns that folder."""
     import torch
+
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: Stage1Config, resume: bool) -> Path:
+    import torch
     from fmrilm.train.common import (
         MetricsLog,
         TrainState,
@@ -277,8 +289,6 @@ def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
     from fmrilm.tokenizer import FmriTokenizerConfig, FmriTokenizerModel
     from fmrilm.tokenizer.losses import TokenizerLoss, TokenizerLossConfig
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     if not cfg.cohorts:
         raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
     out_dir = Path(cfg.out)
