@@ -1,0 +1,327 @@
+"""`fmrilm demo`: the whole pipeline, end to end, offline, through the public command line.
+
+simulate a cohort -> import ABIDE (when its folder is there) -> subject/site-level splits -> descriptor corpora
+-> instruction sets -> Stage 1 (tokenizer) -> Stage 2 (align the LLM) -> Stage 3 (instruction tuning) -> reload
+with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next to the FC baseline.
+
+Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
+step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
+time for quality: ``cpu`` (default) fits about 20 minutes on 2 cores; ``full`` and ``gpu`` are bigger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ABIDE = Path("..") / "shared" / "data" / "abide"
+#: ABIDE sites held out from all training (leave-sites-out); a mid-sized, mixed-TR trio.
+ABIDE_TEST_SITES = ("UCLA_1", "KKI", "OHSU")
+
+
+@dataclass
+class Preset:
+    """Sizes of every step; ``cpu`` is tuned to finish in about 20 minutes on 2 CPU cores."""
+
+    sim_subjects: int = 120
+    abide_max_train_scans: int | None = 200
+    tokenizer_preset: str = "small"
+    tokenizer_steps: int = 300
+    align_steps: int = 60
+    instruct_steps: int = 120
+    batch_size: int = 4
+    eval_shots: str = "0"
+    eval_seeds: int = 1
+    eval_tasks: tuple[str, ...] = ("diagnosis",)
+    device_args: list[str] = field(default_factory=list)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(),
+    "full": Preset(
+        sim_subjects=400,
+        abide_max_train_scans=None,
+        tokenizer_preset="base",
+        tokenizer_steps=3000,
+        align_steps=1000,
+        instruct_steps=2000,
+        batch_size=8,
+        eval_shots="0,4,16",
+        eval_seeds=3,
+        eval_tasks=("diagnosis", "sex", "age"),
+    ),
+}
+PRESETS["gpu"] = Preset(**{**PRESETS["full"].__dict__, "batch_size": 16, "device_args": []})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", default="demo_out", help="working folder (default demo_out; re-run to resume)"
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default cpu)")
+    parser.add_argument(
+        "--abide",
+        default=str(DEFAULT_ABIDE),
+        help="ABIDE folder (phenotypes.csv, timeseries_cc200.npz, cc200_centroids.csv); skipped when absent",
+    )
+    parser.add_argument("--no-abide", action="store_true", help="simulated cohort only")
+    parser.add_argument("--base", default=None, help="base LLM (default: offline SmolLM2-135M-Instruct)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    demo = Demo(
+        out=Path(args.out),
+        preset=PRESETS[args.preset],
+        abide=None if args.no_abide else Path(args.abide),
+        base=args.base,
+        threads=args.threads,
+    )
+    return demo.run()
+
+
+class Demo:
+    def __init__(
+        self, out: Path, preset: Preset, abide: Path | None, base: str | None, threads: int | None
+    ) -> None:
+        self.out = out
+        self.p = preset
+        self.abide = abide if abide is not None and (abide / "phenotypes.csv").exists() else None
+        self.abide_requested = abide
+        self.base = base
+        self.threads = threads
+        self.timings: list[tuple[str, float]] = []
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def path(self, *parts: str) -> str:
+        return str(self.out.joinpath(*parts))
+
+    def step(self, title: str, argv: list[str], done: Path | None = None) -> None:
+        """Run one `fmrilm` command in this process (skipped when ``done`` exists), timing it."""
+        from fmrilm.cli import main
+
+        print(f"\n[{len(self.timings) + 1}] {title}\n    $ fmrilm {shlex.join(argv)}", flush=True)
+        if done is not None and done.exists():
+            print("    (already done: skipped)")
+            self.timings.append((title, 0.0))
+            return
+        start = time.perf_counter()
+        code = main(argv)
+        elapsed = time.perf_counter() - start
+        self.timings.append((title, elapsed))
+        if code != 0:
+            raise SystemExit(f"demo step failed ({title}); fix the error above and re-run to resume")
+        print(f"    done in {elapsed:.0f} s", flush=True)
+
+    def common(self) -> list[str]:
+        return ["--threads", str(self.threads)] if self.threads else []
+
+    # ----------------------------------------------------------------------------------------------- the run
+    def run(self) -> int:
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.abide is None:
+            where = self.abide_requested or "(disabled)"
+            print(f"ABIDE folder not found at {where}: the demo runs on the simulated cohort only.")
+        cohorts = self.prepare_cohorts()
+        corpora = self.prepare_corpora(cohorts)
+        instructions = self.prepare_instructions(cohorts, corpora)
+        model_dir = self.train(cohorts, corpora, instructions)
+        self.talk(model_dir, cohorts)
+        reports = self.evaluate(model_dir, cohorts)
+        self.summary(reports, time.perf_counter() - t0)
+        return 0
+
+    def prepare_cohorts(self) -> dict[str, dict[str, str]]:
+        sim = self.path("cohorts", "sim")
+        self.step(
+            "Simulate a resting-state cohort (network dynamics, HRF, sites, planted phenotype effects)",
+            ["simulate", "--subjects", str(self.p.sim_subjects), "--out", sim, "--seed", "0", "--quiet"],
+            done=Path(sim) / "cohort.json",
+        )
+        self.step(
+            "Split it by subject, stratified by diagnosis",
+            ["cohort", "split", sim, "--kind", "stratified", "--label", "diagnosis", "--test-size", "0.25"],
+            done=Path(sim) / "splits" / "stratified.json",
+        )
+        cohorts = {"sim": {"dir": sim, "split": "stratified"}}
+        if self.abide is not None:
+            abide = self.path("cohorts", "abide")
+            self.step(
+                "Import the real ABIDE scans (CC200) with the shipped value mapping",
+                [
+                    "cohort", "import",
+                    "--table", str(self.abide / "phenotypes.csv"),
+                    "--npz", str(self.abide / "timeseries_cc200.npz"),
+                    "--atlas", str(self.abide / "cc200_centroids.csv"),
+                    "--preset", "abide", "--out", abide,
+                ],
+                done=Path(abide) / "cohort.json",
+            )  # fmt: skip
+            self.step(
+                f"Hold out whole ABIDE sites ({', '.join(ABIDE_TEST_SITES)}) for testing",
+                [
+                    "cohort",
+                    "split",
+                    abide,
+                    "--kind",
+                    "leave-sites-out",
+                    "--test-sites",
+                    ",".join(ABIDE_TEST_SITES),
+                ],
+                done=Path(abide) / "splits" / "leave-sites-out.json",
+            )
+            cohorts["abide"] = {"dir": abide, "split": "leave-sites-out"}
+        return cohorts
+
+    def prepare_corpora(self, cohorts: dict[str, dict[str, str]]) -> dict[str, str]:
+        corpora = {}
+        for name, c in cohorts.items():
+            corpus = self.path("corpora", name)
+            argv = ["corpus", "build", c["dir"], "--out", corpus, "--fit-on-split", f"{c['split']}:train"]
+            self.step(
+                f"Descriptor corpus of '{name}' (reference statistics fitted on its train part only)",
+                argv + ["--scan-level", "--quiet"],
+                done=Path(corpus) / "dataset",
+            )
+            corpora[name] = corpus
+        return corpora
+
+    def prepare_instructions(
+        self, cohorts: dict[str, dict[str, str]], corpora: dict[str, str]
+    ) -> dict[str, str]:
+        tasks = {
+            "sim": "diagnosis,sex,age,coupled_pair,modularity,describe",
+            "abide": "diagnosis,sex,age,coupled_pair,modularity",
+        }
+        sets = {}
+        for name, c in cohorts.items():
+            out = self.path("instructions", name)
+            self.step(
+                f"Instruction set of '{name}' (test part marked, never trained on)",
+                [
+                    "instructions", "build", c["dir"], "--tasks", tasks[name], "--corpus", corpora[name],
+                    "--split", c["split"], "--out", out, "--seed", "0",
+                ],
+                done=Path(out) / "dataset",
+            )  # fmt: skip
+            sets[name] = out
+        return sets
+
+    def train(self, cohorts: dict[str, dict[str, str]], corpora: dict[str, str], sets: dict[str, str]) -> str:
+        base = ["--base", self.base] if self.base else []
+        cohort_args = [a for c in cohorts.values() for a in ("--cohort", c["dir"])]
+        corpus_args = [a for c in corpora.values() for a in ("--corpus", c)]
+        tok = self.path("stage1_tokenizer")
+        self.step(
+            "Stage 1: train the VQ fMRI tokenizer, aligned to the LLM's text space",
+            [
+                "train",
+                "tokenizer",
+                *cohort_args,
+                *corpus_args,
+                "--out",
+                tok,
+                "--preset",
+                self.p.tokenizer_preset,
+            ]
+            + ["--steps", str(self.p.tokenizer_steps)]
+            + (["--llm", self.base] if self.base else [])
+            + self.common(),
+            done=Path(tok) / "config.json",
+        )
+        align = self.path("stage2_align")
+        self.step(
+            "Stage 2: align the LLM (describe windows, forecast the next window, text replay)",
+            ["train", "align", *cohort_args, *corpus_args, "--tokenizer", tok, "--out", align, *base]
+            + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
+            + self.common(),
+            done=Path(align) / "model" / "config.json",
+        )
+        instruct = self.path("stage3_instruct")
+        set_args = [a for s in sets.values() for a in ("--instructions", s)]
+        self.step(
+            "Stage 3: multi-task instruction tuning (loss on answers only)",
+            ["train", "instruct", "--model", align, *set_args, "--out", instruct]
+            + ["--steps", str(self.p.instruct_steps), "--batch-size", str(self.p.batch_size)]
+            + self.common(),
+            done=Path(instruct) / "model" / "config.json",
+        )
+        return str(Path(instruct) / "model")
+
+    def talk(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> None:
+        from fmrilm import FmriLM
+        from fmrilm.cohort import load_cohort
+        from fmrilm.splits import load_split
+
+        name = "abide" if "abide" in cohorts else "sim"
+        cohort = load_cohort(cohorts[name]["dir"])
+        split = load_split(cohorts[name]["dir"], cohorts[name]["split"])
+        scan = cohort.scan(int(split["test"][0]))
+        print(f"\n[{len(self.timings) + 1}] Reload with FmriLM.from_pretrained('{model_dir}') and chat about "
+              f"held-out scan {scan.scan_id} (site {scan.site}, never trained on)")  # fmt: skip
+        start = time.perf_counter()
+        model = FmriLM.from_pretrained(model_dir)
+        questions = [
+            "Describe the functional connectivity in this scan.",
+            "Which pair of networks is most strongly coupled in this scan?",
+        ]
+        history = None
+        for question in questions:
+            print(f"\n  user> {question}\n  fmrilm> ", end="", flush=True)
+            answer, history = model.chat(scan if history is None else None, question, history=history,
+                                         max_new_tokens=80, stream=True)  # fmt: skip
+            if not answer.endswith("\n"):
+                print()
+        probs = model.predict(scan, "diagnosis")
+        print(
+            f"\n  model.predict(scan, 'diagnosis') -> {json.dumps({k: round(v, 3) for k, v in probs.items()})}"
+        )
+        self.timings.append(("Reload and chat", time.perf_counter() - start))
+
+    def evaluate(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> list[Path]:
+        name = "abide" if "abide" in cohorts else "sim"
+        c = cohorts[name]
+        reports = []
+        for task in self.p.eval_tasks:
+            out = self.path("eval", f"{name}_{task}")
+            self.step(
+                f"Evaluate '{task}' on the held-out part of '{name}' next to the FC baseline (same split)",
+                [
+                    "eval", "--model", model_dir, "--cohort", c["dir"], "--task", task,
+                    "--split", c["split"], "--shots", self.p.eval_shots, "--seeds", str(self.p.eval_seeds),
+                    "--out", out, "--no-progress",
+                ]
+                + self.common(),
+                done=Path(out) / "report.json",
+            )  # fmt: skip
+            reports.append(Path(out))
+        return reports
+
+    def summary(self, reports: list[Path], wall: float) -> None:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("\n" + "=" * 100)
+        for report in reports:
+            md = report / "report.md"
+            if md.exists():
+                text = md.read_text()
+                start = text.find("## Summary")
+                print(text[start:].split("\n## ", 2)[0] if start >= 0 else text[:3000])
+        print("Step times:")
+        for title, seconds in self.timings:
+            print(f"  {seconds:7.0f} s  {title}")
+        print(f"Demo wall time {wall / 60:.1f} min; peak memory {peak_mib:.0f} MiB (this process).")
+        print(f"Everything is in {self.out}/ ; the trained model loads with FmriLM.from_pretrained.")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="fmrilm demo", description=__doc__)
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()))
