@@ -20,6 +20,11 @@ from fmrilm.descriptors.graph import graph_feature_names, graph_features
 from fmrilm.descriptors.ica import GroupICA, ica_feature_names, ica_features
 
 FAMILIES = ("fc", "graph", "gradient", "ica")
+#: BLAS threads while features are computed (None: leave the library default). The matrices are small
+#: (regions x regions) and batched, so multithreaded BLAS spends more on synchronisation than it gains: on a
+#: loaded 2-core machine describing ABIDE scans was 27x slower with OpenBLAS's default 2 threads than with 1.
+#: Parallelism comes from processes instead (``fmrilm corpus build --num-proc``).
+BLAS_THREADS: int | None = 1
 
 
 @dataclass
@@ -76,6 +81,10 @@ class FeatureExtractor:
         Returns ``(features (N_kept, F) float64, kept_index (N_kept,) int)``; ``mask`` ``(N, T)`` marks real
         timepoints (as :func:`fmrilm.signal.make_windows` returns it), None means all are real.
         """
+        with _blas_limit():
+            return self._compute(windows, mask)
+
+    def _compute(self, windows: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         windows = np.asarray(windows, dtype=np.float64)
         if windows.ndim == 2:
             windows = windows[None]
@@ -115,3 +124,20 @@ def feature_names(atlas: Atlas, n_gradients: int, n_components: int) -> list[str
         + gradient_feature_names(atlas, n_gradients)
         + ica_feature_names(n_components)
     )
+
+
+_CONTROLLER = None
+
+
+def _blas_limit():
+    """Context that caps BLAS threads at :data:`BLAS_THREADS` (a cached threadpoolctl controller: ~20 us)."""
+    import contextlib
+
+    global _CONTROLLER
+    if BLAS_THREADS is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import ThreadpoolController
+
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=BLAS_THREADS, user_api="blas")
