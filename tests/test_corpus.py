@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -183,3 +184,18 @@ def test_cli_fits_reference_on_the_training_split(tmp_path):
     assert {"scan-6", "scan-7"} <= set(ds["scan_id"])  # test scans are described, not used for fitting
     assert main(["corpus", "build", str(tmp_path / "cohort"), "--out", str(tmp_path / "x"),
                  "--fit-on-split", "nosuch"]) == 2  # fmt: skip
+
+
+def test_corpus_of_a_simulated_cohort(tmp_path):
+    from fmrilm.data_gen.simulate import SimulationConfig, simulate_cohort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort = simulate_cohort(SimulationConfig(n_subjects=4, timepoints=(100, 110), seed=1))
+        build_corpus(cohort, tmp_path / "sim", feature_config=FEATURES, progress=False)
+    ds, meta, _ = load_corpus(tmp_path / "sim")
+    assert meta["n_described_scans"] == 4 and not meta["skipped"]
+    text = " ".join(ds["text"]).lower()
+    assert "network" in text and "(z = " in text
+    # simulated phenotype values never reach the text
+    assert re.search(r"\b(patient|control|male|female|site|age|years)\b", text) is None
