@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("fmrilm.data_gen.corpus_cli", "Write the descriptor corpus of a cohort (text, z values)."),
     "train": ("fmrilm.train.cli", "Train a stage (tokenizer = Stage 1; see `fmrilm train --help`)."),
     "instructions": ("fmrilm.instructions.cli", "Build seeded instruction sets from a cohort and task YAMLs."),
+    "finetune": (
+        "fmrilm.train.finetune_cli",
+        "Fine-tune LoRA adapters on a new cohort, task or atlas from k labelled subjects per class.",
+    ),
     "chat": ("fmrilm.chat_cli", "Talk with a saved model about one or more scans (interactive or --message)."),
     "eval": (
         "fmrilm.eval.cli",

@@ -1,0 +1,248 @@
+"""Stage 3 instruction tuning: answer-only labels, a YAML-only task end to end, resume, and a planted effect
+learned from brain tokens and predicted on held-out subjects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from fmrilm.instructions.builder import build_instructions, save_instruction_set
+from fmrilm.instructions.spec import MIN_QUESTIONS, load_task, load_tasks
+from fmrilm.train.stage3 import InstructConfig, build_examples, encode_scans, train_instruct
+
+from fmrilm.atlas import Atlas
+from fmrilm.cli import main as cli_main
+from fmrilm.cohort import Cohort, load_cohort
+from fmrilm.model.modeling import FmriLM
+from fmrilm.model.processing import IGNORE_INDEX
+from fmrilm.model.scoring import answer_ids
+from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+from fmrilm.scan import Scan
+from fmrilm.splits import save_split
+
+K, CODEBOOK = 4, 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_cohort(n: int = 12) -> Cohort:
+    rng = np.random.default_rng(0)
+    atlas = Atlas(
+        name="toy",
+        labels=[f"r{i}" for i in range(6)],
+        coords=rng.normal(size=(6, 3)) * 30,
+        networks=["A"] * 6,
+    )
+    scans = [
+        Scan(
+            rng.normal(size=(48, 6)).astype(np.float32),
+            tr=2.0,
+            atlas=atlas,
+            scan_id=f"scan{i}",
+            subject_id=f"sub{i}",
+        )
+        for i in range(n)
+    ]
+    pheno = [{"hand": "L" if i % 2 else "R", "sex": "male" if i % 3 else "female"} for i in range(n)]
+    return Cohort.from_scans(scans, pheno, atlas=atlas)
+
+
+def write_task(tmp_path) -> str:
+    """A task the package does not know: only a YAML file."""
+    spec = {
+        "name": "handedness",
+        "type": "binary",
+        "target": "hand",
+        "questions": [f"Which hand does participant variant {i} write with?" for i in range(MIN_QUESTIONS)],
+        "answers": {"maps": [{"name": "lr", "values": {"L": "left", "R": "right"}}]},
+        "sentences": ["The participant is probably {answer}-handed."],
+        "paradigms": ["brain", "open"],
+    }
+    path = tmp_path / "handedness.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def save_base(path, arch: str = "llama") -> str:
+    llm, tok = tiny_causal_lm(arch, initializer_range=0.5)  # logits wide enough to learn with LoRA alone
+    fmri_tok = tiny_fmri_tokenizer(codebook_size=CODEBOOK, num_latents=K)
+    FmriLM.from_base(llm, tokenizer=tok, fmri_tokenizer=fmri_tok).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # ChatML and a plain '### role:' template
+def test_only_the_answer_tokens_are_learned(tmp_path, arch):
+    cohort = toy_cohort(4)
+    tasks = [load_task(write_task(tmp_path)), load_task("sex")]
+    rows, _ = build_instructions(cohort, tasks, paradigms=["brain", "open"], seed=0)
+    model = FmriLM.from_pretrained(save_base(tmp_path / "base", arch))
+    proc = model.processor
+    codes = encode_scans(cohort, proc.fmri_tokenizer)
+    examples, skipped = build_examples(proc, rows, codes)
+    assert len(examples) == len(rows) and not skipped
+    brain = set(proc.ids.all_ids)
+    for example, row in zip(examples, rows, strict=True):
+        ids, labels = example["input_ids"], example["labels"]
+        learned = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        assert learned == list(range(learned[0], learned[-1] + 1))  # one block: the assistant turn
+        assert [ids[i] for i in learned] == [labels[i] for i in learned] == answer_ids(proc, row["answer"])
+        assert proc.tokenizer.decode([ids[i] for i in learned]).startswith(row["answer"])
+        prompt = ids[: learned[0]]
+        n_windows = len(codes[row["scan_id"]])
+        assert sum(t in brain for t in prompt) == proc.n_brain_tokens(n_windows)  # the scan is in the prompt
+        assert not any(t in brain for t in ids[learned[0] :])  # and none of it is learned
+        assert example["task"] == row["task"]
+
+
+def test_yaml_only_task_trains_answers_and_resumes(tmp_path, monkeypatch):
+    """Write a YAML, build a split instruction set, tune through the CLI, load, answer; resume gives the
+    weights of an uninterrupted run; test rows are never trained on."""
+    cohort = toy_cohort(12)
+    cohort.save(tmp_path / "cohort")
+    test_rows = [1, 4, 9]
+    save_split(
+        tmp_path / "cohort",
+        "s",
+        {"train": [i for i in range(12) if i not in test_rows], "test": test_rows},
+        kind="manual",
+    )
+    task_file = write_task(tmp_path)
+    base = save_base(tmp_path / "base")
+    build = ["instructions", "build", str(tmp_path / "cohort"), "--tasks", f"{task_file},sex", "--split", "s"]
+    assert cli_main([*build, "--out", str(tmp_path / "instr")]) == 0
+    train = ["train", "instruct", "--model", base, "--instructions", str(tmp_path / "instr"), "--lr", "1e-2"]
+    train += ["--batch-size", "4", "--save-every", "3", "--no-progress"]
+
+    assert cli_main([*train, "--out", str(tmp_path / "run"), "--steps", "6"]) == 0
+    model = FmriLM.from_pretrained(tmp_path / "run" / "model")
+    probs = model.predict(cohort.scan(1), "handedness")  # a held-out subject, a task known only as YAML
+    assert list(probs) == ["left", "right"] and sum(probs.values()) == pytest.approx(1.0)
+    assert set(model.predict(cohort.scan(1), "sex")) == {"male", "female"}
+
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    (info,) = data["sets"].values()
+    rows_per_scan = info["rows"] // 12
+    assert info["test_rows_left_out"] == rows_per_scan * len(test_rows)
+    assert sum(info["train_examples"].values()) == rows_per_scan * (12 - len(test_rows))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"][-1]["step"] == 6 and "loss_handedness" in metrics["train"][-1]
+
+    # Interrupted after the step-3 checkpoint, then resumed: same batches, optimizer, schedule and RNG, so
+    # the same final adapters as the uninterrupted run.
+    import fmrilm.train.stage3 as stage3
+
+    batch_rows = stage3.batch_rows
+
+    def crash_at_step_4(n, batch_size, seed, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return batch_rows(n, batch_size, seed, step)
+
+    monkeypatch.setattr(stage3, "batch_rows", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main([*train, "--out", str(tmp_path / "resumed"), "--steps", "6"])
+    assert not (tmp_path / "resumed" / "model").exists()
+    monkeypatch.setattr(stage3, "batch_rows", batch_rows)
+    assert cli_main([*train, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume"]) == 0
+    resumed = FmriLM.from_pretrained(tmp_path / "resumed" / "model")
+    straight, again = dict(model.llm.named_parameters()), dict(resumed.llm.named_parameters())
+    for name, param in straight.items():
+        if "lora_" in name or "trainable_tokens" in name:
+            torch.testing.assert_close(param, again[name])
+    logged = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train"]
+    assert [e["step"] for e in logged] == [e["step"] for e in metrics["train"]]
+    # Starting over in a folder that holds a run is refused (exit status 2, one sentence).
+    assert cli_main([*train, "--out", str(tmp_path / "run"), "--steps", "6"]) == 2
+
+
+def mini_atlas() -> Atlas:
+    """32 Dosenbach regions, half of them default-mode, so the planted DMN effect shapes most windows."""
+    full = Atlas.builtin("dosenbach160")
+    nets = np.asarray(full.networks)
+    keep = np.concatenate(
+        [
+            np.flatnonzero(nets == n)[:k]
+            for n, k in [("default", 16), ("fronto-parietal", 8), ("occipital", 4), ("sensorimotor", 4)]
+        ]
+    )
+    return Atlas(
+        name="dosenbach-mini",
+        labels=[full.labels[i] for i in keep],
+        coords=full.coords[keep],
+        networks=[full.networks[i] for i in keep],
+    )
+
+
+def test_planted_diagnosis_effect_is_predicted_above_chance_on_held_out_subjects(tmp_path):
+    """Simulated cohort with a strong diagnosis effect on default-mode coupling -> brief Stage-1 tokenizer ->
+    Stage 3 on the train subjects -> scored answers on held-out subjects have AUC well above 0.5."""
+    from fmrilm.data_gen.simulate import SimulationConfig, simulate_cohort
+    from fmrilm.train.stage1 import Stage1Config, train_tokenizer
+    from sklearn.metrics import roc_auc_score
+
+    from fmrilm.splits import stratified_split
+    from fmrilm.tokenizer import FmriTokenizerModel
+
+    seed = 1
+    config = SimulationConfig(
+        n_subjects=100, atlas=mini_atlas(), n_sites=1, timepoints=(240, 240), tr_range=(2.0, 2.0),
+        diagnosis_effect=1.8, sex_effect=0.0, age_effect=0.0, noise_range=(0.05, 0.1), drift_range=(0.0, 0.0),
+        spike_rate_range=(0.0, 0.0), global_signal=0.0, seed=seed,
+    )  # fmt: skip
+    cohort = simulate_cohort(config)
+    cohort.save(tmp_path / "cohort")
+    train_tokenizer(
+        Stage1Config(
+            cohorts=[str(tmp_path / "cohort")],
+            out=str(tmp_path / "tok"),
+            preset="tiny",
+            model={"codebook_size": CODEBOOK, "num_latents": K, "window_length": 16, "patch_length": 8},
+            loss={"mask_ratio": 0.0},
+            steps=100,
+            batch_size=32,
+            lr=3e-3,
+            warmup_steps=10,
+            eval_every=10_000,
+            save_every=10_000,
+            log_every=50,
+            val_fraction=0.0,
+            seed=seed,
+            progress=False,
+        )  # fmt: skip
+    )
+    llm, tok = tiny_causal_lm("llama", initializer_range=0.5)
+    fmri_tok = FmriTokenizerModel.from_pretrained(tmp_path / "tok")
+    FmriLM.from_base(llm, tokenizer=tok, fmri_tokenizer=fmri_tok).save_pretrained(tmp_path / "base")
+
+    split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=seed)
+    tasks = load_tasks("diagnosis")
+    sets = []
+    for s in range(
+        3
+    ):  # three paraphrase draws per subject, so the question text cannot stand in for the scan
+        rows, meta = build_instructions(cohort, tasks, split=split, paradigms=["brain"], seed=s)
+        meta["cohort_dir"] = str(tmp_path / "cohort")
+        sets.append(str(save_instruction_set(rows, meta, tasks, tmp_path / f"instr{s}")))
+    cfg = InstructConfig(
+        model=str(tmp_path / "base"), instructions=sets, out=str(tmp_path / "run"), steps=200, batch_size=8,
+        lr=6e-3, warmup_steps=5, lora={"r": 8, "alpha": 16, "dropout": 0.0}, eval_every=10_000,
+        save_every=10_000, log_every=50, seed=seed, progress=False,
+    )  # fmt: skip
+    model = FmriLM.from_pretrained(train_instruct(cfg))
+
+    test = model.predict_cohort(load_cohort(tmp_path / "cohort"), "diagnosis", split["test"])
+    held_out = set(test["subject_id"])
+    trained = {cohort.scan(i).subject_id for i in split["train"]}
+    assert held_out and not held_out & trained
+    assert set(test["label"]) == {"patient", "control"}
+    auc = roc_auc_score(test["label"] == "patient", test["p:patient"])
+    assert auc > 0.75, f"held-out AUC {auc:.3f}"

@@ -1,0 +1,591 @@
+"""Stage 3: multi-task instruction tuning of LoRA adapters (`fmrilm train instruct`).
+
+Instruction sets (`fmrilm instructions build`) hold chat rows whose fMRI parts name a scan and window of their
+cohort. Every scan is encoded once by the model's own fMRI tokenizer, each row becomes ``input_ids`` through
+the base model's chat template (`FmriLMProcessor.training_example`) with labels on the assistant's answer only
+(-100 elsewhere), and LoRA adapters plus the brain-token rows are trained on all tasks and paradigms together.
+Each example's loss is its own mean token loss, so a long open-paradigm sentence does not outweigh a one-word
+answer.
+
+Rows of a set's ``test`` split part are never trained on; ``val`` rows give the held-out loss (per task);
+rows without a split, or in ``train``, are trained on. The batch of step ``s`` is a function of (seed, s) only
+(slices of seeded per-epoch permutations), so a resumed run sees the batches the uninterrupted run would have
+seen; checkpoints hold only the trainable tensors.
+
+The model keeps the tasks it learned (`fmrilm.model.scoring.TaskCard`, in its processor config), so
+``FmriLM.from_pretrained(OUT/model).predict(scan, "diagnosis")`` scores the answers it was trained with.
+
+Output folder (as Stage 2): ``model/`` (the `FmriLM` one-folder layout), ``metrics.json``,
+``train_config.json``, ``data.json`` (examples per task and part), ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmrilm.errors import FmriInputError
+
+logger = logging.getLogger("fmrilm.train.stage3")
+
+TRAIN_CONFIG = "train_config.json"
+METRICS_FILE = "metrics.json"
+DATA_FILE = "data.json"
+MODEL_DIR = "model"
+PROCESSOR_CONFIG = "fmri_processor_config.json"
+#: Split parts: never trained on / held out for the validation loss.
+TEST_PART, VAL_PART = "test", "val"
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation settings shared by Stage 3 and fine-tuning."""
+
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    lora: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 2048
+    max_val_examples: int = 256
+    eval_every: int = 100
+    save_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+    mixed_precision: str | None = None
+    threads: int | None = None
+    progress: bool | None = None
+
+    #: Fields that may differ between a run and its resumption.
+    RESUMABLE_CHANGES = (
+        "out", "steps", "eval_every", "save_every", "log_every", "keep_checkpoints", "progress", "threads",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InstructConfig(LoopConfig):
+    """Everything a Stage 3 run depends on; saved as ``train_config.json`` and checked on resume."""
+
+    model: str = ""
+    instructions: list[str] = field(default_factory=list)
+    out: str = ""
+    cohorts: list[str] = field(default_factory=list)  # override the sets' cohort folders (one per set)
+    new_adapters: bool = False
+    max_windows: int | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ data
+@dataclass
+class InstructionSource:
+    """One instruction set with its task specs and the cohort its rows point into."""
+
+    directory: Path
+    dataset: Any
+    meta: dict[str, Any]
+    specs: dict[str, Any]
+    cohort: Any
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A saved `FmriLM` folder, or the run folder of Stage 2/3 holding one in ``model/``."""
+    path = Path(path)
+    for candidate in (path, path / MODEL_DIR):
+        if (candidate / PROCESSOR_CONFIG).exists():
+            return candidate
+    raise FmriInputError(
+        "No saved fmrilm model here (no fmri_processor_config.json, nor in model/)",
+        file=path,
+        fix="pass the --out folder of `fmrilm train align` / `instruct`, or a folder written by FmriLM.save_pretrained",
+    )
+
+
+def load_sources(
+    instruction_dirs: list[str], cohort_dirs: list[str] | None = None
+) -> list[InstructionSource]:
+    """Instruction sets and their cohorts (from each set's ``cohort_dir``, or ``cohort_dirs`` in order)."""
+    from fmrilm.instructions.builder import load_instruction_set
+
+    from fmrilm.cohort import load_cohort
+
+    if not instruction_dirs:
+        raise FmriInputError(
+            "No instruction set given", fix="pass --instructions DIR (fmrilm instructions build)"
+        )
+    if cohort_dirs and len(cohort_dirs) != len(instruction_dirs):
+        raise FmriInputError(
+            f"{len(cohort_dirs)} --cohort folders for {len(instruction_dirs)} --instructions sets",
+            fix="give one --cohort per --instructions, in the same order, or none",
+        )
+    sources = []
+    for i, directory in enumerate(instruction_dirs):
+        directory = Path(directory)
+        dataset, meta, specs = load_instruction_set(directory)
+        cohort_dir = Path(cohort_dirs[i]) if cohort_dirs else _cohort_of(directory, meta)
+        sources.append(InstructionSource(directory, dataset, meta, specs, load_cohort(cohort_dir)))
+    return sources
+
+
+def _cohort_of(directory: Path, meta: dict[str, Any]) -> Path:
+    stored = meta.get("cohort_dir")
+    candidates = [] if not stored else [Path(stored), directory.parent / stored, directory / stored]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FmriInputError(
+        f"The cohort of this instruction set ({stored or 'not recorded'}) is not found",
+        file=directory,
+        fix="pass its folder with --cohort DIR (one per --instructions)",
+    )
+
+
+def encode_scans(cohort: Any, fmri_tokenizer: Any, scan_ids: set[str] | None = None, progress: bool = False):
+    """``{scan_id: codes (W, K)}`` of a cohort's scans (only ``scan_ids`` if given), each encoded once."""
+    from fmrilm.train.stage2 import encode_cohorts
+
+    if fmri_tokenizer is None:
+        raise FmriInputError(
+            "The model has no fMRI tokenizer, so scans cannot become brain tokens",
+            fix="use a model saved with its fmri_tokenizer subfolder (Stage 2 output)",
+        )
+    if scan_ids is not None:
+        all_ids = [str(s) for s in cohort.dataset["scan_id"]]
+        cohort = cohort.select([i for i, s in enumerate(all_ids) if s in scan_ids])
+    data = encode_cohorts([cohort], fmri_tokenizer, cache=None, progress=progress)
+    return dict(zip(data.scan_ids, data.codes, strict=True))
+
+
+def resolve_messages(
+    messages: str | list[dict[str, Any]], codes: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Chat messages of an instruction row with each ``{"type": "fmri", "scan_id", "window"}`` part given its codes.
+
+    ``window`` None is the whole scan (every window; the processor keeps its last ``max_windows`` exactly as it
+    does for a scan at inference), an integer is that one window.
+    """
+    messages = json.loads(messages) if isinstance(messages, str) else messages
+    resolved = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [_resolve_part(p, codes) for p in content]
+        resolved.append({**message, "content": content})
+    return resolved
+
+
+def _resolve_part(part: dict[str, Any], codes: dict[str, np.ndarray]) -> dict[str, Any]:
+    if part.get("type") != "fmri" or "scan_id" not in part:
+        return part
+    scan_id = str(part["scan_id"])
+    if scan_id not in codes:
+        raise FmriInputError(
+            f"Instruction rows name scan '{scan_id}', which the cohort does not have",
+            subject=scan_id,
+            fix="rebuild the instruction set from this cohort, or pass the right --cohort",
+        )
+    scan_codes = codes[scan_id]
+    window = part.get("window")
+    if window is None:
+        return {"type": "fmri", "codes": scan_codes}
+    if not 0 <= int(window) < len(scan_codes):
+        raise FmriInputError(
+            f"Instruction rows ask for window {window} of scan '{scan_id}', which has {len(scan_codes)} windows "
+            "with this model's tokenizer",
+            subject=scan_id,
+            fix="build the instruction set with --windows whole, or with the tokenizer's window length",
+        )
+    return {"type": "fmri", "codes": scan_codes[int(window) : int(window) + 1]}
+
+
+def build_examples(
+    processor: Any, rows: Any, codes: dict[str, np.ndarray], max_length: int | None = None
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Training examples (``input_ids``, ``labels``, ``task``) of instruction rows; too-long rows are counted, not cut.
+
+    Cutting a row would cut its answer, which sits at the end; lower the model's ``max_windows`` instead.
+    """
+    examples, skipped = [], Counter()
+    for row in rows:
+        example = processor.training_example(resolve_messages(row["messages"], codes))
+        if max_length and len(example["input_ids"]) > max_length:
+            skipped[row["task"]] += 1
+            continue
+        examples.append({**example, "task": row["task"]})
+    return examples, skipped
+
+
+def task_cards(sources: list[InstructionSource]) -> list[Any]:
+    """The scored tasks of the sets, bound as each set bound them (options, answer map)."""
+    from fmrilm.model.scoring import TaskCard
+
+    cards: dict[str, Any] = {}
+    for source in sources:
+        for name, info in source.meta.get("tasks", {}).items():
+            spec = source.specs.get(name)
+            if spec is None or spec.type == "open-ended":
+                continue
+            mapping = next(
+                (m["values"] for m in spec.value_maps if m["name"] == info.get("answer_map")), None
+            )
+            options = info.get("options") or None
+            card = TaskCard.from_spec(spec, options=options, mapping=mapping)
+            if name in cards and cards[name].options != card.options:
+                logger.warning(
+                    "task %s has answers %s in %s but %s in an earlier set: the model stores the first; "
+                    "score the others with predict(..., options=[...])",
+                    name,
+                    card.options,
+                    source.directory,
+                    cards[name].options,
+                )
+                continue
+            cards.setdefault(name, card)
+    return list(cards.values())
+
+
+# -------------------------------------------------------------------------------------------------- training
+def batch_rows(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of step ``step``'s batch: consecutive slices of seeded per-epoch permutations of ``n`` rows."""
+    rows: list[int] = []
+    position = step * batch_size
+    while len(rows) < batch_size:
+        epoch, offset = divmod(position + len(rows), n)
+        permutation = np.random.default_rng([seed, epoch]).permutation(n)
+        rows.extend(permutation[offset : offset + batch_size - len(rows)].tolist())
+    return np.asarray(rows, dtype=np.int64)
+
+
+def check_resume_config(cfg: Any, out_dir: Path) -> None:
+    """Refuse to resume a run whose settings (other than RESUMABLE_CHANGES) differ from the saved ones."""
+    path = out_dir / TRAIN_CONFIG
+    if not path.exists():
+        return
+    old, new = json.loads(path.read_text()), cfg.to_dict()
+    changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise FmriInputError(
+            f"The run in this folder was started with other settings ({', '.join(changed)})",
+            file=out_dir,
+            fix="resume with the same settings, or write to a new --out folder",
+        )
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, cfg: Any) -> None:
+    if (
+        out_dir.exists()
+        and not resume
+        and ((out_dir / TRAIN_CONFIG).exists() or (out_dir / "checkpoints").exists())
+    ):
+        raise FmriInputError(
+            "The output folder already holds a training run",
+            file=out_dir,
+            fix="pass --resume to continue it, or choose another --out",
+        )
+    if resume:
+        check_resume_config(cfg, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def fit(
+    model: Any,
+    train: list[dict[str, Any]],
+    val: list[dict[str, Any]],
+    cfg: LoopConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    desc: str = "instruct",
+    setup: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Train ``model``'s trainable tensors on ``train`` examples under accelerate; returns ``(model, state)``.
+
+    Writes ``metrics.json`` (train loss per task, validation loss per task) and checkpoints into ``out_dir``;
+    ``resume`` continues from the last checkpoint. The returned model is unwrapped and in eval mode.
+    """
+    import torch
+    from fmrilm.train.common import (
+        MetricsLog,
+        TrainState,
+        load_checkpoint,
+        make_accelerator,
+        progress_bar,
+        save_checkpoint,
+        warmup_cosine,
+    )
+    from fmrilm.train.stage2 import _trainable_only_checkpoints
+
+    if not train:
+        raise FmriInputError(
+            "No training example is left", fix="check the instruction rows and their split parts"
+        )
+    accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    _trainable_only_checkpoints(accelerator)
+    show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
+    processor = model.processor
+    model.llm.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    device = accelerator.device
+
+    state = TrainState()
+    if resume:
+        state = load_checkpoint(accelerator, out_dir) or state
+    metrics = MetricsLog(out_dir / METRICS_FILE, resume=resume, resume_step=state.step)
+    metrics.set(
+        "setup",
+        {
+            "train_examples": dict(Counter(e["task"] for e in train)),
+            "val_examples": dict(Counter(e["task"] for e in val)),
+            "trainable_parameters": sum(p.numel() for p in trainable),
+            **(setup or {}),
+        },
+    )
+    rng = np.random.default_rng(cfg.seed + 1)
+    val = [val[i] for i in sorted(rng.permutation(len(val))[: cfg.max_val_examples])]
+    val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
+
+    def collate(examples: list[dict[str, Any]]):
+        batch = processor.pad([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        losses: dict[str, list[float]] = {}
+        with torch.no_grad():
+            for part in val_batches:
+                out = model(**collate(part), loss_reduction="example")
+                for e, loss in zip(part, out.example_losses.tolist(), strict=True):
+                    losses.setdefault(e["task"], []).append(loss)
+        accelerator.unwrap_model(model).llm.train()
+        scores = {f"val_loss_{k}": float(np.mean(v)) for k, v in sorted(losses.items())}
+        scores["val_loss"] = float(np.mean([x for v in losses.values() for x in v]))
+        return scores
+
+    running: dict[str, list[float]] = {}
+    started, first_step = time.time(), state.step
+    with progress_bar(total=cfg.steps, initial=state.step, desc=desc, disable=not show) as bar:
+        while state.step < cfg.steps:
+            part = [train[i] for i in batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)]
+            out = model(**collate(part), loss_reduction="example")
+            accelerator.backward(out.loss)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            bar.update(1)
+            for e, loss in zip(part, out.example_losses.detach().tolist(), strict=True):
+                running.setdefault(e["task"], []).append(loss)
+            running.setdefault("all", []).append(float(out.loss.detach()))
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                entry = {f"loss_{k}": float(np.mean(v)) for k, v in sorted(running.items())}
+                rate = (state.step - first_step) / max(time.time() - started, 1e-9)
+                metrics.log(
+                    "train", step=state.step, lr=scheduler.get_last_lr()[0], steps_per_s=rate, **entry
+                )
+                bar.set_postfix(loss=f"{entry['loss_all']:.3f}")
+                running = {}
+            if val_batches and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
+                scores = evaluate()
+                metrics.log("val", step=state.step, **scores)
+                if state.best_metric is None or scores["val_loss"] < state.best_metric:
+                    state.best_metric, state.best_step = scores["val_loss"], state.step
+            if state.step % cfg.save_every == 0 or state.step == cfg.steps:  # the last lets a run be extended
+                save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    metrics.set(
+        "summary", {"steps": state.step, "best_val_loss": state.best_metric, "best_step": state.best_step}
+    )
+    return unwrapped, state
+
+
+def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: bool, seed: int = 0):
+    """The model to tune: its adapters are trained on, or (``new_adapters`` / none) fresh LoRA is added.
+
+    With ``new_adapters`` the existing adapters are merged into the weights first, so their effect is kept.
+    New adapters start from a ``seed``-ed draw, so a run (and its resumption) is reproducible.
+    """
+    from accelerate.utils import set_seed
+
+    from fmrilm.model.adapters import LoraSettings
+    from fmrilm.model.modeling import FmriLM
+
+    set_seed(seed)
+    model = FmriLM.from_pretrained(resolve_model_dir(path), is_trainable=True)
+    if model.has_adapters and new_adapters:
+        model.merge_adapters()
+    if not model.has_adapters:
+        model.add_adapters(LoraSettings(**lora))
+    return model
+
+
+def train_instruct(cfg: InstructConfig, resume: bool = False) -> Path:
+    """Run Stage 3 and write the tuned model to ``OUT/model``; returns that folder."""
+    import torch
+    from fmrilm.train.common import write_json
+
+    from fmrilm.model.scoring import store_tasks
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    out_dir = Path(cfg.out)
+    prepare_out_dir(out_dir, resume, cfg)
+    sources = load_sources(cfg.instructions, cfg.cohorts or None)
+    model = load_trainable_model(cfg.model, cfg.lora, cfg.new_adapters, cfg.seed)
+    if cfg.max_windows is not None:
+        model.processor.config.max_windows = int(cfg.max_windows)
+    processor = model.processor
+
+    train, val, info = [], [], {}
+    for source in sources:
+        ds = source.dataset
+        parts = ds["split"] if "split" in ds.column_names else [None] * len(ds)
+        keep = [i for i, p in enumerate(parts) if p != TEST_PART]
+        scan_ids = {str(s) for s in ds.select(keep)["scan_id"]}
+        codes = encode_scans(source.cohort, processor.fmri_tokenizer, scan_ids, progress=bool(cfg.progress))
+        train_rows = ds.select([i for i in keep if parts[i] != VAL_PART])
+        val_rows = ds.select([i for i in keep if parts[i] == VAL_PART])
+        tr, skipped_tr = build_examples(processor, train_rows, codes, cfg.max_length)
+        va, skipped_va = build_examples(processor, val_rows, codes, cfg.max_length)
+        train += tr
+        val += va
+        info[str(source.directory)] = {
+            "cohort": source.cohort.name,
+            "rows": len(ds),
+            "test_rows_left_out": len(ds) - len(keep),
+            "train_examples": dict(Counter(e["task"] for e in tr)),
+            "val_examples": dict(Counter(e["task"] for e in va)),
+            "too_long": dict(skipped_tr + skipped_va),
+        }
+        if skipped_tr or skipped_va:
+            logger.warning(
+                "%s: %d rows longer than --max-length %d were left out; lower --max-windows",
+                source.directory,
+                sum((skipped_tr + skipped_va).values()),
+                cfg.max_length,
+            )
+    cards = task_cards(sources)
+    write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+    write_json(out_dir / DATA_FILE, {"sets": info, "tasks": [c.to_dict() for c in cards]})
+    logger.info("Stage 3: %d training and %d validation examples", len(train), len(val))
+
+    model, state = fit(model, train, val, cfg, out_dir, resume=resume, desc="instruct", setup={"sets": info})
+    store_tasks(model, cards)
+    final = out_dir / MODEL_DIR
+    if is_main_process():
+        model.save_pretrained(final)
+    return final
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def add_loop_arguments(p: argparse.ArgumentParser, defaults: LoopConfig) -> None:
+    """Optimisation flags shared by `fmrilm train instruct` and `fmrilm finetune`."""
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument(
+        "--target-modules",
+        default="all-linear",
+        help="LoRA targets: 'all-linear' or comma-separated module names",
+    )
+    p.add_argument("--max-length", type=int, default=defaults.max_length, help="longest example in tokens")
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    targets = args.target_modules
+    return {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "lora": {
+            "r": args.lora_r,
+            "alpha": args.lora_alpha,
+            "dropout": args.lora_dropout,
+            "target_modules": targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        },
+        "max_length": args.max_length,
+        "eval_every": args.eval_every,
+        "save_every": args.save_every,
+        "log_every": args.log_every,
+        "seed": args.seed,
+        "mixed_precision": args.mixed_precision,
+        "threads": args.threads,
+        "progress": False if args.no_progress else None,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--model", required=True, metavar="DIR", help="Stage-2 output (or any saved fmrilm model)")
+    p.add_argument(
+        "--instructions", action="append", required=True, metavar="DIR", help="instruction set (repeatable)"
+    )
+    p.add_argument(
+        "--cohort", action="append", default=[], metavar="DIR",
+        help="cohort of each instruction set, in order (default: the one recorded in the set)",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model/, metrics, checkpoints)")
+    p.add_argument(
+        "--new-adapters", action="store_true", help="merge the model's adapters and train fresh LoRA on top"
+    )
+    p.add_argument("--max-windows", type=int, default=None, help="windows of a whole scan shown to the model")
+    add_loop_arguments(p, InstructConfig())
+
+
+def config_from_args(args: argparse.Namespace) -> InstructConfig:
+    return InstructConfig(
+        model=str(args.model),
+        instructions=[str(d) for d in args.instructions],
+        out=str(args.out),
+        cohorts=[str(c) for c in args.cohort],
+        new_adapters=bool(args.new_adapters),
+        max_windows=args.max_windows,
+        **loop_kwargs(args),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmrilm.train.common import setup_logging
+
+    setup_logging()
+    out = train_instruct(config_from_args(args), resume=args.resume)
+    summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
+    print(f"instruction-tuned model written to {out} (best held-out loss {summary.get('best_val_loss')})")
+    return 0
