@@ -201,6 +201,12 @@ class ReferenceStats:
         signal_config = signal_config or SignalConfig()
         feature_config = feature_config or FeatureConfig()
         scans, n_scans, atlas, name = _scan_source(data, atlas, max_scans)
+        if atlas.n_regions < feature_config.n_gradients + 2:
+            raise FmriInputError(
+                f"Atlas '{atlas.name}' has {atlas.n_regions} regions, too few for "
+                f"{feature_config.n_gradients} gradients",
+                fix="use an atlas with more regions (descriptors are meant for tens to hundreds)",
+            )
         ready: list[np.ndarray] = []
         ids: list[str] = []
         subjects: set[str] = set()
