@@ -4,9 +4,9 @@ Classification. For a prompt (the scan's brain tokens and the task's question, f
 trained it) every allowed answer is scored by the log-probability the model gives to its tokens, as the
 assistant would write them (answer and end-of-turn marker, the tokens Stage 3 learns). The scores are
 softmaxed over the allowed options ONLY, so the result is a real distribution over the task's answers and
-AUCs computed from it are real. The prompt runs once with the KV cache, which is then repeated for the
-options (one forward for the prompts, one for all options of all prompts), so scoring 13 age bins costs about
-what scoring 2 classes does.
+AUCs computed from it are real. The prompts run once with the KV cache, which is then repeated for the
+options (one forward for the prompts, one for all options of all prompts): the prompt, by far the longest
+part, is never recomputed per option.
 
 ``normalize="sum"`` (default) uses the summed log-probability, i.e. ``log P(answer | prompt)``: with a model
 trained on these answers, the softmax over options is the model's own conditional distribution restricted to
