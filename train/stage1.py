@@ -44,6 +44,7 @@ _NON_TEXT_COLUMNS = {
     "site",
     "atlas",
     "window",
+    "unit",
     "split",
     "cohort",
     "seed",
@@ -59,6 +60,8 @@ class Stage1Config:
     corpus: list[str] = field(default_factory=list)
     llm: str | None = None
     align: bool = True
+    text_columns: list[str] = field(default_factory=list)
+    text_max_length: int = 256
     init_from: str | None = None
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)
@@ -165,11 +168,14 @@ def cohort_windows(cohort: Any, config: Any, progress: bool = False) -> dict[str
     }
 
 
-def load_window_texts(corpus_dir: str | os.PathLike) -> dict[tuple[str, int], str]:
+def load_window_texts(
+    corpus_dir: str | os.PathLike, columns: list[str] | None = None
+) -> dict[tuple[str, int], str]:
     """``{(scan_id, window): descriptor text}`` from a corpus folder written by `fmrilm corpus build`.
 
-    A ``text`` column is used when present; otherwise every string column that is not an identifier (one per
-    descriptor family) is joined, in column order. ``window`` -1 (or a missing window column) means a
+    ``columns`` chooses the text columns (e.g. ``["text_fc"]`` for one descriptor family), joined in order;
+    by default a ``text`` column is used when present, otherwise every string column that is not an
+    identifier (one per descriptor family) is joined, in column order. ``window`` -1 (or a missing window column) means a
     whole-scan text, used for every window of that scan that has no text of its own.
     """
     import datasets
@@ -204,7 +210,16 @@ def load_window_texts(corpus_dir: str | os.PathLike) -> dict[tuple[str, int], st
         raise FmriInputError(
             "The corpus has no scan_id column", file=path, fix="rebuild it with `fmrilm corpus build`"
         )
-    if "text" in dataset.column_names:
+    if columns:
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise FmriInputError(
+                f"The corpus has no column {', '.join(missing)}",
+                file=path,
+                fix=f"choose among {', '.join(c for c in dataset.column_names if c not in _NON_TEXT_COLUMNS)}",
+            )
+        text_cols = list(columns)
+    elif "text" in dataset.column_names:
         text_cols = ["text"]
     else:
         text_cols = [
@@ -240,7 +255,9 @@ def _text_embedder(cfg: Stage1Config, out_dir: Path):
 
     spec = _resolve_llm_spec(cfg)
     tag = hashlib.sha1(str(spec or "default").encode()).hexdigest()[:10]
-    return TextEmbedder.from_pretrained(spec, cache_path=out_dir / f"text_embeddings-{tag}.safetensors")
+    return TextEmbedder.from_pretrained(
+        spec, max_length=cfg.text_max_length, cache_path=out_dir / f"text_embeddings-{tag}.safetensors"
+    )
 
 
 def _check_resume_config(cfg: Stage1Config, out_dir: Path) -> None:
@@ -320,7 +337,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
     texts: dict[tuple[str, int], str] = {}
     use_align = bool(cfg.corpus) and cfg.align
     for corpus in cfg.corpus if use_align else []:
-        texts.update(load_window_texts(corpus))
+        texts.update(load_window_texts(corpus, cfg.text_columns or None))
     if not use_align:
         reason = "no --corpus given" if not cfg.corpus else "alignment switched off"
         logger.info(
@@ -645,6 +662,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "site_weight",
     ):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument(
+        "--text-columns",
+        default=None,
+        help="comma-separated corpus text columns to align to (e.g. text_fc); default: the combined text",
+    )
+    p.add_argument("--text-max-length", type=int, default=256, help="LLM tokens per descriptor text")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -676,6 +699,8 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         corpus=[str(c) for c in args.corpus],
         llm=args.llm,
         align=not args.no_align,
+        text_columns=[c.strip() for c in args.text_columns.split(",")] if args.text_columns else [],
+        text_max_length=args.text_max_length,
         init_from=args.init_from,
         preset=args.preset,
         model=model,
