@@ -321,7 +321,8 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
     accelerator = make_accelerator(out_dir, seed=cfg.seed)
-    show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
+    # progress bars: None = automatic (shown on a terminal), False = never; only the main process shows them
+    show = accelerator.is_main_process and cfg.progress is not False
 
     # ---- model config (the model itself is built once the LLM width is known)
     if cfg.init_from:
@@ -344,7 +345,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
             "training with reconstruction + commitment only (%s: no descriptor-text alignment)", reason
         )
 
-    raw = [cohort_windows(c, model_config, progress=bool(show)) for c in cohorts]
+    raw = [cohort_windows(c, model_config, progress=show) for c in cohorts]
     site_names = sorted({f"{n}:{s}" for n, r in zip(names, raw, strict=True) for s in set(r["sites"]) if s})
     site_of = {s: i for i, s in enumerate(site_names)}
     unique_texts: list[str] = []
@@ -397,8 +398,13 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
 
     text_table = None
     if use_align:
+        logger.info(
+            "embedding %d descriptor texts with the frozen LLM %s",
+            len(unique_texts),
+            cfg.llm or "SmolLM2-135M-Instruct (default)",
+        )
         embedder = _text_embedder(cfg, out_dir)
-        text_table = embedder.embed(unique_texts, progress=bool(show))
+        text_table = embedder.embed(unique_texts, progress=show)
         if cfg.init_from and model_config.text_embed_dim not in (None, embedder.dim):
             raise FmriInputError(
                 f"The initial tokenizer is aligned to a {model_config.text_embed_dim}-wide LLM, not {embedder.dim}",
@@ -476,7 +482,10 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
     start_time, start_step = time.time(), state.step
     running: dict[str, list[float]] = {}
     with progress_bar(
-        cfg.steps, initial=state.step, desc="stage 1 (tokenizer)", disable=None if show else True
+        cfg.steps,
+        initial=state.step,
+        desc="stage 1 (tokenizer)",
+        disable=None if show and cfg.progress is None else not show,
     ) as bar:
         while state.step < cfg.steps:
             ws, rows, gen = batch_for(state.step)
