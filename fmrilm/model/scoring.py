@@ -399,7 +399,9 @@ class DigitsOnly:
     """LogitsProcessor for number answers: only tokens that keep the text a valid number, then an end token.
 
     The generated text must match ``-?\\d+(\\.\\d{1,decimals})?`` (leading spaces allowed); an end token is
-    allowed only once it does, and a number longer than ``max_int_digits`` before the point is refused.
+    allowed only once it does, and a number longer than ``max_int_digits`` before the point is refused. With
+    ``bounds`` (the task's valid range) a prefix that can only grow past them is refused, and the end is allowed
+    only inside them.
     """
 
     def __init__(
@@ -410,12 +412,15 @@ class DigitsOnly:
         *,
         decimals: int = 0,
         max_int_digits: int = 6,
+        bounds: Sequence[float] | None = None,
     ) -> None:
         vocab = _token_strings(tokenizer)
+        self.lo, self.hi = (float(bounds[0]), float(bounds[1])) if bounds is not None else (None, None)
         self.strings = vocab
         self.candidates = [i for i, s in enumerate(vocab) if s and set(s) <= set(" 0123456789.-")]
         self.prompt_length = int(prompt_length)
         self.end_ids = [int(e) for e in end_ids]
+        self.max_int_digits = int(max_int_digits)
         integer = rf"\d{{1,{int(max_int_digits)}}}"
         fraction = rf"(\.\d{{0,{int(decimals)}}})?" if decimals > 0 else ""
         self.prefix_re = re.compile(rf"\s*(-?({integer}{fraction})?)?")
@@ -428,14 +433,39 @@ class DigitsOnly:
         masked = torch.full_like(scores, float("-inf"))
         for row in range(input_ids.shape[0]):
             text = "".join(self.strings[int(t)] for t in input_ids[row, self.prompt_length :])
-            allowed = [i for i in self.candidates if self.prefix_re.fullmatch(text + self.strings[i])]
-            if self.complete_re.fullmatch(text):
+            allowed = [i for i in self.candidates if self._can_grow(text + self.strings[i])]
+            if self.complete_re.fullmatch(text) and self._inside(float(text)):
                 allowed += self.end_ids
             if not allowed:  # cannot happen with digit tokens in the vocabulary; end rather than loop
                 allowed = self.end_ids
             idx = torch.as_tensor(allowed, device=scores.device)
             masked[row, idx] = scores[row, idx]
         return masked
+
+    def _inside(self, value: float) -> bool:
+        return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
+
+    def _can_grow(self, text: str) -> bool:
+        """A valid number prefix that some completion (more digits, a point, decimals) keeps inside the bounds."""
+        if not self.prefix_re.fullmatch(text):
+            return False
+        body = text.strip()
+        sign = -1.0 if body.startswith("-") else 1.0
+        digits = body.lstrip("-")
+        if not digits:
+            return body == "" or self.lo is None or self.lo < 0
+        whole, point, frac = digits.partition(".")
+        if point:  # completions lie in [v, v + 10^-len(frac)) away from zero
+            v = float(f"{whole}.{frac or 0}")
+            spans = [(v, v + 10.0 ** -len(frac))]
+        else:  # v itself (plus decimals) or v followed by j more digits
+            v = float(whole)
+            spans = [(v * 10**j, (v + 1) * 10**j) for j in range(self.max_int_digits - len(whole) + 1)]
+        for a, b in spans:
+            lo, hi = (a, b) if sign > 0 else (-b, -a)
+            if (self.hi is None or lo <= self.hi) and (self.lo is None or hi >= self.lo):
+                return True
+        return False
 
 
 _TOKEN_STRINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -467,15 +497,19 @@ def decode_number(model: Any, scan: Any, card: TaskCard, *, question: int | str 
 
     number = card.number or {}
     decimals = int(number.get("decimals", 0))
-    bounds = (
-        number.get("valid_range") or (number.get("bins") or [])[::-1][:1] + (number.get("bins") or [])[:1]
-    )
+    edges = number.get("bins") or []
+    bounds = number.get("valid_range") or ([edges[0], edges[-1]] if edges else None)
     max_int = len(str(int(max(abs(float(v)) for v in bounds)))) if bounds else 6
     processor = model.processor
     inputs = processor([card.messages(question)], [[scan]], add_generation_prompt=True).to(model.device)
     prompt_len = inputs["input_ids"].shape[1]
     constraint = DigitsOnly(
-        processor.tokenizer, prompt_len, _end_ids(model), decimals=decimals, max_int_digits=max_int
+        processor.tokenizer,
+        prompt_len,
+        _end_ids(model),
+        decimals=decimals,
+        max_int_digits=max_int,
+        bounds=bounds,
     )
     with torch.no_grad():
         out = model.generate(
