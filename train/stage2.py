@@ -615,6 +615,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out")
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument(
+        "--max-val-examples", type=int, default=32, help="held-out examples per task at each evaluation"
+    )
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -662,6 +665,7 @@ def config_from_args(args: argparse.Namespace) -> Stage2Config:
         warmup_steps=args.warmup_steps,
         val_fraction=args.val_fraction,
         eval_every=args.eval_every,
+        max_val_examples=args.max_val_examples,
         save_every=args.save_every,
         log_every=args.log_every,
         seed=args.seed,
