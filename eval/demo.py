@@ -33,6 +33,8 @@ class Preset:
     abide_max_train_scans: int | None = 200
     tokenizer_preset: str = "small"
     tokenizer_steps: int = 300
+    #: "input" embeds descriptors with the LLM's input embeddings (seconds on CPU); "hidden" runs the LLM.
+    text_pooling: str = "input"
     align_steps: int = 60
     instruct_steps: int = 120
     batch_size: int = 4
@@ -49,6 +51,7 @@ PRESETS: dict[str, Preset] = {
         abide_max_train_scans=None,
         tokenizer_preset="base",
         tokenizer_steps=3000,
+        text_pooling="hidden",
         align_steps=1000,
         instruct_steps=2000,
         batch_size=8,
@@ -231,7 +234,7 @@ class Demo:
                 "--preset",
                 self.p.tokenizer_preset,
             ]
-            + ["--steps", str(self.p.tokenizer_steps)]
+            + ["--steps", str(self.p.tokenizer_steps), "--text-pooling", self.p.text_pooling]
             + (["--llm", self.base] if self.base else [])
             + self.common(),
             done=Path(tok) / "config.json",

@@ -62,6 +62,7 @@ class Stage1Config:
     align: bool = True
     text_columns: list[str] = field(default_factory=list)
     text_max_length: int = 256
+    text_pooling: str = "hidden"
     init_from: str | None = None
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)
@@ -254,9 +255,12 @@ def _text_embedder(cfg: Stage1Config, out_dir: Path):
     from fmrilm.tokenizer.text_embedding import TextEmbedder
 
     spec = _resolve_llm_spec(cfg)
-    tag = hashlib.sha1(str(spec or "default").encode()).hexdigest()[:10]
+    tag = hashlib.sha1(f"{spec or 'default'}|{cfg.text_pooling}".encode()).hexdigest()[:10]
     return TextEmbedder.from_pretrained(
-        spec, max_length=cfg.text_max_length, cache_path=out_dir / f"text_embeddings-{tag}.safetensors"
+        spec,
+        max_length=cfg.text_max_length,
+        pooling=cfg.text_pooling,
+        cache_path=out_dir / f"text_embeddings-{tag}.safetensors",
     )
 
 
@@ -420,6 +424,15 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
         model = FmriTokenizerModel.from_pretrained(cfg.init_from, config=model_config)
     else:
         model = FmriTokenizerModel(model_config)
+    if text_table is not None:
+        # centre the LLM text embeddings on the training windows' texts (see FmriTokenizerModel.text_center)
+        train_ids = torch.unique(torch.cat([ws.text_index for ws in sets_train]))
+        train_ids = train_ids[train_ids >= 0]
+        center = text_table[train_ids].mean(0)
+        with torch.no_grad():
+            model.text_center.copy_(center)
+            model.text_scale.fill_(float((text_table[train_ids] - center).norm(dim=1).mean()))
+        text_table = text_table - center
 
     loss_fn = TokenizerLoss(
         loss_cfg,
@@ -677,6 +690,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated corpus text columns to align to (e.g. text_fc); default: the combined text",
     )
     p.add_argument("--text-max-length", type=int, default=256, help="LLM tokens per descriptor text")
+    p.add_argument(
+        "--text-pooling",
+        choices=("hidden", "input"),
+        default="hidden",
+        help="descriptor embedding: mean of the LLM's last hidden states (paper; slow on CPU) or of its input "
+        "token embeddings (no transformer pass; seconds on CPU)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -710,6 +730,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         align=not args.no_align,
         text_columns=[c.strip() for c in args.text_columns.split(",")] if args.text_columns else [],
         text_max_length=args.text_max_length,
+        text_pooling=args.text_pooling,
         init_from=args.init_from,
         preset=args.preset,
         model=model,

@@ -1,6 +1,9 @@
 """Frozen LLM embeddings of descriptor texts: the target space Stage 1 aligns brain latents to.
 
-A text's embedding is the mean of the base causal LM's last hidden states over its tokens. The LLM is frozen
+A text's embedding is the mean of the base causal LM's last hidden states over its tokens (``pooling="hidden"``,
+as in the paper), or the mean of its INPUT token embeddings (``pooling="input"``): no transformer pass, so
+thousands of long descriptors embed in seconds on a CPU instead of an hour, and the target is the very space
+brain tokens are injected into as input embeddings. The LLM is frozen
 and the same texts recur across epochs, so embeddings are computed once and cached by the SHA-1 of the text
 (in memory, and optionally in a safetensors file so a resumed or repeated run skips the LLM entirely).
 """
@@ -20,8 +23,11 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+POOLINGS = ("hidden", "input")
+
+
 class TextEmbedder:
-    """Mean-pooled last hidden states of any ``AutoModelForCausalLM``, cached per text."""
+    """Mean-pooled last hidden states (or input embeddings) of any ``AutoModelForCausalLM``, cached per text."""
 
     def __init__(
         self,
@@ -31,7 +37,11 @@ class TextEmbedder:
         batch_size: int = 16,
         max_length: int = 512,
         cache_path: str | os.PathLike | None = None,
+        pooling: str = "hidden",
     ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.pooling = pooling
         self.model = model.eval()
         for param in self.model.parameters():
             param.requires_grad_(False)
@@ -78,12 +88,15 @@ class TextEmbedder:
                 enc = self.tokenizer(
                     chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
                 ).to(device)
-                out = self.model(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    output_hidden_states=True,
-                )
-                hidden = out.hidden_states[-1].float()
+                if self.pooling == "input":
+                    hidden = self.model.get_input_embeddings()(enc["input_ids"]).float()
+                else:
+                    out = self.model(
+                        input_ids=enc["input_ids"],
+                        attention_mask=enc["attention_mask"],
+                        output_hidden_states=True,
+                    )
+                    hidden = out.hidden_states[-1].float()
                 weight = enc["attention_mask"].float()[..., None]
                 pooled = (hidden * weight).sum(1) / weight.sum(1).clamp_min(1.0)
                 for text, vec in zip(chunk, pooled.cpu(), strict=True):
