@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fmrilm.eval.cli",
         "Evaluate a model zero-shot, few-shot and fine-tuned next to baselines on one split (JSON + Markdown).",
     ),
+    "demo": ("fmrilm.eval.demo", "Run the whole pipeline end to end, offline, on the built-in defaults."),
     "bench": ("fmrilm.eval.bench", "Run the speed and accuracy benchmarks under eval/ (see BENCHMARKS.md)."),
 }
 
