@@ -30,7 +30,6 @@ class Preset:
     """Sizes of every step; ``cpu`` is tuned to finish in about 20 minutes on 2 CPU cores."""
 
     sim_subjects: int = 120
-    abide_max_train_scans: int | None = 200
     tokenizer_preset: str = "small"
     tokenizer_steps: int = 300
     #: "input" embeds descriptors with the LLM's input embeddings (seconds on CPU); "hidden" runs the LLM.
@@ -48,7 +47,6 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(),
     "full": Preset(
         sim_subjects=400,
-        abide_max_train_scans=None,
         tokenizer_preset="base",
         tokenizer_steps=3000,
         text_pooling="hidden",
@@ -181,6 +179,14 @@ class Demo:
                 done=Path(abide) / "splits" / "leave-sites-out.json",
             )
             cohorts["abide"] = {"dir": abide, "split": "leave-sites-out"}
+        for name, c in cohorts.items():
+            train = self.path("cohorts", f"{name}-train")
+            self.step(
+                f"Keep the train part of '{name}' for Stages 1-2 (no test subject or site is ever seen)",
+                ["cohort", "subset", c["dir"], "--split", c["split"], "--part", "train", "--out", train],
+                done=Path(train) / "cohort.json",
+            )
+            c["train"] = train
         return cohorts
 
     def prepare_corpora(self, cohorts: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -219,7 +225,7 @@ class Demo:
 
     def train(self, cohorts: dict[str, dict[str, str]], corpora: dict[str, str], sets: dict[str, str]) -> str:
         base = ["--base", self.base] if self.base else []
-        cohort_args = [a for c in cohorts.values() for a in ("--cohort", c["dir"])]
+        cohort_args = [a for c in cohorts.values() for a in ("--cohort", c["train"])]
         corpus_args = [a for c in corpora.values() for a in ("--corpus", c)]
         tok = self.path("stage1_tokenizer")
         self.step(

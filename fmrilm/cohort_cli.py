@@ -113,6 +113,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--name", help="split name (default: the kind); written to splits/<name>.json")
     split.set_defaults(cohort_func=run_split)
 
+    subset = sub.add_parser(
+        "subset",
+        help="Write one part of a stored split as a cohort of its own (e.g. train only).",
+        description="Write the scans of one part of splits/<name>.json as a new cohort folder, so that "
+        "unsupervised stages (tokenizer, alignment) can be kept off the test subjects and sites.",
+    )
+    subset.add_argument("dir", help="cohort folder")
+    subset.add_argument(
+        "--split", required=True, help="split name stored in the cohort (`fmrilm cohort split`)"
+    )
+    subset.add_argument("--part", default="train", help="part to keep (default train)")
+    subset.add_argument("--out", required=True, help="new cohort folder (written atomically)")
+    subset.set_defaults(cohort_func=run_subset)
+
 
 def run(args: argparse.Namespace) -> int:
     return int(args.cohort_func(args) or 0)
@@ -346,4 +360,25 @@ def run_split(args: argparse.Namespace) -> int:
             f"  {part}: {info['n_scans']} scans, {info['n_subjects']} subjects, sites "
             f"{', '.join(info['sites'])}{extra}"
         )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ subset
+def run_subset(args: argparse.Namespace) -> int:
+    from fmrilm.cohort import load_cohort
+    from fmrilm.errors import FmriInputError
+    from fmrilm.splits import load_split
+
+    cohort = load_cohort(args.dir)
+    split = load_split(args.dir, args.split, cohort)
+    if args.part not in split:
+        raise FmriInputError(
+            f"Split '{args.split}' has no part '{args.part}'",
+            file=args.dir,
+            fix=f"choose one of {', '.join(split)}",
+        )
+    part = cohort.select(split[args.part], name=f"{cohort.name}-{args.part}")
+    part.meta = {**part.meta, "subset_of": {"cohort": str(args.dir), "split": args.split, "part": args.part}}
+    part.save(args.out)
+    print(f"Wrote {len(part)} scans (part '{args.part}' of split '{args.split}') to {args.out}")
     return 0
