@@ -119,6 +119,16 @@ def part_simulated(args, work: Path) -> dict:
     out = _train(cfg, "simulated (aligned)")
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["val"][-1]
+    split_info = json.loads((out / "split.json").read_text())["cohorts"]
+    val_subjects = set(next(iter(split_info.values()))["val_subjects"])
+    train_subjects = set(table["subject_id"]) - val_subjects
+    train_retrieval = (
+        window_retrieval(
+            out, cohort, work / "sim_corpus", args.text_column, train_subjects, len(val_subjects)
+        )
+        if metrics["setup"]["alignment"]
+        else None
+    )
     return {
         "cohort": {"n_scans": len(cohort), "atlas": cohort.atlas.name, "held_out_subjects": int(held.sum())},
         "corpus_build_s": t_corpus,
@@ -126,7 +136,41 @@ def part_simulated(args, work: Path) -> dict:
         "alignment": metrics["setup"]["alignment"],
         "n_texts_train_and_val": metrics["setup"]["n_texts"],
         "held_out": final,
+        "train_windows_retrieval": train_retrieval,
     }
+
+
+def window_retrieval(
+    out: Path, cohort, corpus_dir: Path, column: str, subjects: set, n_subjects: int
+) -> dict:
+    """Retrieval among the windows of ``n_subjects`` of ``subjects`` (seeded), with the cached LLM
+    embeddings: on training subjects it shows what the alignment fitted, next to the held-out figure."""
+    import torch
+    from fmrilm.train.stage1 import cohort_windows, load_window_texts
+    from safetensors.torch import load_file
+
+    from fmrilm.tokenizer import FmriTokenizerModel
+    from fmrilm.tokenizer.metrics import retrieval_accuracy
+    from fmrilm.tokenizer.text_embedding import text_key
+
+    model = FmriTokenizerModel.from_pretrained(out)
+    cache: dict = {}
+    for path in out.glob("text_embeddings-*.safetensors"):
+        cache.update(load_file(str(path)))
+    texts = load_window_texts(corpus_dir, [column])
+    chosen = sorted(np.random.default_rng(0).choice(sorted(subjects), n_subjects, replace=False).tolist())
+    table = cohort.phenotype_table()
+    data = cohort_windows(cohort.select(np.flatnonzero(table["subject_id"].isin(chosen))), model.config)
+    keys = [(str(s), int(w)) for s, w in zip(data["scan_ids"], data["window_index"], strict=True)]
+    rows = [i for i, k in enumerate(keys) if k in texts]
+    uniq = sorted({texts[keys[i]] for i in rows})
+    target = torch.tensor([uniq.index(texts[keys[i]]) for i in rows])
+    emb = torch.stack([cache[text_key(t)] for t in uniq]) - model.text_center
+    coords = torch.as_tensor(cohort.atlas.coords)
+    x, m = torch.from_numpy(data["windows"][rows]), torch.from_numpy(data["mask"][rows])
+    with torch.no_grad():
+        brain = model.align_proj(model.embed(x, coords, m))
+    return retrieval_accuracy(brain, emb, target)
 
 
 def part_abide(args, work: Path) -> dict:
@@ -301,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"(chance {s['retrieval_chance_top1']:.3f}, {s['retrieval_top1'] / s['retrieval_chance_top1']:.1f}x), "
                 f"top-5 {s['retrieval_top5']:.3f} (chance {s['retrieval_chance_top5']:.3f}, "
                 f"{s['retrieval_top5'] / s['retrieval_chance_top5']:.1f}x)"
+            )
+        tr = figures["simulated"].get("train_windows_retrieval")
+        if tr:
+            print(
+                f"  (as many training subjects: top-1 {tr['top1']:.3f} among {tr['n_texts']} texts, "
+                f"chance {tr['chance_top1']:.3f}; top-5 {tr['top5']:.3f}, chance {tr['chance_top5']:.3f})"
             )
     if "abide" in figures:
         a = figures["abide"]

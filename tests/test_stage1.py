@@ -199,6 +199,10 @@ def test_alignment_to_a_frozen_llm_uses_descriptor_texts(sim_cohort, tmp_path):
         1 / metrics["val"][-1]["retrieval_n_texts"]
     )
     assert list(out.glob("text_embeddings-*.safetensors")), "text embeddings are cached"
+    # brain vectors land in the LLM's space: centred on the mean descriptor embedding, at its typical radius
+    assert model.text_center.abs().sum() > 0 and model.text_scale > 0
+    radius = (model.code_text_embeddings() - model.text_center).norm(dim=1)
+    torch.testing.assert_close(radius, torch.full_like(radius, float(model.text_scale)))
 
 
 def test_text_embedder_caches_and_mean_pools(tmp_path):

@@ -532,6 +532,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
                 text_embeddings=text_emb,
                 text_index=text_index,
                 site_index=site_index,
+                reversal_scale=loss_cfg.gradient_reversal_scale * dann_ramp(state.step, cfg.steps),
             )
             accelerator.backward(total)
             if cfg.grad_clip:
@@ -581,6 +582,13 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
         logger.info("tokenizer written to %s", out_dir)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def dann_ramp(step: int, total: int) -> float:
+    """Gradient-reversal strength from 0 to 1 over training, ``2 / (1 + exp(-10 p)) - 1`` (Ganin et al., 2016)."""
+    import math
+
+    return 2.0 / (1.0 + math.exp(-10.0 * step / max(1, total))) - 1.0
 
 
 def save_tokenizer(model: Any, out_dir: Path) -> None:

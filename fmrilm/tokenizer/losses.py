@@ -30,7 +30,7 @@ class TokenizerLossConfig:
     reconstruction_weight: float = 1.0
     mask_ratio: float = 0.5
     commitment_weight: float = 0.25
-    alignment_weight: float = 0.1
+    alignment_weight: float = 0.5
     adversarial_weight: float = 0.05
     site_weight: float = 0.0
     gradient_reversal_scale: float = 1.0
@@ -76,10 +76,14 @@ def reconstruction_loss(
 def siglip_loss(
     brain: torch.Tensor, text: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """SigLIP pairwise sigmoid loss; ``positives`` (B, T) bool marks matching (window, text) pairs."""
+    """SigLIP pairwise sigmoid loss; ``positives`` (B, T) bool marks matching (window, text) pairs.
+
+    Averaged over pairs (SigLIP sums over texts and averages over images): with the small batches of a CPU
+    run the sum would make this term's gradient ~20x the reconstruction's and stall reconstruction.
+    """
     logits = F.normalize(brain, dim=-1) @ F.normalize(text, dim=-1).T * scale.exp() + bias
     signs = positives.float() * 2.0 - 1.0
-    return -F.logsigmoid(signs * logits).sum() / brain.shape[0]
+    return -F.logsigmoid(signs * logits).mean()
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -121,14 +125,17 @@ class TokenizerLoss(nn.Module):
         text_embeddings: torch.Tensor | None = None,
         text_index: torch.Tensor | None = None,
         site_index: torch.Tensor | None = None,
+        reversal_scale: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and its parts.
 
         ``text_embeddings`` (T, E) are the frozen LLM embeddings of the batch's distinct descriptor texts;
         ``text_index`` (B,) says which text each window has (-1: none). ``site_index`` (B,) is the site of
-        each window (-1: unknown).
+        each window (-1: unknown). ``reversal_scale`` overrides ``gradient_reversal_scale`` (the trainer ramps it
+        up from 0, as in DANN, so the adversaries do not disturb the encoder before it has learned anything).
         """
         cfg = self.config
+        grl = cfg.gradient_reversal_scale if reversal_scale is None else float(reversal_scale)
         parts: dict[str, torch.Tensor] = {}
         parts["reconstruction"] = reconstruction_loss(output.reconstruction, windows, time_mask)
         total = cfg.reconstruction_weight * parts["reconstruction"]
@@ -150,9 +157,7 @@ class TokenizerLoss(nn.Module):
                 parts["alignment"] = siglip_loss(brain, text, positives, self.logit_scale, self.logit_bias)
                 total = total + cfg.alignment_weight * parts["alignment"]
             if self.use_adversarial:
-                fake = self.domain_discriminator(
-                    gradient_reversal(F.normalize(brain, dim=-1), cfg.gradient_reversal_scale)
-                )
+                fake = self.domain_discriminator(gradient_reversal(F.normalize(brain, dim=-1), grl))
                 real = self.domain_discriminator(F.normalize(text, dim=-1))
                 parts["adversarial"] = 0.5 * (
                     F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
@@ -161,7 +166,7 @@ class TokenizerLoss(nn.Module):
                 total = total + cfg.adversarial_weight * parts["adversarial"]
         if self.use_site and site_index is not None and bool((site_index >= 0).any()):
             rows = site_index >= 0
-            logits = self.site_classifier(gradient_reversal(output.pooled[rows], cfg.gradient_reversal_scale))
+            logits = self.site_classifier(gradient_reversal(output.pooled[rows], grl))
             parts["site"] = F.cross_entropy(logits, site_index[rows])
             total = total + cfg.site_weight * parts["site"]
         return total, {k: float(v.detach()) for k, v in parts.items()}

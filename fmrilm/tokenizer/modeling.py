@@ -147,6 +147,9 @@ class FmriTokenizerPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
         elif isinstance(module, FmriTokenizerModel):
+            if module.config.text_embed_dim:
+                init.zeros_(module.text_center)
+                init.ones_(module.text_scale)
             for param in (module.latent_queries, module.patch_time, module.slot_embed, module.decoder_time):
                 init.normal_(param, mean=0.0, std=1.0 / math.sqrt(self.config.hidden_size))
         elif isinstance(module, Codebook) and not module.learnable_codebook:
@@ -227,6 +230,12 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
         self.readout_head = nn.Linear(d, config.patch_length)
         # projection of the pooled window latent into the LLM's text-embedding space (Stage 1 alignment)
         self.align_proj = nn.Linear(d, config.text_embed_dim) if config.text_embed_dim else None
+        if config.text_embed_dim:
+            # LLM text embeddings share one large common direction (cosine ~0.98 between any two descriptor
+            # texts with SmolLM2), so alignment works on embeddings minus their training mean; the mean and
+            # the typical centred norm are kept to map brain vectors back into the LLM's own space
+            self.register_buffer("text_center", torch.zeros(config.text_embed_dim))
+            self.register_buffer("text_scale", torch.ones(()))
         self.post_init()
 
     # ---------------------------------------------------------------------------------------- core pieces
@@ -450,11 +459,27 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
 
     @torch.no_grad()
     def code_text_embeddings(self) -> torch.Tensor | None:
-        """Each code projected into the aligned LLM text-embedding space ``(codebook_size, text_embed_dim)``,
-        or None when the tokenizer was trained without text alignment."""
+        """Each code mapped into the LLM's text-embedding space ``(codebook_size, text_embed_dim)`` (same
+        centre and typical norm as the LLM's descriptor embeddings), or None without text alignment."""
         if self.align_proj is None:
             return None
-        return self.align_proj(self.code_embeddings()).detach()
+        return self.to_text_space(self.code_embeddings()).detach()
+
+    def to_text_space(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled window latents ``(N, hidden)`` -> points in the LLM's text-embedding space ``(N, E)``:
+        the aligned direction, scaled to the typical centred text norm, plus the text centre."""
+        if self.align_proj is None:
+            raise FmriInputError(
+                "This tokenizer was trained without text alignment",
+                fix="train it with a descriptor corpus (fmrilm train tokenizer --corpus DIR)",
+            )
+        return F.normalize(self.align_proj(pooled), dim=-1) * self.text_scale + self.text_center
+
+    @torch.no_grad()
+    def embed_text_space(self, scan_or_windows: Any, coords: Any = None, mask: Any = None) -> torch.Tensor:
+        """Each window of a scan as a point in the LLM's text-embedding space ``(W, text_embed_dim)``: compare
+        it (after subtracting ``text_center``) with LLM embeddings of descriptor texts, e.g. for retrieval."""
+        return self.to_text_space(self.embed(scan_or_windows, coords, mask))
 
     # ------------------------------------------------------------------------------------------- helpers
     @contextmanager
