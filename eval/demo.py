@@ -30,12 +30,17 @@ class Preset:
     """Sizes of every step; ``cpu`` is tuned to finish in about 20 minutes on 2 CPU cores."""
 
     sim_subjects: int = 120
-    tokenizer_preset: str = "small"
-    tokenizer_steps: int = 300
+    tokenizer_preset: str = "tiny"
+    tokenizer_steps: int = 150
     #: "input" embeds descriptors with the LLM's input embeddings (seconds on CPU); "hidden" runs the LLM.
     text_pooling: str = "input"
-    align_steps: int = 60
-    instruct_steps: int = 120
+    align_steps: int = 40
+    #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
+    align_text_columns: str = "text_graph"
+    align_max_length: int = 320
+    instruct_steps: int = 60
+    #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
+    sim_tasks: str = "diagnosis,sex,age,coupled_pair,modularity"
     batch_size: int = 4
     eval_shots: str = "0"
     eval_seeds: int = 1
@@ -50,6 +55,9 @@ PRESETS: dict[str, Preset] = {
         tokenizer_preset="base",
         tokenizer_steps=3000,
         text_pooling="hidden",
+        align_text_columns="text",
+        align_max_length=1024,
+        sim_tasks="diagnosis,sex,age,coupled_pair,modularity,describe",
         align_steps=1000,
         instruct_steps=2000,
         batch_size=8,
@@ -206,7 +214,7 @@ class Demo:
         self, cohorts: dict[str, dict[str, str]], corpora: dict[str, str]
     ) -> dict[str, str]:
         tasks = {
-            "sim": "diagnosis,sex,age,coupled_pair,modularity,describe",
+            "sim": self.p.sim_tasks,
             "abide": "diagnosis,sex,age,coupled_pair,modularity",
         }
         sets = {}
@@ -250,6 +258,7 @@ class Demo:
             "Stage 2: align the LLM (describe windows, forecast the next window, text replay)",
             ["train", "align", *cohort_args, *corpus_args, "--tokenizer", tok, "--out", align, *base]
             + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
+            + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
             + self.common(),
             done=Path(align) / "model" / "config.json",
         )
