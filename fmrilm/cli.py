@@ -15,19 +15,28 @@ from fmrilm.errors import FmriInputError
 
 #: name -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("fmrilm.data_gen.simulate_cli", "Write a synthetic resting-state cohort (optionally NIfTI)."),
+    "simulate": (
+        "fmrilm.data_gen.simulate_cli",
+        "Write a synthetic resting-state cohort (optionally NIfTI).",
+    ),
     "cohort": (
         "fmrilm.cohort_cli",
         "Import a cohort (participants table + scans), print its summary, or split it by subject or site.",
     ),
     "corpus": ("fmrilm.data_gen.corpus_cli", "Write the descriptor corpus of a cohort (text, z values)."),
     "train": ("fmrilm.train.cli", "Train a stage (tokenizer = Stage 1; see `fmrilm train --help`)."),
-    "instructions": ("fmrilm.instructions.cli", "Build seeded instruction sets from a cohort and task YAMLs."),
+    "instructions": (
+        "fmrilm.instructions.cli",
+        "Build seeded instruction sets from a cohort and task YAMLs.",
+    ),
     "finetune": (
         "fmrilm.train.finetune_cli",
         "Fine-tune LoRA adapters on a new cohort, task or atlas from k labelled subjects per class.",
     ),
-    "chat": ("fmrilm.chat_cli", "Talk with a saved model about one or more scans (interactive or --message)."),
+    "chat": (
+        "fmrilm.chat_cli",
+        "Talk with a saved model about one or more scans (interactive or --message).",
+    ),
     "eval": (
         "fmrilm.eval.cli",
         "Evaluate a model zero-shot, few-shot and fine-tuned next to baselines on one split (JSON + Markdown).",

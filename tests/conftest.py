@@ -20,5 +20,7 @@ ABIDE_DIR = (REPO_ROOT / ".." / "shared" / "data" / "abide").resolve()
 def abide_dir() -> Path:
     """The real ABIDE folder beside the checkout; tests that need it skip when it is absent."""
     if not (ABIDE_DIR / "phenotypes.csv").exists():
-        pytest.skip(f"ABIDE data not found at {ABIDE_DIR} (it lives in ../shared/data/abide beside the checkout)")
+        pytest.skip(
+            f"ABIDE data not found at {ABIDE_DIR} (it lives in ../shared/data/abide beside the checkout)"
+        )
     return ABIDE_DIR

@@ -153,7 +153,9 @@ def test_digits_constraint_allows_only_tokens_that_keep_a_valid_number(model):
     assert allowed("12.5") == {"<end>"}  # one decimal allowed, then only the end
     assert "4" not in allowed("123")  # at most 3 digits before the point
 
-    constraint = DigitsOnly(tok, prompt_length=1, end_ids=[end], decimals=0, max_int_digits=2, bounds=(18, 65))
+    constraint = DigitsOnly(
+        tok, prompt_length=1, end_ids=[end], decimals=0, max_int_digits=2, bounds=(18, 65)
+    )
     start = allowed("")
     assert {"1", "6"} <= start and not {"7", "9", "-", "."} & start  # 7x and 9x cannot land in 18..65
     assert "<end>" not in allowed("6") and "5" in allowed("6") and "6" not in allowed("6")
