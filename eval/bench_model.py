@@ -13,7 +13,8 @@
   on a text prompt of the same length. Both are forced to the same number of new tokens (greedy, KV cache).
 - **quality**: a Stage-2 run's model on its held-out subjects (``split.json``): ROUGE-L of ``describe`` against
   the true window descriptors, the share of z-bins stated correctly, and forecast R² of the next window against
-  repeating the last window (and against the tokenizer's own reconstruction of the true next window).
+  repeating the last window and against predicting the scan mean (0 after z-scoring), next to the tokenizer's
+  own reconstruction of the true next window (the ceiling of any forecast decoded from brain tokens).
 """
 
 from __future__ import annotations
@@ -267,6 +268,7 @@ def bench_quality(
 
     import torch
     from fmrilm.train.stage1 import load_window_texts
+    from fmrilm.train.stage2 import corpus_texts
 
     from fmrilm.cohort import load_cohort
     from fmrilm.model.modeling import FmriLM
@@ -280,8 +282,9 @@ def bench_quality(
     model = FmriLM.from_pretrained(run_dir / "model")
     tok = model.fmri_tokenizer
     texts: dict[tuple[str, int], str] = {}
+    columns = train_config.get("text_columns")  # the descriptor columns this run was trained to say
     for corpus in corpora:
-        texts.update(load_window_texts(corpus))
+        texts.update(corpus_texts(corpus, columns) if columns else load_window_texts(corpus))
     rng = np.random.default_rng(seed)
 
     held: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []  # scan, windows, mask, codes
@@ -360,6 +363,9 @@ def bench_quality(
         "forecast windows": len(pairs),
         "forecast R2 fmrilm": round(r2(pooled(preds), t), 4) if pairs else None,
         "forecast R2 repeat last window (baseline)": round(r2(pooled(persist), t), 4) if pairs else None,
+        "forecast R2 predict 0, the z-scored scan mean (baseline)": round(r2(np.zeros_like(t), t), 4)
+        if pairs
+        else None,
         "forecast R2 tokenizer reconstruction of the true window (ceiling)": round(r2(pooled(recon), t), 4)
         if pairs
         else None,
