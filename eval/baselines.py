@@ -22,6 +22,7 @@ import numpy as np
 from fmrilm.eval.report import MethodResult
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from fmrilm.cohort import is_missing as _missing
 from fmrilm.errors import FmriInputError
 
 LOGISTIC_CS = np.logspace(-5, 1, 7)
@@ -110,17 +111,6 @@ def task_target(table, task: Any) -> tuple[np.ndarray, list[Any] | None, str, np
         y[present] = raw[present]
         classes = sorted(set(y[present].tolist()), key=str)
     return y, classes, ttype, present
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        return bool(np.isnan(value))
-    except (TypeError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------------------------------- fitting

@@ -258,6 +258,18 @@ def load_cohort(directory: str | Path) -> Cohort:
     return Cohort.load(directory)
 
 
+def is_missing(value: Any) -> bool:
+    """A phenotype value that means "not known": None, an empty string or NaN (never a default class)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(np.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _infer_feature(values: list[Any]):
     import datasets
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from fmrilm.instructions.spec import PARADIGMS, TaskSpec
 
+from fmrilm.cohort import is_missing as _missing
 from fmrilm.errors import FmriInputError
 
 INSTRUCTIONS_META = "instructions.json"
@@ -142,17 +143,6 @@ def check_no_phenotype(
 # ------------------------------------------------------------------------------------------------- answering
 def _rng(seed: int, *key: Any) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32("|".join(map(str, key)).encode())])
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        return bool(np.isnan(value))
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.cohort import is_missing as _missing
 from fmrilm.errors import FmriInputError
 
 SCORED_TYPES = ("binary", "multiclass", "regression")
@@ -232,17 +233,6 @@ def canonical_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
     return " ".join(str(value).strip().lower().split())
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        return bool(np.isnan(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _check_subset(task: str, options: Sequence[str], allowed: Sequence[str]) -> None:
