@@ -2,7 +2,12 @@
 
     python -m fmrilm.eval.bench_abide_model --model DIR [--abide ../shared/data/abide] [--cohort DIR]
         [--tasks diagnosis,sex,age] [--folds 5] [--max-folds N] [--shots 0,4,16] [--seeds 3] [--steps 20]
-        [--threads 1] [--json OUT.json] [--out DIR]
+        [--threads 1] [--json OUT.json] [--out DIR] [--test-sites UCLA_1,KKI,OHSU]
+
+Only sites the model never saw in any training stage give honest figures. A model trained by `fmrilm demo`
+saw every ABIDE site but its held-out trio (UCLA_1, KKI, OHSU): evaluate it with ``--test-sites`` set to those,
+which runs that one leave-sites-out fold (train part = the other 11 sites, for few-shot draws and for the FC
+baseline). The ``--folds`` mode is for a model that never saw ABIDE at all (e.g. trained on another cohort).
 
 The 14 development sites are dealt into ``--folds`` groups of whole sites exactly as `bench_baselines` deals
 them (same seed, same groups), so the FC figures here are directly comparable with BENCHMARKS.md's Baselines
@@ -48,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
+    parser.add_argument(
+        "--test-sites",
+        default=None,
+        help="comma-separated sites the model never saw: one fold with exactly these as its test part "
+        "(use the demo's UCLA_1,KKI,OHSU for a demo-trained model); overrides --folds",
+    )
     parser.add_argument("--shots", default="0,4,16", help="0 = zero-shot; k = k subjects per class")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -110,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     del model
     t_codes = time.perf_counter() - t0
 
-    folds = site_folds(table, args.folds, args.seed)
-    run_folds = folds[: args.max_folds] if args.max_folds else folds
+    if args.test_sites:
+        test_sites = tuple(s.strip() for s in args.test_sites.split(",") if s.strip())
+        unknown = sorted(set(test_sites) - set(table["site"].astype(str)))
+        if unknown:
+            print(f"--test-sites: {unknown} are not ABIDE sites of {cohort_dir}", file=sys.stderr)
+            return 2
+        folds = run_folds = [test_sites]
+    else:
+        folds = site_folds(table, args.folds, args.seed)
+        run_folds = folds[: args.max_folds] if args.max_folds else folds
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     shots = [int(k) for k in args.shots.split(",") if k.strip()]
     print(f"ABIDE: {len(cohort)} scans; import {t_import:.1f} s, FC {t_fc:.1f} s, codes {t_codes:.1f} s")

@@ -38,7 +38,10 @@ class Preset:
     #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
     align_text_columns: str = "text_graph"
     align_max_length: int = 320
-    instruct_steps: int = 60
+    instruct_steps: int = 80
+    #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
+    #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
+    instruct_paradigms: str | None = "brain,multi"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,sex,age,coupled_pair,modularity"
     batch_size: int = 4
@@ -64,6 +67,7 @@ PRESETS: dict[str, Preset] = {
         eval_shots="0,4,16",
         eval_seeds=3,
         eval_tasks=("diagnosis", "sex", "age"),
+        instruct_paradigms=None,
     ),
 }
 PRESETS["gpu"] = Preset(**{**PRESETS["full"].__dict__, "batch_size": 16, "device_args": []})
@@ -225,7 +229,8 @@ class Demo:
                 [
                     "instructions", "build", c["dir"], "--tasks", tasks[name], "--corpus", corpora[name],
                     "--split", c["split"], "--out", out, "--seed", "0",
-                ],
+                ]
+                + (["--paradigms", self.p.instruct_paradigms] if self.p.instruct_paradigms else []),
                 done=Path(out) / "dataset",
             )  # fmt: skip
             sets[name] = out

@@ -15,6 +15,16 @@ import numpy as np
 
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auc", "f1", "accuracy")
 REGRESSION_METRICS = ("mae", "pearson_r", "r2")
+#: The values each metric can take; an interval is clipped to them (R² has no lower bound).
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    "balanced_accuracy": (0.0, 1.0),
+    "auc": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "accuracy": (0.0, 1.0),
+    "mae": (0.0, float("inf")),
+    "pearson_r": (-1.0, 1.0),
+    "r2": (float("-inf"), 1.0),
+}
 
 
 def _as_proba(y_score: np.ndarray, n_classes: int) -> np.ndarray:
@@ -176,8 +186,14 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def seed_ci(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean and Student-t interval over per-seed values: ``(mean, low, high)`` (low = high = mean for one seed)."""
+def seed_ci(
+    values: Sequence[float], alpha: float = 0.05, metric: str | None = None
+) -> tuple[float, float, float]:
+    """Mean and Student-t interval over per-seed values: ``(mean, low, high)`` (low = high = mean for one seed).
+
+    With ``metric`` the interval is clipped to the values that metric can take: with few seeds a Student-t
+    interval on a balanced accuracy can otherwise claim values above 1.
+    """
     from scipy import stats
 
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
@@ -187,7 +203,8 @@ def seed_ci(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float,
     if len(v) == 1 or np.ptp(v) == 0:
         return mean, mean, mean
     half = float(stats.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return mean, mean - half, mean + half
+    low, high = METRIC_RANGE.get(metric or "", (float("-inf"), float("inf")))
+    return mean, max(mean - half, low), min(mean + half, high)
 
 
 def evaluate(

@@ -102,7 +102,11 @@ def aggregate_seeds(results: list[MethodResult]) -> dict[tuple[str, str, int | N
             "task_type": runs[0].task_type,
             **{
                 m: dict(
-                    zip(("mean", "low", "high"), seed_ci([r.metrics[m]["value"] for r in runs]), strict=False)
+                    zip(
+                        ("mean", "low", "high"),
+                        seed_ci([r.metrics[m]["value"] for r in runs], metric=m),
+                        strict=False,
+                    )
                 )
                 for m in names
             },
@@ -326,15 +330,19 @@ def _fewshot_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Pat
     metric = MAIN_METRIC[runs[0].task_type]
     agg = aggregate_seeds(runs)
     fig, ax = plt.subplots(figsize=(5, 4))
+    colour = 0  # explicit colours: axhline does not advance the colour cycle, so every line would be C0
     for method in dict.fromkeys(r.method for r in shot_runs):
         ks = sorted({r.shots for r in shot_runs if r.method == method})
         mean = np.array([agg[(task, method, k)][metric]["mean"] for k in ks])
         lo = np.array([agg[(task, method, k)][metric]["low"] for k in ks])
         hi = np.array([agg[(task, method, k)][metric]["high"] for k in ks])
-        ax.plot(ks, mean, "o-", label=method)
-        ax.fill_between(ks, lo, hi, alpha=0.2)
+        ax.plot(ks, mean, "o-", label=method, color=f"C{colour}")
+        ax.fill_between(ks, lo, hi, alpha=0.2, color=f"C{colour}")
+        colour += 1
     for method in dict.fromkeys(r.method for r in runs if r.shots is None):
-        ax.axhline(agg[(task, method, None)][metric]["mean"], ls="--", lw=1, label=method, color=None)
+        mean = agg[(task, method, None)][metric]["mean"]
+        ax.axhline(mean, ls="--", lw=1, label=method, color=f"C{colour % 10}")
+        colour += 1
     ax.set(
         xlabel="labelled subjects per class (k)", ylabel=metric.replace("_", " "), title=f"Few-shot: {task}"
     )

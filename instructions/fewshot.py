@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.cohort import is_missing
 from fmrilm.errors import FmriInputError
 
 
@@ -29,15 +30,6 @@ def _table(cohort_or_table: Any):
     return pd.DataFrame(cohort_or_table)
 
 
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(np.isnan(value))
-    except (TypeError, ValueError):
-        return isinstance(value, str) and not value.strip()
-
-
 def sample_k_shot(
     cohort_or_table: Any,
     label: str,
@@ -52,8 +44,10 @@ def sample_k_shot(
     """Row indices of k subjects per class of ``label`` (one scan each), never from ``exclude_subjects``.
 
     ``candidates`` restricts the pick to some rows (e.g. a split's train part); ``bins`` turns a numeric label
-    into classes (k per bin), otherwise a numeric label with more than 10 distinct values is sampled as one
-    class of k subjects. Rows with a missing label are never picked. Subjects whose scans disagree on the label
+    into bins that share a budget of k per bin: each bin gives up to k subjects and a bin with too few leaves its
+    shortfall to the others (round robin), so a large k works on a small cohort whose extreme bins are sparse.
+    Without ``bins`` a numeric label with more than 10 distinct values is sampled as one class of k subjects.
+    Rows with a missing label are never picked. Subjects whose scans disagree on the label
     are left out (their class is ambiguous). The same ``seed`` always gives the same rows; the result is
     ordered by class, then by the random draw. Raises FmriInputError when a class has fewer than k eligible
     subjects, naming the class and how many there are.
@@ -85,7 +79,7 @@ def sample_k_shot(
     per_subject: dict[str, dict[Any, list[int]]] = {}
     for i in rows:
         v = values[i]
-        if subjects[i] in excluded or _missing(v):
+        if subjects[i] in excluded or is_missing(v):
             continue
         cls = "all" if numeric else class_of(v)
         per_subject.setdefault(subjects[i], {}).setdefault(cls, []).append(int(i))
@@ -99,22 +93,50 @@ def sample_k_shot(
             fix="check the label column and that not every subject is excluded (test part)",
         )
     rng = np.random.default_rng(seed)
+    order = sorted(by_class, key=str)
+    counts = _bin_counts(by_class, order, int(k), label) if bins is not None else None
     picked: list[int] = []
-    for cls in sorted(by_class, key=str):
+    for cls in order:
         pool = sorted(by_class[cls])
-        if len(pool) < k:
+        take = int(k) if counts is None else counts[cls]
+        if len(pool) < take:
             raise FmriInputError(
                 f"Class '{cls}' of '{label}' has only {len(pool)} eligible subject(s), fewer than k={k}",
                 fix="lower --shots, or add labelled subjects outside the test part",
             )
-        for subject in rng.choice(pool, size=int(k), replace=False):
+        for subject in rng.choice(pool, size=take, replace=False):
             scans = per_subject[str(subject)][cls]
             picked.append(int(scans[rng.integers(len(scans))]))
     return np.asarray(picked, dtype=np.int64)
 
 
+def _bin_counts(by_class: dict[Any, list[str]], order: list[Any], k: int, label: str) -> dict[Any, int]:
+    """Subjects to draw per bin: k each where possible, a sparse bin's shortfall spread over the others.
+
+    ``order`` lists the bins that hold any eligible subject; the total is k times their number, so a k-shot
+    regression run sees as many subjects as a k-shot classification with that many classes.
+    """
+    n_bins = max(len(order), 1)
+    budget = k * n_bins
+    available = {c: len(by_class[c]) for c in order}
+    if sum(available.values()) < budget:
+        raise FmriInputError(
+            f"'{label}' has only {sum(available.values())} eligible subject(s), fewer than k={k} per bin "
+            f"over {n_bins} bin(s) ({budget})",
+            fix="lower --shots, or add labelled subjects outside the test part",
+        )
+    counts = {c: min(k, available[c]) for c in order}
+    left = budget - sum(counts.values())
+    while left > 0:  # round robin over the bins that still have subjects to give
+        for c in order:
+            if left and counts[c] < available[c]:
+                counts[c] += 1
+                left -= 1
+    return counts
+
+
 def _is_continuous(values: np.ndarray) -> bool:
-    present = [v for v in values if not _missing(v)]
+    present = [v for v in values if not is_missing(v)]
     if not present or not all(isinstance(v, (int, float, np.integer, np.floating)) for v in present):
         return False
     return len(set(present)) > 10

@@ -92,3 +92,27 @@ def test_works_on_a_cohort_object():
     cohort = Cohort.from_scans(scans, [{"sex": "male" if i % 2 else "female"} for i in range(8)], atlas=atlas)
     idx = sample_k_shot(cohort, "sex", k=2, seed=1)
     assert sorted(cohort.phenotype_table().iloc[idx]["sex"]) == ["female", "female", "male", "male"]
+
+
+def test_a_sparse_bin_leaves_its_shortfall_to_the_other_bins():
+    table = _table()  # one subject per age 10..39: bins below hold 2, 18 and 10 subjects
+    bins = [0, 12, 30, 100]
+    idx = sample_k_shot(table, "age", k=3, seed=0, bins=bins)
+    assert len(idx) == 9 and table.iloc[idx]["subject_id"].is_unique
+    counts = np.histogram(table.iloc[idx]["age"].to_numpy(), bins=bins)[0]
+    assert counts.tolist() == [2, 4, 3]  # the sparse bin gives all it has, the next one makes up the rest
+    assert np.array_equal(idx, sample_k_shot(table, "age", k=3, seed=0, bins=bins))
+
+
+def test_too_few_subjects_in_all_bins_is_a_clear_error():
+    with pytest.raises(FmriInputError, match=r"fewer than k=50 per bin"):
+        sample_k_shot(_table(), "age", k=50, seed=0, bins=[0, 20, 30, 100])
+
+
+def test_seed_interval_stays_inside_the_metric_range():
+    from fmrilm.eval.metrics import seed_ci
+
+    mean, low, high = seed_ci([0.98, 1.0], metric="balanced_accuracy")
+    assert high == 1.0 and low < mean < high
+    assert seed_ci([0.02, 0.3], metric="mae")[1] == 0.0
+    assert seed_ci([0.98, 1.0])[2] > 1.0  # without a metric nothing is clipped
