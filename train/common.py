@@ -3,6 +3,7 @@
 A stage trainer is a plain loop; this module gives it the parts every loop needs, built on `accelerate`, so
 multi-GPU / mixed precision / DeepSpeed work unchanged and no stage re-implements them:
 
+    prepare_out_dir(out_dir, resume, cfg)   # refuses to start over a run, or to resume one with other settings
     accelerator = make_accelerator(out_dir, seed=cfg.seed)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     state = TrainState()
@@ -14,7 +15,10 @@ multi-GPU / mixed precision / DeepSpeed work unchanged and no stage re-implement
             ...; state.step += 1; bar.update(1)
             metrics.log("train", step=state.step, loss=...)
             if state.step % cfg.save_every == 0:
-                save_checkpoint(accelerator, out_dir, state, keep=2)
+                save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
+
+Every stage config subclasses `LoopSettings` (the loop's fields, their resume rule and ``to_dict``) and
+overrides only its defaults; every stage CLI takes the loop's flags from `add_loop_arguments` / `loop_kwargs`.
 
 Checkpoints (``OUT/checkpoints/step-000123/``) are `accelerator.save_state` folders (model weights as
 safetensors; optimizer, scheduler and RNG states in accelerate's own format) plus ``trainer_state.json``.
@@ -25,6 +29,7 @@ leaves a half-written checkpoint or metrics file behind.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -35,17 +40,160 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from fmrilm.errors import FmriInputError
 
 logger = logging.getLogger("fmrilm.train")
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
+#: A run's settings (its config's ``to_dict``), written at the start and compared on resume.
+TRAIN_CONFIG = "train_config.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------- loop settings
+@dataclass(kw_only=True)
+class LoopSettings:
+    """The optimisation-loop settings of every stage, in one place.
+
+    A stage config subclasses this and re-declares only the defaults it changes (the defaults here are Stage
+    3's). Keyword-only, so a subclass may still declare required fields of its own.
+    """
+
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    save_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+    threads: int | None = None
+    progress: bool | None = None  # None: a bar on a terminal only; False: never
+
+    #: Settings that may differ between a run and its resumption: where it is, how long, how often it reports.
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "out", "steps", "eval_every", "save_every", "log_every", "keep_checkpoints", "progress", "threads",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
+    """Refuse to resume a run whose settings (other than RESUMABLE_CHANGES) differ from the saved ones.
+
+    Compared key by key, so the order of the saved file does not matter; a key the saved file lacks is read
+    as None (a setting added since, at its None default, does not block an older run).
+    """
+    path = Path(out_dir) / TRAIN_CONFIG
+    if not path.exists():
+        return
+    old, new = json.loads(path.read_text()), cfg.to_dict()
+    changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise FmriInputError(
+            f"The run in this folder was started with other settings ({', '.join(changed)})",
+            file=out_dir,
+            fix="resume with the same settings, or write to a new --out folder",
+        )
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, resume: bool, cfg: LoopSettings) -> None:
+    """Create ``out_dir``; refuse to start over a run there, or to resume one started with other settings."""
+    out_dir = Path(out_dir)
+    if (
+        out_dir.exists()
+        and not resume
+        and ((out_dir / TRAIN_CONFIG).exists() or (out_dir / CHECKPOINTS_DIR).exists())
+    ):
+        raise FmriInputError(
+            "The output folder already holds a training run",
+            file=out_dir,
+            fix="pass --resume to continue it, or choose another --out",
+        )
+    if resume:
+        check_resume_config(cfg, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (None: leave as is); the previous number is restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# -------------------------------------------------------------------------------------------- CLI flags
+_LOOP_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "eval_every", "save_every", "log_every", "seed")
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings | type[LoopSettings]) -> None:
+    """The loop flags of every training command, defaulting to one stage's config (class or instance).
+
+    ``--mixed-precision`` is added only for configs that have that field; ``--resume`` is a flag, not a setting.
+    """
+    p = parser
+    for name in _LOOP_FLAGS:
+        kind = float if name == "lr" else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+    if "mixed_precision" in {f.name for f in fields(defaults)}:
+        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=defaults.mixed_precision)
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The loop settings parsed by `add_loop_arguments`, as keyword arguments of a stage config."""
+    kwargs = {name: getattr(args, name) for name in _LOOP_FLAGS}
+    if hasattr(args, "mixed_precision"):
+        kwargs["mixed_precision"] = args.mixed_precision
+    kwargs["threads"] = args.threads
+    kwargs["progress"] = False if args.no_progress else None
+    return kwargs
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """LoRA flags of the commands that train adapters (`fmrilm train align` / `instruct`, `fmrilm finetune`)."""
+    p = parser
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument(
+        "--target-modules",
+        default="all-linear",
+        help="LoRA targets: 'all-linear' or comma-separated module names",
+    )
+
+
+def lora_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``lora`` setting (`fmrilm.model.adapters.LoraSettings` keywords) parsed by `add_lora_arguments`."""
+    targets = args.target_modules
+    return {
+        "r": args.lora_r,
+        "alpha": args.lora_alpha,
+        "dropout": args.lora_dropout,
+        "target_modules": targets
+        if targets == "all-linear"
+        else [t.strip() for t in targets.split(",") if t.strip()],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ accelerate

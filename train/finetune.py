@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fmrilm.train.common import TRAIN_CONFIG, prepare_out_dir, torch_threads
 from fmrilm.train.stage3 import (
     LoopConfig,
     build_examples,
@@ -42,7 +43,6 @@ from fmrilm.train.stage3 import (
     fit,
     is_main_process,
     load_trainable_model,
-    prepare_out_dir,
     resolve_model_dir,
 )
 
@@ -52,11 +52,10 @@ logger = logging.getLogger("fmrilm.train.finetune")
 
 FINETUNE_FILE = "fmrilm_finetune.json"
 SPLIT_FILE = "split.json"
-TRAIN_CONFIG = "train_config.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneConfig(LoopConfig):
     """Everything a fine-tuning run depends on; saved as ``train_config.json`` and checked on resume."""
 
@@ -68,6 +67,7 @@ class FinetuneConfig(LoopConfig):
     split: str | None = None
     test_size: float = 0.2
     paradigms: list[str] = field(default_factory=lambda: ["brain"])
+    # fine-tuning's loop defaults: few examples, a short run at a higher rate
     steps: int = 200
     lr: float = 5e-4
 
@@ -165,7 +165,11 @@ def instruction_rows(cohort: Any, rows: list[int], spec: Any, bound: Any, paradi
 # --------------------------------------------------------------------------------------------------- running
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     """Fine-tune LoRA adapters for one task on a cohort; writes the adapters-only folder ``cfg.out``."""
-    import torch
+    with torch_threads(cfg.threads):
+        return _finetune(cfg, resume)
+
+
+def _finetune(cfg: FinetuneConfig, resume: bool) -> Path:
     from fmrilm.instructions.builder import bind_task
     from fmrilm.instructions.spec import load_task
     from fmrilm.train.common import write_json
@@ -173,8 +177,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     from fmrilm.cohort import load_cohort
     from fmrilm.model.scoring import TaskCard, store_tasks
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     out_dir = Path(cfg.out)
     prepare_out_dir(out_dir, resume, cfg)
     base_dir = resolve_model_dir(cfg.model)

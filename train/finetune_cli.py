@@ -11,7 +11,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.train.finetune import FinetuneConfig
-    from fmrilm.train.stage3 import add_loop_arguments
+    from fmrilm.train.stage3 import add_tuning_arguments
 
     p = parser
     p.add_argument(
@@ -33,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--paradigms", default="brain", help="comma-separated paradigms to train (default: brain)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (adapters only)")
-    add_loop_arguments(p, FinetuneConfig())
+    add_tuning_arguments(p, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     from fmrilm.train.common import setup_logging
     from fmrilm.train.finetune import FinetuneConfig, finetune
-    from fmrilm.train.stage3 import loop_kwargs
+    from fmrilm.train.stage3 import tuning_kwargs
 
     setup_logging()
     cfg = FinetuneConfig(
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         test_size=args.test_size,
         paradigms=[p.strip() for p in args.paradigms.split(",") if p.strip()],
-        **loop_kwargs(args),
+        **tuning_kwargs(args),
     )
     out = finetune(cfg, resume=args.resume)
     print(f"fine-tuned adapters written to {out} (load with fmrilm.train.finetune.load_finetuned)")

@@ -21,17 +21,24 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fmrilm.train.common import (
+    TRAIN_CONFIG,
+    LoopSettings,
+    add_loop_arguments,
+    loop_kwargs,
+    prepare_out_dir,
+    torch_threads,
+)
 
 from fmrilm.errors import FmriInputError
 
 logger = logging.getLogger("fmrilm.train.stage1")
 
-TRAIN_CONFIG = "train_config.json"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
 #: Windows with fewer real samples than this share of the window are not used (mostly padding).
@@ -51,9 +58,13 @@ _NON_TEXT_COLUMNS = {
 }
 
 
-@dataclass
-class Stage1Config:
-    """Everything a Stage 1 run depends on; saved as ``train_config.json`` and checked on resume."""
+@dataclass(kw_only=True)
+class Stage1Config(LoopSettings):
+    """Everything a Stage 1 run depends on; saved as ``train_config.json`` and checked on resume.
+
+    The loop settings (steps, lr, checkpoints, ...) and the resume rule come from `LoopSettings`; Stage 1
+    re-declares the defaults it changes (a small model trained from scratch: more, larger steps).
+    """
 
     cohorts: list[str]
     out: str
@@ -67,36 +78,18 @@ class Stage1Config:
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
+    quantizer_warmup_steps: int = 100
+    val_fraction: float = 0.1
+    max_val_windows: int = 1024
+    # Stage 1's loop defaults
     steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
-    quantizer_warmup_steps: int = 100
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    grad_clip: float = 1.0
-    val_fraction: float = 0.1
     eval_every: int = 250
     save_every: int = 250
     log_every: int = 25
-    keep_checkpoints: int = 2
-    max_val_windows: int = 1024
-    seed: int = 0
-    threads: int | None = None
-    progress: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = (
-        "steps",
-        "eval_every",
-        "save_every",
-        "log_every",
-        "keep_checkpoints",
-        "progress",
-        "threads",
-    )
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -264,32 +257,10 @@ def _text_embedder(cfg: Stage1Config, out_dir: Path):
     )
 
 
-def _check_resume_config(cfg: Stage1Config, out_dir: Path) -> None:
-    path = out_dir / TRAIN_CONFIG
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    new = cfg.to_dict()
-    changed = sorted(k for k in new if k not in Stage1Config.RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise FmriInputError(
-            f"The run in this folder was started with other settings ({', '.join(changed)})",
-            file=out_dir,
-            fix="resume with the same settings, or write to a new --out folder",
-        )
-
-
 def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
     """Run Stage 1 and write the trained tokenizer to ``cfg.out``; returns that folder."""
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _train(cfg, resume)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(cfg: Stage1Config, resume: bool) -> Path:
@@ -313,16 +284,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
     if not cfg.cohorts:
         raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
     out_dir = Path(cfg.out)
-    if out_dir.exists() and not resume and any(out_dir.iterdir()):
-        if (out_dir / TRAIN_CONFIG).exists() or (out_dir / "checkpoints").exists():
-            raise FmriInputError(
-                "The output folder already holds a training run",
-                file=out_dir,
-                fix="pass --resume to continue it, or choose another --out",
-            )
-    if resume:
-        _check_resume_config(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, resume, cfg)
     loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
     accelerator = make_accelerator(out_dir, seed=cfg.seed)
     # progress bars: None = automatic (shown on a terminal), False = never; only the main process shows them
@@ -640,6 +602,17 @@ def evaluate(model: Any, sets: list[WindowSet], text_table: Any = None, seed: in
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
+#: Loss settings with a flag of their own (``--mask-ratio`` ...), defaulting to `TokenizerLossConfig`'s.
+_LOSS_FLAGS = (
+    "reconstruction_weight",
+    "mask_ratio",
+    "commitment_weight",
+    "alignment_weight",
+    "adversarial_weight",
+    "site_weight",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.tokenizer.losses import TokenizerLossConfig
 
@@ -660,37 +633,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (tokenizer, metrics, checkpoints)"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--init-from", default=None, metavar="DIR", help="start from a saved tokenizer")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base", "large"])
     p.add_argument("--quantizer", choices=["vq", "fsq"], default=None)
     p.add_argument("--codebook-size", type=int, default=None)
     p.add_argument("--num-latents", type=int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    add_loop_arguments(p, Stage1Config)
     p.add_argument(
         "--quantizer-warmup-steps",
         type=int,
         default=100,
         help="first steps decode continuous latents (at most a third of --steps)",
     )
-    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out per cohort")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    for name in (
-        "reconstruction_weight",
-        "mask_ratio",
-        "commitment_weight",
-        "alignment_weight",
-        "adversarial_weight",
-        "site_weight",
-    ):
+    for name in _LOSS_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument(
         "--text-columns",
@@ -705,7 +662,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="descriptor embedding: mean of the LLM's last hidden states (paper; slow on CPU) or of its input "
         "token embeddings (no transformer pass; seconds on CPU)",
     )
-    p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> Stage1Config:
@@ -719,17 +675,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         }.items()
         if v is not None
     }
-    loss = {
-        k: getattr(args, k)
-        for k in (
-            "reconstruction_weight",
-            "mask_ratio",
-            "commitment_weight",
-            "alignment_weight",
-            "adversarial_weight",
-            "site_weight",
-        )
-    }
+    loss = {k: getattr(args, k) for k in _LOSS_FLAGS}
     return Stage1Config(
         cohorts=[str(c) for c in args.cohort],
         out=str(args.out),
@@ -743,18 +689,9 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         preset=args.preset,
         model=model,
         loss=loss,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
         quantizer_warmup_steps=args.quantizer_warmup_steps,
-        warmup_steps=args.warmup_steps,
         val_fraction=args.val_fraction,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        threads=args.threads,
-        progress=False if args.no_progress else None,
+        **loop_kwargs(args),
     )
 
 

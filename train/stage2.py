@@ -24,18 +24,27 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fmrilm.train.common import (
+    TRAIN_CONFIG,
+    LoopSettings,
+    add_loop_arguments,
+    add_lora_arguments,
+    loop_kwargs,
+    lora_from_args,
+    prepare_out_dir,
+    torch_threads,
+)
 
 from fmrilm.errors import FmriInputError
 from fmrilm.model.processing import valid_windows
 
 logger = logging.getLogger("fmrilm.train.stage2")
 
-TRAIN_CONFIG = "train_config.json"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
@@ -51,9 +60,12 @@ DESCRIBE_PROMPTS = (
 )
 
 
-@dataclass
-class Stage2Config:
-    """Everything a Stage 2 run depends on; saved as ``train_config.json`` and checked on resume."""
+@dataclass(kw_only=True)
+class Stage2Config(LoopSettings):
+    """Everything a Stage 2 run depends on; saved as ``train_config.json`` and checked on resume.
+
+    The loop settings and the resume rule come from `LoopSettings`; Stage 2 takes fewer, smaller steps.
+    """
 
     cohorts: list[str]
     tokenizer: str
@@ -70,33 +82,15 @@ class Stage2Config:
     max_length: int = 1024
     replay_file: str | None = None
     text_columns: list[str] | None = None
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
     val_fraction: float = 0.1
     max_val_examples: int = 32
-    eval_every: int = 100
-    save_every: int = 100
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
     dtype: str | None = None
     quantization: str | None = None
     optim_8bit: bool = False
     mixed_precision: str | None = None
-    threads: int | None = None
-    progress: bool | None = None
-
-    #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = (
-        "out", "steps", "eval_every", "save_every", "log_every", "keep_checkpoints", "progress", "threads",
-    )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    # Stage 2's loop defaults
+    steps: int = 300
+    batch_size: int = 4
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -260,20 +254,6 @@ def reference_from_corpus(corpus_dirs: list[str]) -> dict[str, Any] | None:
 
 
 # -------------------------------------------------------------------------------------------------- training
-def _check_resume_config(cfg: Stage2Config, out_dir: Path) -> None:
-    path = out_dir / TRAIN_CONFIG
-    if not path.exists():
-        return
-    old, new = json.loads(path.read_text()), cfg.to_dict()
-    changed = sorted(k for k in new if k not in Stage2Config.RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise FmriInputError(
-            f"The run in this folder was started with other settings ({', '.join(changed)})",
-            file=out_dir,
-            fix="resume with the same settings, or write to a new --out folder",
-        )
-
-
 def _trainable_only_checkpoints(accelerator: Any) -> None:
     """Checkpoints hold the trainable tensors only: the frozen LLM is rebuilt from its source on resume."""
     from safetensors.torch import load_file
@@ -345,6 +325,11 @@ def build_model(cfg: Stage2Config, fmri_tokenizer: Any, atlas: Any, reference: d
 
 def train_align(cfg: Stage2Config, resume: bool = False) -> Path:
     """Run Stage 2 and write the aligned model to ``OUT/model``; returns that folder."""
+    with torch_threads(cfg.threads):
+        return _train_align(cfg, resume)
+
+
+def _train_align(cfg: Stage2Config, resume: bool) -> Path:
     import torch
     from fmrilm.train.common import (
         MetricsLog,
@@ -364,8 +349,6 @@ def train_align(cfg: Stage2Config, resume: bool = False) -> Path:
     from fmrilm.model.quantization import make_optimizer
     from fmrilm.tokenizer import FmriTokenizerModel
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     if not cfg.cohorts:
         raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
     weights = {t: float(cfg.weights.get(t, 0.0)) for t in TASKS}
@@ -379,19 +362,7 @@ def train_align(cfg: Stage2Config, resume: bool = False) -> Path:
             fix="pass --corpus DIR (fmrilm corpus build), or --weight-describe 0",
         )
     out_dir = Path(cfg.out)
-    if (
-        out_dir.exists()
-        and not resume
-        and ((out_dir / TRAIN_CONFIG).exists() or (out_dir / "checkpoints").exists())
-    ):
-        raise FmriInputError(
-            "The output folder already holds a training run",
-            file=out_dir,
-            fix="pass --resume to continue it, or choose another --out",
-        )
-    if resume:
-        _check_resume_config(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, resume, cfg)
     accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     _trainable_only_checkpoints(accelerator)
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
@@ -586,15 +557,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base", default=None, help="base LLM: hub id, folder or .gguf (default: SmolLM2-135M-Instruct)"
     )
     p.add_argument("--init-from", default=None, metavar="DIR", help="continue from a saved fmrilm model")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument(
-        "--target-modules",
-        default="all-linear",
-        help="LoRA targets: 'all-linear' or comma-separated module names",
-    )
+    add_lora_arguments(p)
     p.add_argument(
         "--weight-describe", type=float, default=1.0, help="share of fMRI -> descriptor text examples"
     )
@@ -609,31 +572,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--context-windows", type=int, default=2, help="windows of context for forecasting")
     p.add_argument("--max-windows", type=int, default=4, help="windows of a whole scan shown to the model")
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup-steps", type=int, default=20)
+    add_loop_arguments(p, Stage2Config)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out")
-    p.add_argument("--eval-every", type=int, default=100)
     p.add_argument(
         "--max-val-examples", type=int, default=32, help="held-out examples per task at each evaluation"
     )
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--quantization", choices=["4bit", "8bit"], default=None, help="QLoRA (bitsandbytes, GPU)")
     p.add_argument("--optim-8bit", action="store_true", help="bitsandbytes 8-bit AdamW (GPU)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> Stage2Config:
-    targets = args.target_modules
-    target_modules: list[str] | str = (
-        targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    )
     return Stage2Config(
         cohorts=[str(c) for c in args.cohort],
         tokenizer=str(args.tokenizer),
@@ -641,12 +590,7 @@ def config_from_args(args: argparse.Namespace) -> Stage2Config:
         corpus=[str(c) for c in args.corpus],
         base=args.base,
         init_from=args.init_from,
-        lora={
-            "r": args.lora_r,
-            "alpha": args.lora_alpha,
-            "dropout": args.lora_dropout,
-            "target_modules": target_modules,
-        },
+        lora=lora_from_args(args),
         weights={
             "describe": args.weight_describe,
             "forecast": args.weight_forecast,
@@ -659,22 +603,12 @@ def config_from_args(args: argparse.Namespace) -> Stage2Config:
         text_columns=[c.strip() for c in args.text_columns.split(",") if c.strip()]
         if args.text_columns
         else None,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
         val_fraction=args.val_fraction,
-        eval_every=args.eval_every,
         max_val_examples=args.max_val_examples,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        seed=args.seed,
         dtype=args.dtype,
         quantization=args.quantization,
         optim_8bit=args.optim_8bit,
-        mixed_precision=args.mixed_precision,
-        threads=args.threads,
-        progress=False if args.no_progress else None,
+        **loop_kwargs(args),
     )
 
 

@@ -26,17 +26,26 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fmrilm.train.common import (
+    TRAIN_CONFIG,
+    LoopSettings,
+    add_loop_arguments,
+    add_lora_arguments,
+    loop_kwargs,
+    lora_from_args,
+    prepare_out_dir,
+    torch_threads,
+)
 
 from fmrilm.errors import FmriInputError
 
 logger = logging.getLogger("fmrilm.train.stage3")
 
-TRAIN_CONFIG = "train_config.json"
 METRICS_FILE = "metrics.json"
 DATA_FILE = "data.json"
 MODEL_DIR = "model"
@@ -45,38 +54,18 @@ PROCESSOR_CONFIG = "fmri_processor_config.json"
 TEST_PART, VAL_PART = "test", "val"
 
 
-@dataclass
-class LoopConfig:
-    """Optimisation settings shared by Stage 3 and fine-tuning."""
+@dataclass(kw_only=True)
+class LoopConfig(LoopSettings):
+    """Settings of `fit`, shared by Stage 3 and fine-tuning: the loop (`LoopSettings`, whose defaults are
+    Stage 3's), the LoRA adapters and the examples."""
 
-    steps: int = 500
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
     lora: dict[str, Any] = field(default_factory=dict)
     max_length: int = 2048
     max_val_examples: int = 256
-    eval_every: int = 100
-    save_every: int = 100
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
     mixed_precision: str | None = None
-    threads: int | None = None
-    progress: bool | None = None
-
-    #: Fields that may differ between a run and its resumption.
-    RESUMABLE_CHANGES = (
-        "out", "steps", "eval_every", "save_every", "log_every", "keep_checkpoints", "progress", "threads",
-    )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InstructConfig(LoopConfig):
     """Everything a Stage 3 run depends on; saved as ``train_config.json`` and checked on resume."""
 
@@ -268,37 +257,6 @@ def batch_rows(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-def check_resume_config(cfg: Any, out_dir: Path) -> None:
-    """Refuse to resume a run whose settings (other than RESUMABLE_CHANGES) differ from the saved ones."""
-    path = out_dir / TRAIN_CONFIG
-    if not path.exists():
-        return
-    old, new = json.loads(path.read_text()), cfg.to_dict()
-    changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise FmriInputError(
-            f"The run in this folder was started with other settings ({', '.join(changed)})",
-            file=out_dir,
-            fix="resume with the same settings, or write to a new --out folder",
-        )
-
-
-def prepare_out_dir(out_dir: Path, resume: bool, cfg: Any) -> None:
-    if (
-        out_dir.exists()
-        and not resume
-        and ((out_dir / TRAIN_CONFIG).exists() or (out_dir / "checkpoints").exists())
-    ):
-        raise FmriInputError(
-            "The output folder already holds a training run",
-            file=out_dir,
-            fix="pass --resume to continue it, or choose another --out",
-        )
-    if resume:
-        check_resume_config(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def fit(
     model: Any,
     train: list[dict[str, Any]],
@@ -439,13 +397,15 @@ def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: b
 
 def train_instruct(cfg: InstructConfig, resume: bool = False) -> Path:
     """Run Stage 3 and write the tuned model to ``OUT/model``; returns that folder."""
-    import torch
+    with torch_threads(cfg.threads):
+        return _train_instruct(cfg, resume)
+
+
+def _train_instruct(cfg: InstructConfig, resume: bool) -> Path:
     from fmrilm.train.common import write_json
 
     from fmrilm.model.scoring import store_tasks
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     out_dir = Path(cfg.out)
     prepare_out_dir(out_dir, resume, cfg)
     sources = load_sources(cfg.instructions, cfg.cohorts or None)
@@ -502,53 +462,16 @@ def is_main_process() -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def add_loop_arguments(p: argparse.ArgumentParser, defaults: LoopConfig) -> None:
-    """Optimisation flags shared by `fmrilm train instruct` and `fmrilm finetune`."""
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument(
-        "--target-modules",
-        default="all-linear",
-        help="LoRA targets: 'all-linear' or comma-separated module names",
-    )
+def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig]) -> None:
+    """Flags of a `LoopConfig` (`fmrilm train instruct`, `fmrilm finetune`): loop, LoRA, longest example."""
+    add_lora_arguments(p)
     p.add_argument("--max-length", type=int, default=defaults.max_length, help="longest example in tokens")
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--save-every", type=int, default=defaults.save_every)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    add_loop_arguments(p, defaults)
 
 
-def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    targets = args.target_modules
-    return {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "warmup_steps": args.warmup_steps,
-        "lora": {
-            "r": args.lora_r,
-            "alpha": args.lora_alpha,
-            "dropout": args.lora_dropout,
-            "target_modules": targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        },
-        "max_length": args.max_length,
-        "eval_every": args.eval_every,
-        "save_every": args.save_every,
-        "log_every": args.log_every,
-        "seed": args.seed,
-        "mixed_precision": args.mixed_precision,
-        "threads": args.threads,
-        "progress": False if args.no_progress else None,
-    }
+def tuning_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The `LoopConfig` keywords parsed by `add_tuning_arguments`."""
+    return {**loop_kwargs(args), "lora": lora_from_args(args), "max_length": args.max_length}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -566,7 +489,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--new-adapters", action="store_true", help="merge the model's adapters and train fresh LoRA on top"
     )
     p.add_argument("--max-windows", type=int, default=None, help="windows of a whole scan shown to the model")
-    add_loop_arguments(p, InstructConfig())
+    add_tuning_arguments(p, InstructConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> InstructConfig:
@@ -577,7 +500,7 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         cohorts=[str(c) for c in args.cohort],
         new_adapters=bool(args.new_adapters),
         max_windows=args.max_windows,
-        **loop_kwargs(args),
+        **tuning_kwargs(args),
     )
 
 

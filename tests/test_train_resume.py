@@ -1,0 +1,44 @@
+"""Resuming a run of any stage: the loop settings (one shared `LoopSettings`) decide what may change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fmrilm.train.common import TRAIN_CONFIG, LoopSettings, prepare_out_dir
+from fmrilm.train.finetune import FinetuneConfig
+from fmrilm.train.stage1 import Stage1Config
+from fmrilm.train.stage2 import Stage2Config
+from fmrilm.train.stage3 import InstructConfig
+
+from fmrilm.errors import FmriInputError
+
+CONFIGS = {
+    "tokenizer": lambda out, **kw: Stage1Config(cohorts=["c"], out=out, **kw),
+    "align": lambda out, **kw: Stage2Config(cohorts=["c"], tokenizer="t", out=out, **kw),
+    "instruct": lambda out, **kw: InstructConfig(model="m", instructions=["i"], out=out, **kw),
+    "finetune": lambda out, **kw: FinetuneConfig(model="m", cohort="c", task="sex", out=out, **kw),
+}
+
+
+@pytest.mark.parametrize("stage", CONFIGS)
+def test_a_saved_run_resumes_with_more_steps_but_not_with_another_learning_rate(stage, tmp_path):
+    make = CONFIGS[stage]
+    first = make(str(tmp_path / "run"))
+    assert isinstance(first, LoopSettings)
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = first.to_dict()
+    # the saved file's key order is not part of the contract (older versions wrote another order)
+    (run / TRAIN_CONFIG).write_text(json.dumps(dict(reversed(list(saved.items())))))
+
+    with pytest.raises(FmriInputError, match="--resume"):
+        prepare_out_dir(run, resume=False, cfg=first)
+    # a longer run, reporting more often, from a moved folder: allowed
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    longer = make(str(moved), steps=first.steps * 2, eval_every=1, log_every=1, threads=1, progress=False)
+    prepare_out_dir(moved, resume=True, cfg=longer)
+    # another learning rate or seed changes what is learned: refused, naming the settings
+    with pytest.raises(FmriInputError, match=r"\(lr, seed\)"):
+        prepare_out_dir(moved, resume=True, cfg=make(str(moved), lr=first.lr * 10, seed=first.seed + 1))
