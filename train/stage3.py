@@ -232,14 +232,14 @@ def task_cards(sources: list[InstructionSource]) -> list[Any]:
             options = info.get("options") or None
             card = TaskCard.from_spec(spec, options=options, mapping=mapping)
             if name in cards and cards[name].options != card.options:
-                logger.warning(
-                    "task %s has answers %s in %s but %s in an earlier set: the model stores the first; "
-                    "score the others with predict(..., options=[...])",
-                    name,
-                    card.options,
-                    source.directory,
-                    cards[name].options,
-                )
+                # Same task, other answers (e.g. sim "patient" vs ABIDE "autism"): keep both, the later one
+                # under NAME@COHORT, so `predict(scan, "diagnosis@abide")` scores the ABIDE answers.
+                alias = f"{name}@{source.cohort.name}"
+                logger.info(
+                    "task %s has answers %s in %s but %s in an earlier set: stored as '%s'",
+                    name, card.options, source.directory, cards[name].options, alias,
+                )  # fmt: skip
+                cards.setdefault(alias, TaskCard.from_dict({**card.to_dict(), "name": alias}))
                 continue
             cards.setdefault(name, card)
     return list(cards.values())
@@ -510,5 +510,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     out = train_instruct(config_from_args(args), resume=args.resume)
     summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
-    print(f"instruction-tuned model written to {out} (best held-out loss {summary.get('best_val_loss')})")
+    best = summary.get("best_val_loss")
+    held_out = "no validation rows in the sets" if best is None else f"best held-out loss {best:.4f}"
+    print(f"instruction-tuned model written to {out} ({held_out})")
     return 0
