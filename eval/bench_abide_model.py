@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per few-shot run")
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--full", action="store_true", help="also fine-tune on every training-site subject (full fine-tuning)"
+    )
+    parser.add_argument("--full-steps", type=int, default=200, help="optimizer steps of the full fine-tune")
     parser.add_argument("--code-features", default="latents", choices=("latents", "histogram"))
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--n-boot", type=int, default=1000)
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 steps=args.steps,
                 lr=args.lr,
+                full=args.full,
+                full_steps=args.full_steps,
                 code_features=args.code_features,
                 n_boot=args.n_boot,
                 threads=args.threads,

@@ -246,3 +246,24 @@ def test_planted_diagnosis_effect_is_predicted_above_chance_on_held_out_subjects
     assert set(test["label"]) == {"patient", "control"}
     auc = roc_auc_score(test["label"] == "patient", test["p:patient"])
     assert auc > 0.75, f"held-out AUC {auc:.3f}"
+
+
+def test_a_task_with_other_answers_in_a_second_set_is_kept_under_its_cohort_name(tmp_path):
+    """Two cohorts label diagnosis differently (simulator 'patient', ABIDE 'autism'): both stay scorable."""
+    from types import SimpleNamespace
+
+    from fmrilm.train.stage3 import InstructionSource, task_cards
+
+    spec = load_task("diagnosis")
+
+    def source(name: str, options: list[str]) -> InstructionSource:
+        meta = {"tasks": {"diagnosis": {"options": options}}}
+        return InstructionSource(tmp_path / name, None, meta, {"diagnosis": spec}, SimpleNamespace(name=name))
+
+    cards = {
+        c.name: c
+        for c in task_cards([source("sim", ["control", "patient"]), source("abide", ["autism", "control"])])
+    }
+    assert set(cards) == {"diagnosis", "diagnosis@abide"}
+    assert set(cards["diagnosis"].options) == {"control", "patient"}
+    assert set(cards["diagnosis@abide"].options) == {"autism", "control"}
