@@ -131,7 +131,7 @@ class Demo:
         self.timings.append((title, elapsed))
         if code != 0:
             raise SystemExit(f"demo step failed ({title}); fix the error above and re-run to resume")
-        print(f"    done in {elapsed:.0f} s", flush=True)
+        print(f"    done in {elapsed:.0f} s (peak memory so far {peak_mib():.0f} MiB)", flush=True)
 
     def common(self) -> list[str]:
         return ["--threads", str(self.threads)] if self.threads else []
@@ -335,7 +335,6 @@ class Demo:
         return reports
 
     def summary(self, reports: list[Path], wall: float) -> None:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("\n" + "=" * 100)
         for report in reports:
             md = report / "report.md"
@@ -346,9 +345,15 @@ class Demo:
         print("Step times:")
         for title, seconds in self.timings:
             print(f"  {seconds:7.0f} s  {title}")
-        print(f"Demo wall time {wall / 60:.1f} min; peak memory {peak_mib:.0f} MiB (this process).")
+        print(f"Demo wall time {wall / 60:.1f} min; peak memory {peak_mib():.0f} MiB (this process).")
         print(f"Everything is in {self.out}/ ; the trained model loads with FmriLM.from_pretrained.")
         sys.stdout.flush()
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory so far; every step runs in this process, so it covers them all."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # macOS reports bytes, Linux KiB
 
 
 def reference_answers(instruction_set: str, scan_id: str) -> dict[str, str]:
