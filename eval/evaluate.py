@@ -144,17 +144,21 @@ def resolve_eval_split(
     from fmrilm.splits import leave_sites_out_split, list_splits, stratified_split
 
     kind = str(cfg.split)
+    # A split stored in the cohort under this name wins over making a fresh one of that kind: `fmrilm cohort
+    # split --kind leave-sites-out` stores "leave-sites-out", and a model trained on its train part must be
+    # scored on exactly its test part. Explicit --test-sites still make a fresh leave-sites-out split.
+    stored_by_name = kind in list_splits(cfg.cohort) and not cfg.test_sites
     if cfg.test_sites and kind != "leave-sites-out":
         raise FmriInputError(
             f"--test-sites only applies to a leave-sites-out split, not to '{kind}'",
             fix="pass --split leave-sites-out with --test-sites, or drop --test-sites",
         )
-    if kind == "leave-sites-out":
+    if kind == "leave-sites-out" and not stored_by_name:
         split = leave_sites_out_split(
             cohort, test_sites=cfg.test_sites or None, n_test_sites=cfg.n_test_sites, seed=cfg.seed
         )
         how = {"kind": kind, "test_sites": _sites_of(cohort, split["test"]), "seed": cfg.seed}
-    elif kind == "stratified":
+    elif kind == "stratified" and not stored_by_name:
         split = stratified_split(cohort, label=label, test_size=cfg.test_size, seed=cfg.seed)
         how = {"kind": kind, "label": label, "test_size": cfg.test_size, "seed": cfg.seed}
     else:

@@ -187,3 +187,37 @@ def test_unknown_task_or_site_is_one_clear_error(setup, capsys):
     with pytest.raises(FmriInputError, match="fewer than k=50"):
         evaluate(EvalConfig(str(root / "model"), str(root / "cohort"), "sex", str(root / "bad4"), shots=[50]))
     assert not [p.name for p in root.iterdir() if "bad" in p.name]  # nothing half-written, no work folder
+
+
+def test_a_split_stored_under_the_kind_name_is_the_one_evaluated(setup, tmp_path):
+    """`cohort split --kind leave-sites-out` stores 'leave-sites-out'; eval --split leave-sites-out must score
+    exactly its test sites (the sites a model was trained without), not a fresh one-site split."""
+    import shutil
+
+    from fmrilm.eval.evaluate import resolve_eval_split
+
+    from fmrilm.cohort import load_cohort
+
+    root, _ = setup
+    cohort_dir = tmp_path / "cohort"
+    shutil.copytree(root / "cohort", cohort_dir)
+    split_cli = [
+        "cohort",
+        "split",
+        str(cohort_dir),
+        "--kind",
+        "leave-sites-out",
+        "--test-sites",
+        "site-2,site-3",
+    ]
+    assert main(split_cli) == 0
+    cohort = load_cohort(cohort_dir)
+    cfg = EvalConfig(str(root / "model"), str(cohort_dir), "sex", str(tmp_path / "out"))
+    split, how = resolve_eval_split(cfg, cohort, "sex")
+    assert how["test_sites"] == ["site-2", "site-3"]
+    fresh, how_fresh = resolve_eval_split(
+        EvalConfig(str(root / "model"), str(cohort_dir), "sex", str(tmp_path / "o2"), test_sites=["site-1"]),
+        cohort,
+        "sex",
+    )
+    assert how_fresh["test_sites"] == ["site-1"]  # explicit sites still make a fresh split
