@@ -6,7 +6,8 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default) fits about 20 minutes on 2 cores; ``full`` and ``gpu`` are bigger.
+time for quality: ``cpu`` (default) took 12.5 minutes on an idle 2-core CPU (goal: 20); ``full`` and ``gpu``
+are bigger.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ABIDE_TEST_SITES = ("UCLA_1", "KKI", "OHSU")
 
 @dataclass
 class Preset:
-    """Sizes of every step; ``cpu`` is tuned to finish in about 20 minutes on 2 CPU cores."""
+    """Sizes of every step; ``cpu`` finishes in about 12.5 minutes on an idle 2-core CPU (BENCHMARKS.md)."""
 
     sim_subjects: int = 120
     tokenizer_preset: str = "small"
