@@ -267,3 +267,38 @@ def test_a_task_with_other_answers_in_a_second_set_is_kept_under_its_cohort_name
     assert set(cards) == {"diagnosis", "diagnosis@abide"}
     assert set(cards["diagnosis"].options) == {"control", "patient"}
     assert set(cards["diagnosis@abide"].options) == {"autism", "control"}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """`--gradient-checkpointing` trades compute for memory only: LoRA and brain-row gradients are unchanged."""
+    from fmrilm.train.common import enable_gradient_checkpointing
+
+    from fmrilm.model.adapters import LoraSettings
+
+    def lora_grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        llm, tok = tiny_causal_lm("llama", initializer_range=0.3)
+        model = FmriLM.from_base(
+            llm, tokenizer=tok, fmri_tokenizer=tiny_fmri_tokenizer(codebook_size=CODEBOOK)
+        )
+        model.add_adapters(LoraSettings(r=4, alpha=8, dropout=0.0))
+        model.llm.train()
+        if checkpointing:
+            enable_gradient_checkpointing(model.llm)
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.llm.modules())
+        ids = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(0))
+        labels = ids.clone()
+        labels[:, :16] = IGNORE_INDEX
+        out = model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, loss_reduction="example"
+        )
+        out.loss.backward()
+        return {
+            n: p.grad.clone()
+            for n, p in model.llm.named_parameters()
+            if p.requires_grad and p.grad is not None
+        }
+
+    plain, checkpointed = lora_grads(False), lora_grads(True)
+    assert plain and plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)

@@ -83,6 +83,7 @@ class LoopSettings:
     #: Settings that may differ between a run and its resumption: where it is, how long, how often it reports.
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "out", "steps", "eval_every", "save_every", "log_every", "keep_checkpoints", "progress", "threads",
+        "gradient_checkpointing",  # memory against compute; the same gradients
     )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +145,20 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 _LOOP_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "eval_every", "save_every", "log_every", "seed")
 
 
+def enable_gradient_checkpointing(llm: Any) -> None:
+    """Checkpoint every decoder layer of ``llm`` (a peft or plain transformers model), non-reentrant.
+
+    Non-reentrant checkpointing needs no input that requires grad, so it works with LoRA on a frozen embedding.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(llm, "config", None) is not None:
+        llm.config.use_cache = False  # a cache is useless in training and conflicts with recomputation
+
+
 def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings | type[LoopSettings]) -> None:
     """The loop flags of every training command, defaulting to one stage's config (class or instance).
 
@@ -155,6 +170,12 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     if "mixed_precision" in {f.name for f in fields(defaults)}:
         p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=defaults.mixed_precision)
+    if "gradient_checkpointing" in {f.name for f in fields(defaults)}:
+        p.add_argument(
+            "--gradient-checkpointing",
+            action="store_true",
+            help="recompute the LLM's activations in the backward pass: far less memory, about a third more compute",
+        )
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -165,6 +186,8 @@ def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = {name: getattr(args, name) for name in _LOOP_FLAGS}
     if hasattr(args, "mixed_precision"):
         kwargs["mixed_precision"] = args.mixed_precision
+    if hasattr(args, "gradient_checkpointing"):
+        kwargs["gradient_checkpointing"] = bool(args.gradient_checkpointing)
     kwargs["threads"] = args.threads
     kwargs["progress"] = False if args.no_progress else None
     return kwargs

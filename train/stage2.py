@@ -34,6 +34,7 @@ from fmrilm.train.common import (
     LoopSettings,
     add_loop_arguments,
     add_lora_arguments,
+    enable_gradient_checkpointing,
     loop_kwargs,
     lora_from_args,
     prepare_out_dir,
@@ -88,6 +89,7 @@ class Stage2Config(LoopSettings):
     quantization: str | None = None
     optim_8bit: bool = False
     mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
     # Stage 2's loop defaults
     steps: int = 300
     batch_size: int = 4
@@ -410,6 +412,8 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
     model = build_model(cfg, fmri_tokenizer, cohorts[0].atlas, reference_from_corpus(cfg.corpus))
     processor = model.processor
     model.train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, eight_bit=cfg.optim_8bit)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))

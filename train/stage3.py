@@ -36,6 +36,7 @@ from fmrilm.train.common import (
     LoopSettings,
     add_loop_arguments,
     add_lora_arguments,
+    enable_gradient_checkpointing,
     loop_kwargs,
     lora_from_args,
     prepare_out_dir,
@@ -63,6 +64,7 @@ class LoopConfig(LoopSettings):
     max_length: int = 2048
     max_val_examples: int = 256
     mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass(kw_only=True)
@@ -294,6 +296,8 @@ def fit(
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
     processor = model.processor
     model.llm.train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
