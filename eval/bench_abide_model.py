@@ -176,20 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pooled: list[MethodResult] = []
     fold_values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (task, method, k, seed), rs in per_run.items():
-        p = MethodResult(
-            method=method,
-            task=task,
-            task_type=rs[0].task_type,
-            y_true=[y for r in rs for y in r.y_true],
-            y_pred=[y for r in rs for y in r.y_pred],
-            y_score=None if rs[0].y_score is None else np.concatenate([r.y_score for r in rs]),
-            classes=rs[0].classes,
-            subject_ids=[s for r in rs for s in r.subject_ids],
-            shots=k,
-            seed=seed,
-            info={"folds": len(rs)},
-        )
+    for (task, method, k, _seed), rs in per_run.items():
+        p = MethodResult.pooled(rs)
         pooled.append(p.score(n_boot=args.n_boot, seed=args.seed))
         for r in rs:
             for m, v in r.metrics.items():

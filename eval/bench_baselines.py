@@ -138,17 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for (task, method), rs in runs.items():
         metric_names = list(rs[0].metrics)
         per_fold = {m: [r.metrics[m]["value"] for r in rs] for m in metric_names}
-        pooled = MethodResult(
-            method=method,
-            task=task,
-            task_type=rs[0].task_type,
-            y_true=[y for r in rs for y in r.y_true],
-            y_pred=[y for r in rs for y in r.y_pred],
-            y_score=None if rs[0].y_score is None else np.concatenate([r.y_score for r in rs]),
-            classes=rs[0].classes,
-            subject_ids=[s for r in rs for s in r.subject_ids],
-            info={"folds": len(rs)},
-        )
+        pooled = MethodResult.pooled(rs)
         pooled.metrics = evaluate(
             "regression" if pooled.task_type == "regression" else "classification",
             pooled.y_true,

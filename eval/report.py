@@ -50,6 +50,28 @@ class MethodResult:
     info: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    @classmethod
+    def pooled(cls, runs: list[MethodResult]) -> MethodResult:
+        """One result from the same method's runs on disjoint test parts (e.g. leave-sites-out folds).
+
+        Predictions are concatenated, so the pooled metrics score every out-of-fold prediction at once;
+        ``info["folds"]`` says how many runs were pooled. Call :meth:`score` on the result.
+        """
+        first = runs[0]
+        return cls(
+            method=first.method,
+            task=first.task,
+            task_type=first.task_type,
+            y_true=[y for r in runs for y in r.y_true],
+            y_pred=[y for r in runs for y in r.y_pred],
+            y_score=None if first.y_score is None else np.concatenate([r.y_score for r in runs]),
+            classes=first.classes,
+            subject_ids=[s for r in runs for s in (r.subject_ids or [])] or None,
+            shots=first.shots,
+            seed=first.seed,
+            info={"folds": len(runs)},
+        )
+
     @property
     def n(self) -> int:
         return len(self.y_true)
