@@ -145,6 +145,18 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 _LOOP_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "eval_every", "save_every", "log_every", "seed")
 
 
+def optimizer_step(
+    accelerator: Any, loss: Any, params: list[Any], optimizer: Any, scheduler: Any, grad_clip: float
+) -> None:
+    """One update, the same in every stage: backward, optional norm clipping, step, schedule, clear grads."""
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def enable_gradient_checkpointing(llm: Any) -> None:
     """Checkpoint every decoder layer of ``llm`` (a peft or plain transformers model), non-reentrant.
 

@@ -270,6 +270,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
         TrainState,
         load_checkpoint,
         make_accelerator,
+        optimizer_step,
         progress_bar,
         save_checkpoint,
         subject_split,
@@ -496,12 +497,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
                 site_index=site_index,
                 reversal_scale=loss_cfg.gradient_reversal_scale * dann_ramp(state.step, cfg.steps),
             )
-            accelerator.backward(total)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, total, params, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
             bar.update(1)
             parts["loss"] = float(total.detach())

@@ -338,6 +338,7 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
         TrainState,
         load_checkpoint,
         make_accelerator,
+        optimizer_step,
         progress_bar,
         save_checkpoint,
         subject_split,
@@ -483,12 +484,7 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
         while state.step < cfg.steps:
             batch, names = batch_for(state.step)
             out = model(**{k: v.to(device) for k, v in batch.items()}, loss_reduction="example")
-            accelerator.backward(out.loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, out.loss, trainable, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
             bar.update(1)
             for name, loss in zip(names, out.example_losses.detach().tolist(), strict=True):

@@ -281,6 +281,7 @@ def fit(
         TrainState,
         load_checkpoint,
         make_accelerator,
+        optimizer_step,
         progress_bar,
         save_checkpoint,
         warmup_cosine,
@@ -344,12 +345,7 @@ def fit(
         while state.step < cfg.steps:
             part = [train[i] for i in batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)]
             out = model(**collate(part), loss_reduction="example")
-            accelerator.backward(out.loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, out.loss, trainable, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
             bar.update(1)
             for e, loss in zip(part, out.example_losses.detach().tolist(), strict=True):
