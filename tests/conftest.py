@@ -24,3 +24,14 @@ def abide_dir() -> Path:
             f"ABIDE data not found at {ABIDE_DIR} (it lives in ../shared/data/abide beside the checkout)"
         )
     return ABIDE_DIR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread (and CI has 2 cores); the previous count comes back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

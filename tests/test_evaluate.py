@@ -20,12 +20,7 @@ from fmrilm.errors import FmriInputError
 N_SUBJECTS, K_LATENTS, CODEBOOK = 24, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _signal_sensitive(fmri_tok):

@@ -18,13 +18,7 @@ ARCHS = ["llama", "qwen3", "gpt2"]
 K, CODEBOOK = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def build(arch: str, fmri_tokenizer=None, **kwargs) -> FmriLM:

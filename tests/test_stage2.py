@@ -18,13 +18,7 @@ from fmrilm.model.testing import random_scan, tiny_causal_lm, tiny_fmri_tokenize
 K, CODEBOOK = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_tiny_model_overfits_a_handful_of_fmri_to_descriptor_pairs():

@@ -26,12 +26,7 @@ from fmrilm.splits import save_split
 K, CODEBOOK = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def toy_cohort(n: int = 12) -> Cohort:

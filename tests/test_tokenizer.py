@@ -21,13 +21,7 @@ from fmrilm.tokenizer.losses import (
 N_REGIONS = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: small models run fastest without thread oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_config(**overrides) -> FmriTokenizerConfig:
