@@ -24,6 +24,7 @@ import numpy as np
 
 from fmrilm.atlas import Atlas
 from fmrilm.errors import FmriInputError
+from fmrilm.safety import file_mode
 
 LABELS_IMAGE = "atlas_labels.nii.gz"
 LABELS_TABLE = "atlas_labels.tsv"
@@ -72,7 +73,7 @@ def _atomic_nifti(img, path: Path) -> None:
     os.close(fd)
     try:
         img.to_filename(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; these are shareable data
+        os.chmod(tmp, file_mode())  # mkstemp makes owner-only files; give what the user's umask gives
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

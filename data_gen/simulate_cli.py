@@ -1,15 +1,14 @@
 """`fmrilm simulate`: write a synthetic resting-state cohort folder, optionally with NIfTI images.
 
 The folder is built beside the target and renamed into place only when complete, so an interrupted run
-leaves nothing half-written. Heavy imports stay inside ``run`` so `fmrilm --help` stays fast.
+leaves nothing half-written; an existing --out is used only when empty, or with --overwrite when it holds an
+earlier cohort and nothing else (see `fmrilm.safety`). Heavy imports stay inside ``run`` so `fmrilm --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 EPILOG = """examples:
@@ -82,7 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="JSON", help="settings file (keys of SimulationConfig); flags given override it"
     )
     parser.add_argument("--name", help="cohort name (default: the output folder's name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it is an existing cohort")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds an earlier cohort and nothing else (after the new one is complete)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -103,7 +106,16 @@ def build_config(args: argparse.Namespace):
             ) from exc
         if not isinstance(base, dict):
             raise FmriInputError("The settings file is not a JSON object", file=path, fix="give {key: value}")
-    config = SimulationConfig.from_dict(base)
+    try:
+        config = SimulationConfig.from_dict(base)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, FmriInputError):
+            raise
+        raise FmriInputError(
+            f"The settings file has a value of the wrong type ({exc})",
+            file=args.config,
+            fix="give numbers for numeric settings and [MIN, MAX] lists for ranges",
+        ) from exc
     flags = {
         "n_subjects": args.subjects,
         "atlas": args.atlas,
@@ -124,25 +136,80 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, f"{pheno}_effect")
         if value is not None:
             setattr(config, f"{pheno}_effect", value)
+    try:
+        config.validate()
+    except FmriInputError as exc:
+        where = f" (from the settings file {args.config} or the flags)" if args.config else ""
+        raise FmriInputError(exc.problem + where, fix=exc.fix, file=args.config) from exc
+    except (TypeError, ValueError) as exc:
+        raise FmriInputError(
+            f"A setting has a value of the wrong type ({exc})",
+            file=args.config,
+            fix="give numbers for numeric settings and [MIN, MAX] lists for ranges",
+        ) from exc
     return config
 
 
-def run(args: argparse.Namespace) -> int:
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag checked where it enters, naming the flag (NaN and infinity included)."""
+    import math
+
     from fmrilm.errors import FmriInputError
+
+    def need(ok: bool, flag: str, value, fix: str) -> None:
+        if not ok:
+            raise FmriInputError(f"{flag} is {value}, which cannot be used", fix=fix)
+
+    if args.subjects is not None:
+        need(args.subjects >= 1, "--subjects", args.subjects, "give at least 1 subject, e.g. --subjects 100")
+    if args.sites is not None:
+        need(args.sites >= 1, "--sites", args.sites, "give at least 1 site, e.g. --sites 4")
+        if args.subjects is not None:
+            need(
+                args.sites <= args.subjects,
+                "--sites",
+                args.sites,
+                f"give at most as many sites as subjects ({args.subjects})",
+            )
+    if args.timepoints is not None:
+        lo, hi = args.timepoints
+        need(
+            16 <= lo <= hi <= 100_000,
+            "--timepoints",
+            f"{lo} {hi}",
+            "give MIN MAX with 16 <= MIN <= MAX <= 100000, e.g. --timepoints 120 300",
+        )
+    if args.tr_range is not None:
+        lo, hi = args.tr_range
+        need(
+            math.isfinite(lo) and math.isfinite(hi) and 0.2 <= lo <= hi <= 10.0,
+            "--tr-range",
+            f"{lo} {hi}",
+            "give MIN MAX seconds with 0.2 <= MIN <= MAX <= 10, e.g. --tr-range 0.8 2.5",
+        )
+    for flag in ("effect_size", "diagnosis_effect", "sex_effect", "age_effect"):
+        value = getattr(args, flag)
+        if value is not None:
+            name = "--" + flag.replace("_", "-")
+            need(math.isfinite(value) and 0.0 <= value < 1.9, name, value, f"give {name} in [0, 1.9)")
+    need(args.nifti >= 0, "--nifti", args.nifti, "give 0 or a positive number of images")
+    need(
+        math.isfinite(args.voxel_mm) and 1.0 <= args.voxel_mm <= 20.0,
+        "--voxel-mm",
+        args.voxel_mm,
+        "give a grid spacing in mm between 1 and 20, e.g. --voxel-mm 5",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmrilm.safety import COHORT_OUTPUT, check_output, staged_output
 
     from .nifti import BOLD_SUFFIX, LABELS_IMAGE, write_nifti_scans
     from .simulate import simulate_cohort
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (args.overwrite and (out / "cohort.json").exists()):
-            raise FmriInputError(
-                "The output folder exists and is not empty",
-                file=out,
-                fix="choose a new --out folder, or pass --overwrite to replace an existing cohort folder",
-            )
-    if args.nifti < 0:
-        raise FmriInputError(f"--nifti is {args.nifti}", fix="give 0 or a positive number of images")
+    check_output(out, COHORT_OUTPUT, overwrite=args.overwrite)  # before the slow part
+    check_numbers(args)
     config = build_config(args)
     if args.quiet:
         import datasets
@@ -158,19 +225,11 @@ def run(args: argparse.Namespace) -> int:
             "voxel_mm": args.voxel_mm,
         }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
-    try:
-        cohort.save(stage)
+    # Written beside --out and renamed in when complete; cohort.json (the mark of a complete cohort) last.
+    with staged_output(out, COHORT_OUTPUT, overwrite=args.overwrite) as stage:
         if n_nifti:
             write_nifti_scans(cohort, stage / "nifti", n_nifti, voxel_mm=args.voxel_mm, seed=config.seed)
-        stage.chmod(0o755)  # the temporary folder was created owner-only
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        cohort.write_into(stage)
 
     table = cohort.phenotype_table()
     site_text = ", ".join(

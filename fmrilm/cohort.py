@@ -17,8 +17,6 @@ in, from ``scan.flags['bad_regions']``, so no repair is silent), plus one column
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,28 +157,34 @@ class Cohort:
         return cls(dataset=dataset, atlas=atlas, name=name, phenotypes=kinds, meta=meta or {})
 
     # ------------------------------------------------------------------------------------------- persistence
-    def save(self, directory: str | Path) -> Path:
-        """Write atomically: a temporary sibling folder is renamed into place only when complete."""
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the cohort folder beside ``directory`` and rename it into place only when complete.
+
+        ``directory`` must not exist, be empty, or (with ``overwrite``) hold an earlier cohort and nothing else;
+        the earlier cohort is removed only after the new one is in place (see `fmrilm.safety`).
+        """
+        from fmrilm.safety import COHORT_OUTPUT, staged_output
+
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            self.dataset.save_to_disk(str(tmp / DATASET_DIR))
-            meta = {
-                "name": self.name,
-                "atlas": self.atlas.to_dict(),
-                "phenotypes": self.phenotypes,
-                "meta": self.meta,
-                "n_scans": len(self),
-            }
-            (tmp / COHORT_META).write_text(json.dumps(meta, indent=1, default=_json_default))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staged_output(directory, COHORT_OUTPUT, overwrite=overwrite, flag="the output folder") as stage:
+            self.write_into(stage)
         return directory
+
+    def write_into(self, folder: str | Path) -> None:
+        """Write ``dataset/`` and then ``cohort.json`` (the file that marks a complete cohort) into ``folder``.
+
+        Not atomic by itself: `save` calls it on a staging folder that is renamed into place afterwards.
+        """
+        folder = Path(folder)
+        self.dataset.save_to_disk(str(folder / DATASET_DIR))
+        meta = {
+            "name": self.name,
+            "atlas": self.atlas.to_dict(),
+            "phenotypes": self.phenotypes,
+            "meta": self.meta,
+            "n_scans": len(self),
+        }
+        (folder / COHORT_META).write_text(json.dumps(meta, indent=1, default=_json_default))
 
     @classmethod
     def load(cls, directory: str | Path) -> Cohort:
@@ -196,14 +200,20 @@ class Cohort:
             )
         try:
             meta = json.loads(meta_path.read_text())
+            atlas = Atlas.from_dict(meta["atlas"])
             dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
+        except FmriInputError:
+            raise
         except Exception as exc:
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise FmriInputError(
-                f"The cohort folder is corrupt ({exc})", file=directory, fix="re-create the cohort"
+                f"The cohort folder is corrupt ({type(exc).__name__}: {detail})",
+                file=directory,
+                fix="re-create the cohort with `fmrilm cohort import` or `fmrilm simulate`",
             ) from exc
         return cls(
             dataset=dataset,
-            atlas=Atlas.from_dict(meta["atlas"]),
+            atlas=atlas,
             name=meta.get("name", directory.name),
             phenotypes=meta.get("phenotypes", {}),
             meta=meta.get("meta", {}),

@@ -78,7 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--skip-missing", action="store_true", help="skip table rows that have no scan")
     imp.add_argument("--min-timepoints", type=int, help="shortest acceptable scan (default 24)")
     imp.add_argument("--name", help="cohort name (default: the mapping's name or the output folder's)")
-    imp.add_argument("--out", required=True, help="cohort folder to write (replaced atomically)")
+    imp.add_argument(
+        "--out", required=True, help="cohort folder to write: new or empty (written beside, then renamed in)"
+    )
+    imp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out when it holds an earlier cohort and nothing else (after the new one is complete)",
+    )
     imp.set_defaults(cohort_func=run_import)
 
     info = sub.add_parser(
@@ -125,6 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     subset.add_argument("--part", default="train", help="part to keep (default train)")
     subset.add_argument("--out", required=True, help="new cohort folder (written atomically)")
+    subset.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out when it holds an earlier cohort and nothing else",
+    )
     subset.set_defaults(cohort_func=run_subset)
 
 
@@ -168,6 +180,7 @@ def run_import(args: argparse.Namespace) -> int:
         min_timepoints=args.min_timepoints,
         name=args.name,
         out=args.out,
+        overwrite=args.overwrite,
     )
     report = cohort.meta["import"]
     n_subjects = len(set(cohort.dataset["subject_id"]))
@@ -369,6 +382,10 @@ def run_subset(args: argparse.Namespace) -> int:
     from fmrilm.errors import FmriInputError
     from fmrilm.splits import load_split
 
+    if Path(args.out).resolve() == Path(args.dir).resolve():
+        raise FmriInputError(
+            "--out is the cohort the subset is read from", file=args.out, fix="give a new --out folder"
+        )
     cohort = load_cohort(args.dir)
     split = load_split(args.dir, args.split, cohort)
     if args.part not in split:
@@ -379,6 +396,6 @@ def run_subset(args: argparse.Namespace) -> int:
         )
     part = cohort.select(split[args.part], name=f"{cohort.name}-{args.part}")
     part.meta = {**part.meta, "subset_of": {"cohort": str(args.dir), "split": args.split, "part": args.part}}
-    part.save(args.out)
+    part.save(args.out, overwrite=args.overwrite)
     print(f"Wrote {len(part)} scans (part '{args.part}' of split '{args.split}') to {args.out}")
     return 0

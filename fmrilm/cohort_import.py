@@ -361,9 +361,13 @@ def import_cohort(
     min_timepoints: int | None = None,
     name: str | None = None,
     out: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Cohort:
     """Read ``table`` and its scans into a Cohort (saved atomically to ``out`` when given).
+
+    ``out`` must be new, empty, or (with ``overwrite``) an earlier cohort folder holding nothing else; it is
+    checked before any scan is read, and an earlier cohort is replaced only once the new one is complete.
 
     Give exactly one of ``scans`` (a filename pattern with ``{column}`` placeholders, relative to the table's
     folder, glob characters allowed when they match one file), ``path_column`` (a column of file paths,
@@ -376,6 +380,15 @@ def import_cohort(
     from tqdm.auto import tqdm
 
     table_path = Path(table)
+    if out is not None:
+        from fmrilm.safety import COHORT_OUTPUT, check_output
+
+        check_output(out, COHORT_OUTPUT, overwrite=overwrite)
+    if min_timepoints is not None and (not isinstance(min_timepoints, int) or min_timepoints < 2):
+        raise FmriInputError(
+            f"--min-timepoints must be a whole number of at least 2, got {min_timepoints!r}",
+            fix="give e.g. --min-timepoints 24 (min_timepoints=24 in Python)",
+        )
     frame = read_table(table_path)
     atlas_obj = resolve_atlas(atlas)
     if atlas_obj is None:
@@ -477,7 +490,7 @@ def import_cohort(
             fix="check the scan source and the report of skipped rows",
         )
 
-    kinds = _phenotype_kinds(mapping_obj, [r.phenotypes for r in kept])
+    kinds = _phenotype_kinds(mapping_obj, kept, table_path)
     meta = {
         "import": {
             "table": str(table_path.resolve()),
@@ -504,7 +517,7 @@ def import_cohort(
         meta=meta,
     )
     if out is not None:
-        cohort.save(out)
+        cohort.save(out, overwrite=overwrite)
     return cohort
 
 
@@ -694,8 +707,13 @@ def _parse_row(
     )
 
 
-def _phenotype_kinds(mapping: CohortMapping, phenos: list[dict[str, Any]]) -> dict[str, str]:
-    """Declared kinds; undeclared text columns that all parse as numbers become regression targets."""
+def _phenotype_kinds(mapping: CohortMapping, rows: list[_Row], table_path: Path) -> dict[str, str]:
+    """Declared kinds; undeclared text columns that all parse as numbers become regression targets.
+
+    An undeclared column of numbers with a few text cells (``age`` with one ``unknown``) is refused rather
+    than silently read as dozens of classes.
+    """
+    phenos = [r.phenotypes for r in rows]
     kinds: dict[str, str] = {}
     for pname, spec in mapping.phenotypes.items():
         present = [p[pname] for p in phenos if p[pname] is not None]
@@ -709,6 +727,20 @@ def _phenotype_kinds(mapping: CohortMapping, phenos: list[dict[str, Any]]) -> di
                     p[pname] = float(p[pname])
             kinds[pname] = "regression"
         else:
+            numbers = [v for v in present if _is_number(v)]
+            if len(set(numbers)) > 2 and len(numbers) >= 0.8 * len(present):
+                row = next(
+                    r for r in rows if r.phenotypes[pname] is not None and not _is_number(r.phenotypes[pname])
+                )
+                value = str(row.phenotypes[pname])
+                raise FmriInputError(
+                    f"Column {spec.column} (phenotype '{pname}') holds numbers but also the text '{value}' "
+                    f"({len(present) - len(numbers)} of {len(present)} cells), so its type is unclear",
+                    file=table_path,
+                    subject=row.subject_id,
+                    fix=f"list such codes as missing (missing: ['{value}'] under phenotypes.{pname} / --missing "
+                    f"{pname}={value}), or declare the kind (--kind {pname}=multiclass)",
+                )
             kinds[pname] = "binary" if len(set(present)) <= 2 else "multiclass"
     return kinds
 
