@@ -22,6 +22,8 @@ from fmrilm.errors import FmriInputError
 UNASSIGNED = "unassigned"
 #: Regions farther than this from every Seitzman-300 centre get the network "unassigned".
 NETWORK_DISTANCE_CUTOFF_MM = 20.0
+#: Every point of an MNI-space brain lies within this distance of the origin on each axis (mm).
+MAX_MNI_MM = 150.0
 
 BUILTIN_ATLASES = ("seitzman300", "dosenbach160")
 
@@ -135,10 +137,23 @@ class Atlas:
                 file=path,
                 fix="give one row per region with columns x, y, z in MNI mm (and optionally roi/label, network)",
             )
-        coords = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(dtype=np.float32)
+        xyz = table[[cols["x"], cols["y"], cols["z"]]]
+        coords = xyz.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
         if not np.isfinite(coords).all():
+            row, col = (int(v[0]) for v in np.nonzero(~np.isfinite(coords)))
             raise FmriInputError(
-                "The atlas table has missing coordinates", file=path, fix="fill every x, y, z"
+                f"The atlas table has a missing or non-numeric coordinate {str(xyz.iat[row, col])!r} "
+                f"(row {row + 2}, column {xyz.columns[col]})",
+                file=path,
+                fix="fill every x, y, z with a number (MNI mm)",
+            )
+        if np.abs(coords).max() > MAX_MNI_MM:
+            row, col = (int(v[0]) for v in np.nonzero(np.abs(coords) > MAX_MNI_MM))
+            raise FmriInputError(
+                f"The atlas table has coordinate {coords[row, col]:g} (row {row + 2}, column "
+                f"{xyz.columns[col]}), outside the brain in MNI space (|x|, |y|, |z| <= {MAX_MNI_MM:g} mm)",
+                file=path,
+                fix="give MNI coordinates in mm, not voxel indices (convert them with the image's affine)",
             )
         label_col = next((cols[c] for c in ("label", "labels", "roi", "name", "region") if c in cols), None)
         labels = [str(v) for v in table[label_col]] if label_col else [str(i + 1) for i in range(len(table))]

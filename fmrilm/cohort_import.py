@@ -882,6 +882,10 @@ def _load_row(row: _Row, npz_file, atlas: Atlas, policy: str, min_timepoints: in
             subject=subject,
             fix="store one 2D array per scan with one column per region",
         )
+    if npz_file is not None:
+        from fmrilm.io import check_values
+
+        check_values(ts, file, subject, key=row.npz_key)
     if ts.shape[1] != atlas.n_regions:
         hint = " (it looks transposed)" if ts.shape[0] == atlas.n_regions else ""
         raise FmriInputError(

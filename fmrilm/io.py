@@ -34,6 +34,9 @@ TIME_COLUMNS = ("time", "t", "time_s", "times", "onset", "timestamp", "seconds")
 TR_NAMES = ("tr", "repetitiontime", "repetition_time", "t_r")
 #: A TR outside this range (seconds) is almost surely given in the wrong unit.
 TR_RANGE_S = (0.05, 30.0)
+#: No BOLD signal, in any scanner unit or after any preprocessing, comes near this magnitude; a value beyond it
+#: is a corrupt or mis-typed cell (it would overflow the float32 variance and silently zero its region).
+MAX_ABS_SIGNAL = 1e8
 TR_FIX = "pass the TR in seconds (tr=2.0 in Python, --tr 2.0 on the command line) or add a BIDS sidecar JSON "
 TR_FIX += "with RepetitionTime next to the file"
 
@@ -295,6 +298,7 @@ def _finish(
             file=path,
             subject=subject,
         )
+    check_values(data, path, subject, key=key)
     needed = int(min_timepoints if min_timepoints is not None else SignalConfig.min_timepoints)
     if data.shape[0] < needed:
         raise FmriInputError(
@@ -319,6 +323,25 @@ def _finish(
         subject_id=subject,
         source=str(path),
         flags=all_flags,
+    )
+
+
+def check_values(data: np.ndarray, path: Any, subject: str | None, key: str | None = None) -> None:
+    """Refuse a finite value beyond ``MAX_ABS_SIGNAL`` (NaN and infinity are bad regions, handled apart)."""
+    data = np.asarray(data)
+    with np.errstate(invalid="ignore"):
+        huge = np.isfinite(data) & (np.abs(data) > MAX_ABS_SIGNAL)
+    if not huge.any():
+        return
+    positions = np.argwhere(huge)
+    t, r = (int(v) for v in positions[0][:2]) if data.ndim == 2 else (int(positions[0][0]), 0)
+    where = f" array '{key}'," if key else ""
+    raise FmriInputError(
+        f"The{where} value {float(data[tuple(positions[0])]):.6g} at timepoint {t}, region {r} is beyond any BOLD "
+        f"signal (|value| > {MAX_ABS_SIGNAL:.0e}; {len(positions)} such value(s) in all)",
+        fix="correct or remove that value (write NaN for a missing sample: it is interpolated and flagged)",
+        file=path,
+        subject=subject,
     )
 
 
@@ -447,6 +470,8 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
     sep = "\t" if "\t" in first else "," if "," in first else ";" if ";" in first else None
     cells = _split(first, sep)
     has_header = not all(_is_float(c) for c in cells if c) or _is_index_header(cells)
+    if has_header:
+        _check_header_width(path, subject, sep, skip, cells)
     special = has_header and _has_special_columns(cells)
     if not special:
         fast = _loadtxt(path, sep, skip + int(has_header))
@@ -490,6 +515,32 @@ def _read_table(path: Path, subject: str) -> tuple[np.ndarray, tuple[float, str]
             subject=subject,
         )
     return numeric.to_numpy(dtype=np.float32), found_tr
+
+
+def _check_header_width(path: Path, subject: str, sep: str | None, skip: int, header: list[str]) -> None:
+    """A header must name as many columns as the data rows have: a leading time column without a name would
+    otherwise be read as region 0 (or, in pandas, silently become the index)."""
+    names = _trim(header)
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number <= skip + 1 or not line.strip() or line.lstrip().startswith("#"):
+                continue
+            cells = _trim(_split(line.rstrip("\r\n"), sep))
+            if len(cells) != len(names):
+                raise FmriInputError(
+                    f"The header (line {skip + 1}) names {len(names)} columns but the first data row (line "
+                    f"{number}) has {len(cells)} values",
+                    fix="give every column a name in the header (e.g. 'time' for a leading time column), or "
+                    "remove the header row",
+                    file=path,
+                    subject=subject,
+                )
+            return
+
+
+def _trim(cells: list[str]) -> list[str]:
+    """Cells without the empty one a trailing delimiter leaves."""
+    return cells[:-1] if len(cells) > 1 and cells[-1] == "" else cells
 
 
 def _loadtxt(path: Path, sep: str | None, skip: int) -> np.ndarray | None:
