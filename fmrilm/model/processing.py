@@ -20,6 +20,7 @@ import numpy as np
 
 from fmrilm.errors import FmriInputError
 from fmrilm.model.brain_vocab import BrainTokenIds, BrainVocab, add_brain_tokens
+from fmrilm.model.text_safety import escape_brain_tokens
 
 PROCESSOR_CONFIG_NAME = "fmri_processor_config.json"
 FMRI_TOKENIZER_SUBFOLDER = "fmri_tokenizer"
@@ -170,13 +171,13 @@ class FmriLMProcessor:
                 )
             content = message["content"]
             if isinstance(content, str):
-                text = content
+                text = escape_brain_tokens(content, self.vocab.prefix)  # user text stays text
             else:
                 pieces = []
                 for part in content:
                     kind = part.get("type") if isinstance(part, dict) else None
                     if kind == "text":
-                        pieces.append(str(part.get("text", "")))
+                        pieces.append(escape_brain_tokens(str(part.get("text", "")), self.vocab.prefix))
                     elif kind == "fmri":
                         pieces.append(self._render_fmri_part(part, queue))
                     else:
@@ -360,11 +361,15 @@ class FmriLMProcessor:
     ) -> FmriLMProcessor:
         from transformers import AutoTokenizer
 
+        from fmrilm.safety import inside
+
         directory = Path(directory)
         config = FmriProcessorConfig.load(directory)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)  # never run its code
         fmri_tokenizer = None
-        sub = directory / config.fmri_tokenizer_subfolder
+        where = directory / PROCESSOR_CONFIG_NAME
+        sub = inside(directory, config.fmri_tokenizer_subfolder, "fmri_tokenizer_subfolder", where)
+        inside(directory, config.adapters_subfolder, "adapters_subfolder", where)
         if load_fmri_tokenizer and (sub / "config.json").exists():
             from fmrilm.tokenizer import FmriTokenizerModel
 
