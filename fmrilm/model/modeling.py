@@ -150,9 +150,11 @@ class FmriLM(nn.Module):
         from transformers import AutoModelForCausalLM
 
         from fmrilm.model.quantization import bnb_quantization_config
+        from fmrilm.safety import model_folder_errors
 
         directory = _local_dir(path)
-        processor = FmriLMProcessor.from_pretrained(directory)
+        with model_folder_errors(directory):
+            processor = FmriLMProcessor.from_pretrained(directory)
         kwargs: dict[str, Any] = {}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -160,7 +162,8 @@ class FmriLM(nn.Module):
             kwargs["quantization_config"] = bnb_quantization_config(quantization)
         if device_map is not None:
             kwargs["device_map"] = device_map
-        llm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        with model_folder_errors(directory):  # a model folder is data: its own code is never run
+            llm = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=False, **kwargs)
         adapter_dir = directory / processor.config.adapters_subfolder
         if adapters and (adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
@@ -473,22 +476,38 @@ def _as_jsonable(value: Any) -> Any:
 
 
 def _local_dir(path: str | os.PathLike) -> Path:
+    """The model folder for ``path``, checked (JSON parses, weights whole); a hub id only when meant as one."""
+    from fmrilm.safety import HUB_ID_HINT, check_model_folder, looks_like_hub_id
+
     directory = Path(path).expanduser()
     if directory.is_dir():
         nested = directory / "model"  # a Stage-2 output folder holds its model in model/
         if not (directory / PROCESSOR_CONFIG_NAME).exists() and (nested / PROCESSOR_CONFIG_NAME).exists():
-            return nested
+            directory = nested
+        check_model_folder(directory)
         return directory
-    if directory.exists() or str(path).count("/") != 1:
+    if directory.exists():
         raise FmriInputError(
-            "No saved fmrilm model here", fix="pass a folder written by FmriLM.save_pretrained", file=path
+            "No saved fmrilm model here (this is a file, not a model folder)",
+            fix="pass a folder written by FmriLM.save_pretrained",
+            file=path,
+        )
+    if not looks_like_hub_id(str(path)):
+        raise FmriInputError(
+            "No such model folder",
+            fix=f"check the path (a folder written by FmriLM.save_pretrained); {HUB_ID_HINT}",
+            file=path,
         )
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path)))
+        directory = Path(snapshot_download(str(path)))
     except Exception as exc:  # offline and not cached, or no such repo
         raise FmriInputError(
-            f"Could not find model '{path}' locally or in the Hugging Face cache ({exc})",
-            fix="pass a local folder written by FmriLM.save_pretrained",
+            f"There is no folder '{path}' here, and the hub model '{path}' is not in the local Hugging Face "
+            f"cache ({type(exc).__name__})",
+            fix="pass a local folder written by FmriLM.save_pretrained (check the path), or download the hub "
+            "model first while online",
         ) from exc
+    check_model_folder(directory)
+    return directory
