@@ -334,14 +334,19 @@ HUB_ID_HINT = (
 )
 
 
-def looks_like_hub_id(text: str) -> bool:
-    """``ORG/NAME`` meant as a hub id: one slash, no path syntax, and ``ORG`` is not a local folder."""
-    if text.count("/") != 1 or text.startswith(("/", ".", "~")) or "\\" in text:
+def looks_like_hub_id(text: str, *, allow_bare: bool = False) -> bool:
+    """``ORG/NAME`` meant as a hub id: one slash, no path syntax, and ``ORG`` is not a local folder.
+
+    ``allow_bare`` also accepts a plain ``NAME`` (old hub ids such as ``gpt2``) that is not a local path.
+    """
+    if text.startswith(("/", ".", "~")) or "\\" in text or Path(text).suffix in (".json", ".gguf"):
         return False
-    org, name = text.split("/")
-    if not org or not name or Path(org).exists():
+    parts = text.split("/")
+    if len(parts) == 1 and not allow_bare:
         return False
-    return all(c.isalnum() or c in "-_." for c in org + name)
+    if len(parts) > 2 or not all(parts) or Path(parts[0]).exists():
+        return False
+    return all(c.isalnum() or c in "-_." for c in "".join(parts))
 
 
 # -------------------------------------------------------------------------------------------- content keys

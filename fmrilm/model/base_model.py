@@ -111,8 +111,10 @@ def convert_gguf(
     logger.info("Converting %s to a Hugging Face folder at %s (once)", gguf_path, target)
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+        )
     except (ValueError, KeyError, OSError) as exc:
         raise FmriInputError(
             f"transformers could not read this GGUF file ({exc})",
@@ -171,6 +173,14 @@ def resolve_base_model(
         raise FmriInputError(
             "A base model must be a folder, a .gguf file or a hub id", fix="pass one of those", file=path
         )
+    from fmrilm.safety import HUB_ID_HINT, looks_like_hub_id
+
+    if not looks_like_hub_id(str(spec), allow_bare=True):
+        raise FmriInputError(
+            "No such base-model folder",
+            fix=f"check the path (a folder with config.json, or a .gguf file); {HUB_ID_HINT}",
+            file=path,
+        )
     return str(spec)
 
 
@@ -190,8 +200,16 @@ def load_base_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fmrilm.model.quantization import bnb_quantization_config
+    from fmrilm.safety import check_model_folder, model_folder_errors
 
+    if kwargs.pop("trust_remote_code", False):
+        raise FmriInputError(
+            "trust_remote_code=True was asked for, but fmrilm never runs code from a model folder",
+            fix="use a model whose architecture transformers supports natively",
+        )
     source = resolve_base_model(spec, cache_dir)
+    if Path(source).is_dir():
+        check_model_folder(source)
     load_kwargs: dict[str, Any] = dict(kwargs)
     if dtype is not None:
         load_kwargs["dtype"] = dtype
@@ -200,12 +218,15 @@ def load_base_model(
     if device_map is not None:
         load_kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-    except OSError as exc:
+        with model_folder_errors(source, "base model"):  # a model folder is data: its own code is never run
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **load_kwargs)
+    except FmriInputError as exc:
+        if Path(source).is_dir() or not isinstance(exc.__cause__, OSError):
+            raise
         raise FmriInputError(
-            f"Could not load base model '{source}' ({exc})",
+            f"Could not load base model '{source}' ({exc.__cause__})",
             fix="check the id or path; without network only folders, .gguf files, models already in the "
             "Hugging Face cache and the default 'smollm2' can be loaded",
-        ) from exc
+        ) from exc.__cause__
     return model, tokenizer
