@@ -7,6 +7,7 @@ after the model has loaded. Heavy imports (torch, transformers) stay inside `run
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -90,26 +91,49 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ pieces
 def _check_args(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
-        raise FmriInputError("--max-new-tokens must be at least 1", fix="pass --max-new-tokens 256, say")
-    if args.temperature < 0:
-        raise FmriInputError("--temperature cannot be negative", fix="pass 0 for greedy answers or e.g. 0.7")
-    if args.tr is not None and args.tr <= 0:
         raise FmriInputError(
-            f"--tr must be positive, got {args.tr}", fix="pass the TR in seconds, e.g. --tr 2.0"
+            f"--max-new-tokens must be at least 1, got {args.max_new_tokens}",
+            fix="pass --max-new-tokens 256, say",
         )
+    if not (math.isfinite(args.temperature) and 0 <= args.temperature <= 100):
+        raise FmriInputError(
+            f"--temperature must be a number from 0 to 100, got {args.temperature}",
+            fix="pass 0 for greedy answers or e.g. 0.7",
+        )
+    if args.tr is not None and not (math.isfinite(args.tr) and args.tr > 0):
+        raise FmriInputError(
+            f"--tr must be a positive number of seconds, got {args.tr}",
+            fix="pass the TR in seconds, e.g. --tr 2.0",
+        )
+    if args.seed is not None and args.seed < 0:
+        raise FmriInputError(f"--seed must not be negative, got {args.seed}", fix="pass e.g. --seed 0")
 
 
 def _processor_config(model: str) -> Any:
-    """The saved processor config when ``model`` is a local folder (its atlas is the default); else None."""
-    from fmrilm.model.processing import FmriProcessorConfig
+    """The saved processor config when ``model`` is a local folder (its atlas is the default); else None.
+
+    The folder is checked first (every JSON parses, weights are whole), so a broken download fails here with
+    one sentence, before any scan or the model is loaded.
+    """
+    from fmrilm.model.processing import PROCESSOR_CONFIG_NAME, FmriProcessorConfig
+    from fmrilm.safety import HUB_ID_HINT, check_model_folder, looks_like_hub_id
 
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / PROCESSOR_CONFIG_NAME).exists() and (path / "model" / PROCESSOR_CONFIG_NAME).exists():
+            path = path / "model"  # a training output folder holds its model in model/
+        check_model_folder(path)
         return FmriProcessorConfig.load(path)
-    if path.exists() or str(model).count("/") != 1:  # a file, or neither a folder nor a hub id
+    if path.exists():
         raise FmriInputError(
-            "No saved fmrilm model here",
+            "--model is a file, not a saved fmrilm model folder",
             fix="pass --model a folder written by FmriLM.save_pretrained",
+            file=model,
+        )
+    if not looks_like_hub_id(str(model)):
+        raise FmriInputError(
+            "--model names no folder",
+            fix=f"check the path (a folder written by FmriLM.save_pretrained); {HUB_ID_HINT}",
             file=model,
         )
     return None  # a hub id: from_pretrained looks in the local cache
