@@ -44,9 +44,13 @@ def stratified_split(
 ) -> Split:
     """Train/(val)/test by subject, keeping ``label`` proportions in every part.
 
-    ``StratifiedGroupKFold`` with ``round(1 / test_size)`` folds gives the test part (so test_size 0.2 gives
-    one fold of five: about, not exactly, 20%); the validation part is cut the same way from the rest. Missing
-    labels form their own stratum; a numeric label with many values is stratified by quantile bins.
+    ``test_size`` and ``val_size`` are shares of the cohort's SUBJECTS, held to within one subject: the test
+    part holds ``test_size * n_subjects`` subjects, rounded. ``StratifiedGroupKFold`` with
+    ``round(1 / test_size)`` folds chooses the test subjects (one fold), and when that fold is a subject or
+    more away from the share asked for (e.g. 0.3 gives three folds, a third), subjects are moved in or out of
+    it, from the strata furthest from their share, until it holds the rounded count. The validation part is
+    cut the same way from the rest. Missing labels form their own stratum; a numeric label with many values is
+    stratified by quantile bins.
     """
     table = _table(cohort)
     _check_fraction("test_size", test_size)
@@ -60,11 +64,14 @@ def stratified_split(
     strata = _strata(table, label)
     groups = table["subject_id"].astype(str).to_numpy()
     everything = np.arange(len(table))
-    rest, test = _one_fold(everything, strata, groups, test_size, seed)
+    rest, test = _one_fold(everything, strata, groups, test_size, seed, what="test_size")
     split: Split = {"train": rest, "test": test}
     if val_size:
-        fraction = val_size / (len(rest) / len(table))
-        train, val = _one_fold(rest, strata[rest], groups[rest], min(fraction, 0.5), seed + 1)
+        n_subjects = len(set(groups))
+        n_val = _rounded(val_size * n_subjects)
+        train, val = _one_fold(
+            rest, strata[rest], groups[rest], val_size, seed + 1, n_held=n_val, what="val_size"
+        )
         split = {"train": train, "val": val, "test": test}
     return _finish(split, table)
 
@@ -329,23 +336,85 @@ def _strata(table, label: str) -> np.ndarray:
     return values.astype(object).where(values.notna(), MISSING_LABEL).astype(str).to_numpy()
 
 
+def _rounded(x: float) -> int:
+    """Round half up (Python's round() goes to even: 2.5 -> 2)."""
+    return int(np.floor(float(x) + 0.5))
+
+
 def _one_fold(
-    index: np.ndarray, strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+    index: np.ndarray,
+    strata: np.ndarray,
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+    *,
+    n_held: int | None = None,
+    what: str = "test_size",
 ) -> tuple[list[int], list[int]]:
-    """Split ``index`` into (rest, held) with ``held`` about ``fraction``: one fold of StratifiedGroupKFold."""
+    """Split ``index`` into (rest, held): ``held`` is ``n_held`` subjects (default ``fraction`` of the subjects
+    in ``index``, rounded), chosen as one fold of ``StratifiedGroupKFold`` and then moved to that count,
+    stratum by stratum, when the fold is a subject or more away from it."""
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_splits = max(2, int(round(1.0 / fraction)))
-    _check_groups(groups, n_splits)
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # A rare class with fewer subjects than folds is still spread as well as it can be; not an error.
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        rest, held = next(folds.split(np.zeros(len(index)), strata, groups))
     index = np.asarray(index)
-    return index[rest].tolist(), index[held].tolist()
+    subjects = list(dict.fromkeys(groups.tolist()))  # first-seen order: reproducible
+    n_subjects = len(subjects)
+    wanted = float(fraction) * n_subjects if n_held is None else float(n_held)
+    target = _rounded(wanted)
+    if not 1 <= target <= n_subjects - 1:
+        raise FmriInputError(
+            f"{what} {fraction} of {n_subjects} subject(s) is {wanted:.1f} subject(s): too few to split",
+            fix="use a larger cohort or a fraction that leaves at least one subject in each part",
+        )
+    n_splits = max(2, int(round(n_subjects / max(wanted, 1e-9))))
+    held: set[str] = set()
+    if n_splits <= n_subjects:
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            # A rare class with fewer subjects than folds is still spread as well as it can be; not an error.
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            try:
+                _, fold = next(folds.split(np.zeros(len(index)), strata, groups))
+                held = set(groups[fold].tolist())
+            except ValueError:  # every class has fewer rows than folds: the strata below still apply
+                held = set()
+    if abs(len(held) - wanted) >= 1 or not held:
+        held = _adjust_held(held, subjects, strata, groups, target, seed)
+    mask = np.isin(groups, list(held))
+    return index[~mask].tolist(), index[mask].tolist()
+
+
+def _adjust_held(
+    held: set[str], subjects: list[str], strata: np.ndarray, groups: np.ndarray, target: int, seed: int
+) -> set[str]:
+    """Move subjects into or out of ``held`` until it has ``target`` of them, always from the stratum whose
+    held count is furthest from its share (a subject's stratum is its most frequent one)."""
+    from collections import Counter
+
+    per_subject: dict[str, Counter] = {s: Counter() for s in subjects}
+    for g, st in zip(groups.tolist(), strata.tolist(), strict=True):
+        per_subject[g][st] += 1
+    stratum_of = {s: per_subject[s].most_common(1)[0][0] for s in subjects}
+    names = list(dict.fromkeys(stratum_of[s] for s in subjects))
+    size = {n: sum(1 for s in subjects if stratum_of[s] == n) for n in names}
+    quota = {n: size[n] * target / len(subjects) for n in names}
+    held = set(held)
+    rng = np.random.default_rng([int(seed), 17])
+    while len(held) != target:
+        count = {n: sum(1 for s in held if stratum_of[s] == n) for n in names}
+        if len(held) > target:
+            pool = [n for n in names if count[n] > 0]
+            worst = max(pool, key=lambda n: count[n] - quota[n])
+            choices = [s for s in subjects if s in held and stratum_of[s] == worst]
+            held.discard(choices[int(rng.integers(len(choices)))])
+        else:
+            pool = [n for n in names if count[n] < size[n]]
+            worst = max(pool, key=lambda n: quota[n] - count[n])
+            choices = [s for s in subjects if s not in held and stratum_of[s] == worst]
+            held.add(choices[int(rng.integers(len(choices)))])
+    return held
 
 
 def _known_sites(names: list[str], sites: list[str], flag: str) -> list[str]:
