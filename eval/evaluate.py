@@ -19,13 +19,14 @@ from `fmrilm.eval.report` (bootstrap over test subjects for one run, Student-t o
 which writes ``report.json``, ``report.md`` and ``plots/`` into the output folder.
 
 The fine-tuning runs are the slow part, so each finished model run's predictions are kept in a work folder
-beside the output (``.<out>.eval-work/``); a re-run with the same settings picks up where it stopped, and the
-work folder is removed once the report is written.
+beside the output (``.<out>.eval-work/``); a re-run with the same settings, the same model files and the same
+cohort content (`resume_key`) picks up where it stopped, any change starts afresh with one line saying why, and
+the work folder is removed once the report is written. The report folder is written beside ``--out`` and renamed
+in only when complete; ``--out`` must be new, empty or an earlier report holding nothing else.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -455,7 +456,6 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         linear_probe,
         task_target,
     )
-    from fmrilm.eval.report import write_report
     from tqdm.auto import tqdm
 
     from fmrilm.cohort import load_cohort
@@ -487,7 +487,7 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
     subjects = table["subject_id"].astype(str).to_numpy()
     test_subjects = sorted({subjects[i] for i in test_rows})
 
-    work = _work_dir(out_dir, cfg)
+    work = _work_dir(out_dir, cfg, model_dir)
     split_file = write_split_file(work / SPLIT_FILE, cohort, split, how)
     # A site-disjoint split (leave-sites-out, made here or saved) chooses baseline hyperparameters by CV grouped
     # by site inside the train part, so the choice favours models that transfer to unseen scanners.
@@ -592,17 +592,14 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         "config": cfg.to_dict(),
         "command": command_line(cfg),
     }
-    paths = write_report(
+    paths = _write_report_folder(
         results,
         out_dir,
+        split_file,
         title=f"fmrilm evaluation: {spec.name} on {cohort.name}",
         context=context,
         n_boot=cfg.n_boot,
     )
-    summary = summary_table(results)
-    _insert_summary(paths["markdown"], summary)
-    os.replace(split_file, out_dir / SPLIT_FILE)
-    paths["split"] = out_dir / SPLIT_FILE
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return EvalRun(results=results, split=split, test_rows=test_rows, paths=paths, context=context)
@@ -708,28 +705,104 @@ def _check_rows(features: np.ndarray, cohort: Any, name: str) -> None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """The report replaces the output folder as a whole, so it must be new, empty or an earlier report."""
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").exists())
-    ):
-        raise FmriInputError(
-            "The output folder exists and is not an earlier evaluation report (it would be replaced)",
-            file=out_dir,
-            fix="choose a new --out folder",
-        )
+    """The output folder must be new, empty or an earlier report holding nothing else (which is replaced only
+    once the new report is complete); fmrilm never deletes files it did not write."""
+    from fmrilm.safety import REPORT_OUTPUT, check_output
+
+    check_output(out_dir, REPORT_OUTPUT, overwrite=True)
 
 
-def _work_dir(out_dir: Path, cfg: EvalConfig) -> Path:
-    """``.<out>.eval-work`` beside the output: reused when its settings match, started afresh otherwise."""
+def _write_report_folder(
+    results: list[Any], out_dir: Path, split_file: Path, **kwargs: Any
+) -> dict[str, Path]:
+    """``report.json``, ``report.md`` (with its summary), ``plots/`` and ``split.json``, all written in a
+    folder beside ``out_dir`` and renamed in only when complete, so no half-written report is ever at
+    ``out_dir``; an earlier report there is moved aside first and removed last."""
+    from fmrilm.eval.report import write_report
+
+    from fmrilm.safety import REPORT_OUTPUT, discard_stage, make_stage, publish
+
+    stage = make_stage(out_dir)
+    try:
+        draft = stage / "report"
+        written = write_report(results, draft, **kwargs)
+        _insert_summary(written["markdown"], summary_table(results))
+        shutil.copyfile(split_file, draft / SPLIT_FILE)
+        publish(draft, out_dir, REPORT_OUTPUT, overwrite=True)
+    finally:
+        discard_stage(stage)
+    paths = {k: out_dir / Path(p).relative_to(draft) for k, p in written.items()}
+    paths["split"] = out_dir / SPLIT_FILE
+    return paths
+
+
+#: The file in the work folder that says what its finished runs were computed from.
+RESUME_KEY_FILE = "resume_key.json"
+
+
+def resume_key(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
+    """What the finished runs depend on: the settings, the model's files (weights, configs, tokenizer), the
+    cohort's content, and the task / split files when given as files. Paths alone are not enough: a model
+    replaced in the same folder must not be reported with the old one's scores."""
+    from fmrilm.safety import cohort_fingerprint, content_hash
+
+    settings = {k: v for k, v in cfg.result_settings().items() if k not in ("model", "cohort")}
+    key: dict[str, Any] = {
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "model_files": content_hash(model_dir),
+        "cohort": cohort_fingerprint(cfg.cohort),
+    }
+    for name in ("task", "split"):
+        value = Path(str(getattr(cfg, name)))
+        if value.is_file():
+            key[f"{name}_file"] = content_hash(value)
+    return key
+
+
+def _why_not_resume(stored: dict[str, Any], key: dict[str, Any]) -> str | None:
+    """None when the stored key matches; else what changed, in words."""
+    if stored == key:
+        return None
+    reasons = []
+    old, new = stored.get("settings", {}), key["settings"]
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        reasons.append("settings changed: " + ", ".join(changed))
+    names = {"model_files": "the model's files", "cohort": "the cohort", "task_file": "the task file"}
+    names["split_file"] = "the split file"
+    for part, words in names.items():
+        if stored.get(part) != key.get(part):
+            reasons.append(f"{words} changed")
+    return "; ".join(reasons) or "its key differs"
+
+
+def _work_dir(out_dir: Path, cfg: EvalConfig, model_dir: Path) -> Path:
+    """``.<out>.eval-work`` beside the output: reused when its content key matches, started afresh otherwise
+    (with one line saying why)."""
     work = out_dir.parent / f".{out_dir.name}.eval-work"
-    settings = json.dumps(cfg.result_settings(), sort_keys=True, default=str)
-    digest = hashlib.sha1(settings.encode()).hexdigest()
-    stamp = work / "settings.sha1"
-    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
-        shutil.rmtree(work)
+    key = resume_key(cfg, model_dir)
+    stamp = work / RESUME_KEY_FILE
+    if work.exists():
+        if stamp.exists():
+            try:
+                stored = json.loads(stamp.read_text())
+            except ValueError:
+                stored = {}
+            why = _why_not_resume(stored, key) if stored else "its key file is unreadable"
+        elif (work / "settings.sha1").exists():
+            why = "it was written by an older fmrilm that keyed runs on paths, not content"
+        else:
+            raise FmriInputError(
+                "A folder with the name of eval's work folder exists but was not written by fmrilm eval",
+                file=work,
+                fix="move it away, or choose another --out",
+            )
+        if why:
+            logger.warning("Not resuming from %s (%s): starting afresh.", work, why)
+            shutil.rmtree(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
     if not stamp.exists():
-        _write_text(stamp, digest)
+        _write_json(stamp, key)
     return work
 
 

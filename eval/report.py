@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +151,15 @@ def write_report(
     """
     import matplotlib
 
+    from fmrilm.safety import REPORT_OUTPUT, check_output, make_stage, publish
+
     matplotlib.use("Agg", force=True)
     out_dir = Path(out_dir)
+    check_output(out_dir, REPORT_OUTPUT, overwrite=True, flag="the report folder")
     for r in results:
         if not r.metrics:
             r.score(n_boot=n_boot)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_stage(out_dir, "the report folder")  # umask permissions, unlike mkdtemp's owner-only
     try:
         (tmp / "plots").mkdir()
         plots = _plots(results, tmp / "plots")
@@ -176,9 +176,9 @@ def write_report(
         }
         (tmp / "report.json").write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=True))
         (tmp / "report.md").write_text(_markdown(title, context or {}, results, agg, plots))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        # An earlier report is moved aside and removed only after this one is in place; a folder holding
+        # anything a report does not is refused, never deleted (fmrilm.safety).
+        publish(tmp, out_dir, REPORT_OUTPUT, overwrite=True, flag="the report folder")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

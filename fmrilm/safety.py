@@ -350,8 +350,13 @@ def looks_like_hub_id(text: str, *, allow_bare: bool = False) -> bool:
 
 
 # -------------------------------------------------------------------------------------------- content keys
-def content_hash(path: str | PathLike, *, skip_hidden: bool = True) -> str:
-    """SHA-256 over the relative names and bytes of every file under ``path`` (or of one file)."""
+def content_hash(
+    path: str | PathLike, *, skip_hidden: bool = True, skip_prefixes: tuple[str, ...] = ()
+) -> str:
+    """SHA-256 over the relative names and bytes of every file under ``path`` (or of one file).
+
+    Hidden files and files whose name starts with one of ``skip_prefixes`` (caches) are left out.
+    """
     path = Path(path)
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -359,9 +364,16 @@ def content_hash(path: str | PathLike, *, skip_hidden: bool = True) -> str:
         rel = file.name if file == path else file.relative_to(path).as_posix()
         if skip_hidden and any(part.startswith(".") for part in Path(rel).parts):
             continue
+        if file.name.startswith(skip_prefixes) and file != path:
+            continue
         digest.update(rel.encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda h=handle: h.read(1 << 20), b""):
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def cohort_fingerprint(directory: str | PathLike) -> str:
+    """Content hash of a cohort folder: ``cohort.json``, the dataset and stored splits (no ``datasets`` caches)."""
+    return content_hash(directory, skip_prefixes=("cache-",))
