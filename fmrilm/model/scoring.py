@@ -29,6 +29,7 @@ config under ``extra["tasks"]``), as the name of such a stored task, or as a tas
 from __future__ import annotations
 
 import math
+import os
 import re
 import weakref
 from collections.abc import Sequence
@@ -537,6 +538,14 @@ def predict(
     summing to 1. Regression: ``{"value": float, "method": "bins" | "digits", ...}`` with the bin
     ``probabilities`` (bins) or the decoded ``text`` (digits).
     """
+    if isinstance(scan, (str, os.PathLike)):  # a scan file: loaded (and checked) with the model's atlas
+        from fmrilm.chat import load_chat_scan
+
+        scan = load_chat_scan(scan, model=model)
+    if not isinstance(paraphrases, int) or paraphrases < 1:
+        raise FmriInputError(
+            f"paraphrases must be a whole number >= 1, got {paraphrases!r}", fix="pass e.g. 1"
+        )
     card = resolve_task(model, task, options)
     if card.type != "regression":
         probs = score_options(
