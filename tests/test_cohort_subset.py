@@ -35,8 +35,9 @@ def test_subset_writes_exactly_the_train_part(tmp_path, capsys):
     np.testing.assert_array_equal(train.scan(0).timeseries, full.scan(int(split["train"][0])).timeseries)
 
 
-def test_subset_of_an_unknown_part_is_one_clear_error(tmp_path, capsys):
+def test_subset_of_an_unknown_part_is_one_clear_error(tmp_path, capsys, monkeypatch):
     folder = _cohort(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the relative --out below lands here, where the test looks for it
     main(["cohort", "split", str(folder), "--kind", "leave-sites-out", "--test-sites", "site-0"])
     capsys.readouterr()
     code = main(
@@ -44,4 +45,5 @@ def test_subset_of_an_unknown_part_is_one_clear_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "no part 'val'" in err and "Fix:" in err
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

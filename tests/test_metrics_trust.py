@@ -335,3 +335,24 @@ def test_report_over_seeds_row_is_the_hand_computed_interval(tmp_path):
     half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, df=2)
     expected = (mean, max(0.0, mean - half), min(1.0, mean + half))
     assert (agg["auc"]["mean"], agg["auc"]["low"], agg["auc"]["high"]) == pytest.approx(expected, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ retrieval
+def test_retrieval_accuracy_on_constructed_embeddings():
+    """fMRI -> text retrieval (Stage 1's held-out figure) on vectors whose answer is known by construction."""
+    import torch
+
+    from fmrilm.tokenizer.metrics import retrieval_accuracy
+
+    texts = torch.eye(8)  # eight orthogonal texts
+    target = torch.tensor([0, 1, 2, 3, 4, 5])
+    exact = retrieval_accuracy(texts[target] + 0.01, texts, target)
+    assert exact["top1"] == 1.0 and exact["top5"] == 1.0 and exact["chance_top1"] == 1 / 8
+    # each brain vector points at its own text for the first four queries and at the next text for the
+    # last two, where its own text ranks second: top-1 is 4/6, top-5 is 6/6
+    brain = texts[target].clone()
+    brain[4:] = 0.5 * texts[target[4:]] + texts[target[4:] + 1]
+    result = retrieval_accuracy(brain, texts, target)
+    assert result["top1"] == pytest.approx(4 / 6) and result["top5"] == 1.0 and result["n_queries"] == 6
+    # and brain vectors opposite to their text rank it last
+    assert retrieval_accuracy(-texts[target] + 0.1, texts, target)["top5"] == 0.0

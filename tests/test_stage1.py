@@ -194,7 +194,12 @@ def test_alignment_to_a_frozen_llm_uses_descriptor_texts(sim_cohort, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["setup"]["alignment"] is True and 1 < metrics["setup"]["n_texts"] <= 9
     assert {"alignment", "adversarial"} <= set(metrics["train"][-1])
-    assert 0.0 <= metrics["val"][-1]["retrieval_top1"] <= 1.0
+    val = metrics["val"][-1]
+    # a share of the held-out windows (retrieval_accuracy itself is checked on constructed cases in
+    # tests/test_metrics_trust.py): a whole number of right answers, and top-1 right implies top-5 right
+    hits = val["retrieval_top1"] * val["retrieval_n_queries"]
+    assert val["retrieval_n_queries"] > 0 and hits == pytest.approx(round(hits), abs=1e-6)
+    assert val["retrieval_top1"] <= val["retrieval_top5"]
     assert metrics["val"][-1]["retrieval_chance_top1"] == pytest.approx(
         1 / metrics["val"][-1]["retrieval_n_texts"]
     )
