@@ -89,14 +89,29 @@ def resolve_split(cfg: FinetuneConfig, cohort: Any, label: str) -> tuple[dict[st
             raise FmriInputError(
                 "The split file does not exist", file=path, fix="give a split .json file or a split name"
             )
-        record = json.loads(path.read_text())
-        parts = record.get("parts", record)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise FmriInputError(
+                f"Cannot read the split file as JSON ({exc})",
+                file=path,
+                fix='re-create it with `fmrilm cohort split`, or write {"train": [rows], "test": [rows]}',
+            ) from exc
+        parts = record.get("parts", record) if isinstance(record, dict) else None
         scan_ids = [str(s) for s in cohort.dataset["scan_id"]]
         if not isinstance(parts, dict) or "train" not in parts:
             raise FmriInputError(
                 "The split file has no 'train' part", file=path, fix='write {"train": [rows], "test": [rows]}'
             )
         for name, rows in parts.items():
+            if not isinstance(rows, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in rows
+            ):
+                raise FmriInputError(
+                    f"Part '{name}' of the split is not a list of row numbers",
+                    file=path,
+                    fix="make the split from this cohort (fmrilm cohort split)",
+                )
             if any(not 0 <= int(i) < len(scan_ids) for i in rows):
                 raise FmriInputError(
                     f"Part '{name}' of the split has rows outside the cohort's {len(scan_ids)} scans",
