@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench mutants
 
 setup: $(VENV)/.installed
 
@@ -33,3 +33,10 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/fmrilm bench
+
+# Mutation testing (mutmut) of the evaluation path, one module at a time against a fast subset of its tests;
+# prints the killed share per module (TESTING.md records the figures). CPU heavy: hours for all six modules.
+# MUTANTS_ARGS="eval/metrics.py --max-children 1 --resume" picks modules, cores, and resumes a stopped run.
+MUTANTS_ARGS ?=
+mutants: setup
+	$(PY) tests/mutants.py $(MUTANTS_ARGS)

@@ -356,3 +356,26 @@ def test_retrieval_accuracy_on_constructed_embeddings():
     assert result["top1"] == pytest.approx(4 / 6) and result["top5"] == 1.0 and result["n_queries"] == 6
     # and brain vectors opposite to their text rank it last
     assert retrieval_accuracy(-texts[target] + 0.1, texts, target)["top5"] == 0.0
+
+
+def test_bootstrap_ci_resamples_subjects_with_the_asked_level():
+    """`bootstrap_ci` on its own: the mean of per-subject constants (two scans each) can only take values of
+    subject means, its interval follows ``alpha``, and a metric that is never finite gives NaN, not an error."""
+    from fmrilm.eval.metrics import bootstrap_ci
+
+    values = np.repeat(np.arange(6, dtype=float), 2)  # subject i's two scans both score i
+    groups = np.repeat([f"s{i}" for i in range(6)], 2)
+    draws = [float(values[idx].mean()) for idx in resample_indices(12, groups, 400, 4)]
+    assert all(abs(d * 6 - round(d * 6)) < 1e-9 for d in draws)  # sums of six whole subjects
+    wide = bootstrap_ci(lambda idx: float(values[idx].mean()), 12, groups=groups, n_boot=400, seed=4)
+    narrow = bootstrap_ci(
+        lambda idx: float(values[idx].mean()), 12, groups=groups, n_boot=400, seed=4, alpha=0.5
+    )
+    assert wide == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
+    assert narrow == pytest.approx(tuple(np.quantile(draws, [0.25, 0.75])))
+    assert wide[0] < narrow[0] <= narrow[1] < wide[1]
+    assert all(math.isnan(v) for v in bootstrap_ci(lambda idx: float("nan"), 5, n_boot=20))
+    assert all(math.isnan(v) for v in seed_ci([float("nan"), float("nan")]))
+    # a Student-t interval on an MAE is clipped at 0, its lower bound
+    mean, low, high = seed_ci([0.1, 0.2, 3.0], metric="mae")
+    assert low == 0.0 and high > mean > 0
