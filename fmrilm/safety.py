@@ -49,6 +49,12 @@ REPORT_OUTPUT = OutputKind(
 )
 
 
+def _new(flag: str, adjective: str = "new") -> str:
+    """'a new --out folder' for a flag, 'a new folder' for a description such as 'the output folder'."""
+    words = " ".join(w for w in (adjective, flag if flag.startswith("--") else "", "folder") if w)
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
 def _listing(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -74,27 +80,26 @@ def check_output(
         raise FmriInputError(
             f"{flag} is the working folder or a folder holding it, which fmrilm will not replace",
             file=out,
-            fix=f"give a new folder for the {kind.name}, e.g. {flag} results/NAME",
+            fix=f"give a new folder for the {kind.name}"
+            + (f", e.g. {flag} results/NAME" if flag.startswith("--") else ""),
         )
     if out.is_symlink():
         raise FmriInputError(
             f"{flag} is a symbolic link, so replacing it would not write where it points",
             file=out,
-            fix=f"give the real folder, or a new {flag} folder",
+            fix=f"give the real folder, or {_new(flag)}",
         )
     if not out.exists():
         return False
     if not out.is_dir():
-        raise FmriInputError(
-            f"{flag} exists and is a file, not a folder", file=out, fix=f"give a new {flag} folder"
-        )
+        raise FmriInputError(f"{flag} exists and is a file, not a folder", file=out, fix=f"give {_new(flag)}")
     try:
         names = sorted(p.name for p in out.iterdir())
     except OSError as exc:
         raise FmriInputError(
-            f"Cannot read the {flag} folder ({exc.strerror or exc})",
+            f"Cannot read {flag} ({exc.strerror or exc})",
             file=out,
-            fix=f"give a new {flag} folder",
+            fix=f"give {_new(flag)}",
         ) from exc
     if not names:
         return False
@@ -103,7 +108,7 @@ def check_output(
             f"{flag} exists and holds files that are not a {kind.name} written by fmrilm ({_listing(names)}); "
             "fmrilm never deletes what it did not write",
             file=out,
-            fix=f"give a new or empty {flag} folder",
+            fix=f"give {_new(flag, 'new or empty')}",
         )
     extra = [n for n in names if n not in kind.entries]
     if extra:
@@ -111,13 +116,13 @@ def check_output(
             f"{flag} holds an earlier {kind.name} but also {_listing(extra)}, which this command did not write "
             "and would not delete",
             file=out,
-            fix=f"move {_listing(extra)} out of the folder, or give a new {flag} folder",
+            fix=f"move {_listing(extra)} out of the folder, or give {_new(flag)}",
         )
     if not overwrite:
         raise FmriInputError(
             f"{flag} already holds a {kind.name}",
             file=out,
-            fix=f"give a new {flag} folder, or pass {option} to replace it (the old one is removed only after "
+            fix=f"give {_new(flag)}, or pass {option} to replace it (the old one is removed only after "
             "the new one is complete)",
         )
     return True
@@ -143,9 +148,9 @@ def make_stage(out: str | PathLike, flag: str = "--out") -> Path:
         raise FmriInputError(
             f"Cannot write beside {flag} ({exc.strerror or exc})",
             file=out.parent,
-            fix=f"give a {flag} folder in a place you can write to",
+            fix=f"give {_new(flag, '')} in a place you can write to",
         ) from exc
-    raise FmriInputError("Cannot create a staging folder", file=out.parent, fix=f"give another {flag} folder")
+    raise FmriInputError("Cannot create a staging folder", file=out.parent, fix=f"give {_new(flag, 'other')}")
 
 
 def publish(
@@ -161,7 +166,7 @@ def publish(
             raise FmriInputError(
                 f"Cannot move the new {kind.name} into place ({exc.strerror or exc})",
                 file=out,
-                fix=f"give a new {flag} folder",
+                fix=f"give {_new(flag)}",
             ) from exc
         return out
     aside = _sibling(out, "old")
@@ -171,7 +176,7 @@ def publish(
         raise FmriInputError(
             f"Cannot move the earlier {kind.name} aside ({exc.strerror or exc})",
             file=out,
-            fix=f"check that you can write in the folder holding it, or give a new {flag} folder",
+            fix=f"check that you can write in the folder holding it, or give {_new(flag)}",
         ) from exc
     try:
         os.rename(stage, out)
