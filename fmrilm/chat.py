@@ -73,6 +73,9 @@ def fmri_part(processor: Any, scan: Any) -> dict[str, Any]:
     """The history's fMRI part of a scan (or of precomputed codes): encoded once, stored as its codes."""
     codes = processor.encode_scan(scan)
     part: dict[str, Any] = {"type": "fmri", "codes": codes.tolist()}
+    connectome = processor.encode_connectome(scan)
+    if connectome is not None:  # the whole scan's connectome tokens, kept with the history
+        part["connectome"] = {"codes": connectome.codes.tolist(), "values": connectome.values.tolist()}
     scan_id = getattr(scan, "scan_id", None)
     if scan_id is not None:
         part["scan_id"] = str(scan_id)
@@ -208,6 +211,9 @@ class ChatSession:
         cache = self._reusable_cache(ids[0]) if self.reuse_cache else None
         self.last_prefill_tokens = ids.shape[1] - (0 if cache is None else cache.get_seq_length())
         streamer = make_streamer(self.processor.tokenizer, stream)
+        values = inputs.get("connectome_values")
+        if values is not None:
+            kwargs["connectome_values"] = values.to(model.device)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids.to(model.device),

@@ -23,6 +23,7 @@ class BrainVocab:
 
     codebook_size: int
     prefix: str = "brain"
+    connectome_size: int = 0
 
     @property
     def start_token(self) -> str:
@@ -39,13 +40,22 @@ class BrainVocab:
     def code_tokens(self) -> list[str]:
         return [self.code_token(i) for i in range(self.codebook_size)]
 
+    def connectome_token(self, code: int) -> str:
+        return f"<{self.prefix}_fc_{int(code)}>"
+
+    @property
+    def connectome_tokens(self) -> list[str]:
+        return [self.connectome_token(i) for i in range(self.connectome_size)]
+
     @property
     def all_tokens(self) -> list[str]:
-        """Codes first (so code i has id ``first_code_id + i``), then the two markers."""
-        return self.code_tokens + [self.start_token, self.end_token]
+        """Codes first (so code i has id ``first_code_id + i``), the two markers, then the connectome codes
+        (after the markers, so a vocabulary without them keeps the same ids)."""
+        return self.code_tokens + [self.start_token, self.end_token] + self.connectome_tokens
 
-    def render(self, codes: Any) -> str:
-        """Text of one fMRI part: the start marker, every window's codes in order, the end marker."""
+    def render(self, codes: Any, connectome: Any = None) -> str:
+        """Text of one fMRI part: the start marker, the scan's connectome tokens (if any), every window's
+        codes in order, the end marker."""
         arr = np.asarray(codes)
         if arr.ndim == 1:
             arr = arr[None, :]
@@ -54,8 +64,17 @@ class BrainVocab:
                 f"Brain codes must lie in [0, {self.codebook_size}), got {arr.min()}..{arr.max()}",
                 fix="encode the scan with the fMRI tokenizer saved with this model",
             )
+        head = ""
+        if connectome is not None:
+            fc = np.asarray(connectome).reshape(-1)
+            if fc.size and (fc.min() < 0 or fc.max() >= self.connectome_size):
+                raise FmriInputError(
+                    f"Connectome codes must lie in [0, {self.connectome_size}), got {fc.min()}..{fc.max()}",
+                    fix="encode the scan with the fMRI tokenizer saved with this model",
+                )
+            head = "".join(self.connectome_token(c) for c in fc.tolist())
         body = "".join(self.code_token(c) for c in arr.reshape(-1).tolist())
-        return f"{self.start_token}{body}{self.end_token}"
+        return f"{self.start_token}{head}{body}{self.end_token}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,14 +88,25 @@ class BrainTokenIds:
     codebook_size: int
     start_id: int
     end_id: int
+    first_connectome_id: int = -1
+    connectome_size: int = 0
 
     @property
     def code_ids(self) -> list[int]:
         return list(range(self.first_code_id, self.first_code_id + self.codebook_size))
 
     @property
+    def connectome_ids(self) -> list[int]:
+        return list(range(self.first_connectome_id, self.first_connectome_id + self.connectome_size))
+
+    @property
     def all_ids(self) -> list[int]:
-        return self.code_ids + [self.start_id, self.end_id]
+        return self.code_ids + [self.start_id, self.end_id] + self.connectome_ids
+
+    def is_connectome(self, ids: Any) -> Any:
+        """Mask of connectome-token positions in an id array or tensor."""
+        lo = self.first_connectome_id
+        return (ids >= lo) & (ids < lo + self.connectome_size)
 
     def codes_from_ids(self, ids: Any) -> np.ndarray:
         """Token ids of brain codes back to codes (markers and other ids are an error)."""
@@ -107,16 +137,19 @@ def add_brain_tokens(tokenizer: Any, vocab: BrainVocab) -> BrainTokenIds:
 def brain_token_ids(tokenizer: Any, vocab: BrainVocab) -> BrainTokenIds:
     """Ids of an already-added brain vocabulary; checks that the codes are consecutive."""
     ids = tokenizer.convert_tokens_to_ids(vocab.all_tokens)
-    code_ids = ids[: vocab.codebook_size]
+    n = vocab.codebook_size
+    code_ids, fc_ids = ids[:n], ids[n + 2 :]
     unk = getattr(tokenizer, "unk_token_id", None)
-    if any(i is None or (unk is not None and i == unk) for i in ids) or code_ids != list(
-        range(code_ids[0], code_ids[0] + vocab.codebook_size)
-    ):
+    consecutive = code_ids == list(range(code_ids[0], code_ids[0] + n)) and (
+        not fc_ids or fc_ids == list(range(fc_ids[0], fc_ids[0] + len(fc_ids)))
+    )
+    if any(i is None or (unk is not None and i == unk) for i in ids) or not consecutive:
         raise FmriInputError(
             "The text tokenizer's brain tokens are missing or not consecutive",
             fix="rebuild the model with FmriLM.from_base so the brain vocabulary is added in one block",
         )
-    return BrainTokenIds(code_ids[0], vocab.codebook_size, ids[-2], ids[-1])
+    first_fc = fc_ids[0] if fc_ids else -1
+    return BrainTokenIds(code_ids[0], n, ids[n], ids[n + 1], first_fc, len(fc_ids))
 
 
 # ----------------------------------------------------------------------------------------- embedding init
@@ -151,9 +184,10 @@ def fit_codebook_projection(
 
 
 def initial_brain_rows(
-    table: np.ndarray, codebook: np.ndarray | None, n_codes: int, *, seed: int = 0
+    table: np.ndarray, codebook: np.ndarray | None, n_codes: int, *, seed: int = 0, n_extra: int = 0
 ) -> np.ndarray:
-    """``(n_codes + 2, H)`` starting rows: the codes (projected codebook) then the start and end markers.
+    """``(n_codes + 2 + n_extra, H)`` starting rows: the codes (projected codebook), the start and end markers,
+    then ``n_extra`` more (the connectome codes, random: their meaning comes from the soft projection).
 
     Without a codebook, and for the markers, rows are random directions at the typical distance of real
     embeddings from their mean, so no new token starts far outside the table's distribution.
@@ -177,7 +211,7 @@ def initial_brain_rows(
             raise ValueError(f"codebook has {len(codebook)} entries, expected {n_codes}")
         weight, bias, scale = fit_codebook_projection(codebook, table)
         code_rows = (codebook - codebook.mean(0)) @ weight * float(scale[0]) + bias
-    return np.concatenate([code_rows, random_rows(2)]).astype(np.float32)
+    return np.concatenate([code_rows, random_rows(2 + n_extra)]).astype(np.float32)
 
 
 def resize_and_init(
@@ -203,7 +237,9 @@ def resize_and_init(
 
     def init(weight: torch.Tensor, seed_offset: int) -> None:
         table = weight.detach()[base_rows].float().cpu().numpy()
-        rows = initial_brain_rows(table, codebook, len(code_ids), seed=seed + seed_offset)
+        rows = initial_brain_rows(
+            table, codebook, len(code_ids), seed=seed + seed_offset, n_extra=ids.connectome_size
+        )
         with torch.no_grad():
             weight[ids.all_ids] = torch.as_tensor(rows, dtype=weight.dtype, device=weight.device)
 

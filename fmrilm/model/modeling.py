@@ -34,6 +34,7 @@ from fmrilm.model.processing import (
     PROCESSOR_CONFIG_NAME,
     FmriLMProcessor,
     FmriProcessorConfig,
+    _config_from_fmri_tokenizer,
 )
 
 
@@ -56,7 +57,9 @@ class FmriLM(nn.Module):
     ``fmri_tokenizer`` (frozen here) turns scans into codes and codes back into signal.
     """
 
-    def __init__(self, llm: Any, processor: FmriLMProcessor) -> None:
+    def __init__(
+        self, llm: Any, processor: FmriLMProcessor, soft_projection: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.llm = llm
         self.processor = processor
@@ -64,6 +67,30 @@ class FmriLM(nn.Module):
         if self.fmri_tokenizer is not None:
             self.fmri_tokenizer.requires_grad_(False)
             self.fmri_tokenizer.eval()
+        if soft_projection is None and processor.config.uses_soft_tokens:
+            soft_projection = SoftBrainProjection.for_llm(llm, processor.config)
+        self.soft_projection = soft_projection
+
+    # ---------------------------------------------------------------------------------------- soft tokens
+    def embed_inputs(
+        self, input_ids: torch.Tensor, connectome_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Input embeddings, with the soft-token projection of ``connectome_values`` added at connectome-token
+        positions (the LLaVA pattern: placeholders filled through ``inputs_embeds``)."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if connectome_values is None or self.soft_projection is None:
+            return embeds
+        mask = self.processor.ids.is_connectome(input_ids)[..., None]
+        soft = self.soft_projection(connectome_values.to(device=embeds.device, dtype=embeds.dtype))
+        return embeds + soft * mask.to(embeds.dtype)
+
+    def _with_soft_tokens(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with ``connectome_values`` turned into ``inputs_embeds`` (ids kept for generation)."""
+        values = batch.pop("connectome_values", None)
+        if values is None or self.soft_projection is None or batch.get("input_ids") is None:
+            return batch
+        batch["inputs_embeds"] = self.embed_inputs(batch["input_ids"], values)
+        return batch
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -82,6 +109,7 @@ class FmriLM(nn.Module):
         atlas: Any = None,
         descriptor_reference: Any = None,
         seed: int = 0,
+        soft_tokens: bool = True,
     ) -> FmriLM:
         """A new fMRI-LM on a base LM: brain tokens added, their rows initialised from the codebook.
 
@@ -105,13 +133,8 @@ class FmriLM(nn.Module):
             llm, text_tokenizer = base, tokenizer
             base_name = getattr(llm.config, "_name_or_path", None) or type(llm).__name__
         if fmri_tokenizer is not None:
-            fc = fmri_tokenizer.config
-            config = FmriProcessorConfig(
-                codebook_size=int(fc.codebook_size),
-                num_latents=int(fc.num_latents),
-                window_length=int(fc.window_length),
-                target_tr=fc.target_tr,
-            )
+            config = _config_from_fmri_tokenizer(fmri_tokenizer)
+            config.soft_tokens = bool(soft_tokens)
         else:
             config = FmriProcessorConfig(
                 codebook_size=int(codebook_size or 512), num_latents=int(num_latents or 32)
@@ -171,7 +194,11 @@ class FmriLM(nn.Module):
             llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
         if not is_trainable:
             llm.eval()
-        return cls(llm, processor)
+        soft = None
+        if processor.config.uses_soft_tokens:
+            soft = SoftBrainProjection.for_llm(llm, processor.config)
+            soft.load(directory)
+        return cls(llm, processor, soft)
 
     # ------------------------------------------------------------------------------------------ adapters
     def add_adapters(self, settings: LoraSettings | None = None) -> FmriLM:
@@ -235,6 +262,8 @@ class FmriLM(nn.Module):
         else:
             llm.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+        if self.soft_projection is not None:
+            self.soft_projection.save(directory)
 
     # ------------------------------------------------------------------------------------------- running
     @property
@@ -249,6 +278,9 @@ class FmriLM(nn.Module):
         over examples of each example's mean token loss, so a long answer does not outweigh a short one;
         ``example_losses`` (B,) and ``logits`` (learned positions only) come back too.
         """
+        batch = self._with_soft_tokens(dict(batch))
+        if "inputs_embeds" in batch:
+            batch.pop("input_ids")
         if loss_reduction == "token" or batch.get("labels") is None:
             return self.llm(**batch)
         if loss_reduction != "example":
@@ -272,8 +304,10 @@ class FmriLM(nn.Module):
         return ModelOutput(loss=loss, example_losses=example_losses, logits=out.logits)
 
     def generate(self, **kwargs: Any) -> torch.LongTensor:
+        """The LLM's ``generate``; ``connectome_values`` (from the processor) become soft-token embeddings and
+        the returned sequences still start with the prompt's ids."""
         kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
-        return self.llm.generate(**kwargs)
+        return self.llm.generate(**self._with_soft_tokens(kwargs))
 
     def chat(
         self,
@@ -430,6 +464,52 @@ class FmriLM(nn.Module):
         from fmrilm.model.scoring import predict_cohort
 
         return predict_cohort(self, cohort, task, indices, **kwargs)
+
+
+class SoftBrainProjection(nn.Module):
+    """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``: one linear map whose
+    block-sparse input (see `FmriLMProcessor.pad`) makes it one projection per connectome token."""
+
+    WEIGHTS_NAME = "fmri_soft_tokens.safetensors"
+
+    def __init__(self, components: int, hidden: int, group_dim: int, scale: float = 0.02) -> None:
+        super().__init__()
+        self.proj = nn.Linear(components, hidden, bias=False)
+        with torch.no_grad():  # offsets start at the size of the LLM's own embeddings, not larger
+            self.proj.weight.normal_(0.0, scale / max(group_dim, 1) ** 0.5)
+
+    @classmethod
+    def for_llm(cls, llm: Any, config: FmriProcessorConfig) -> SoftBrainProjection:
+        table = llm.get_input_embeddings().weight
+        module = cls(
+            config.connectome_components,
+            table.shape[1],
+            config.connectome_group_dim,
+            scale=float(table.detach()[: min(len(table), 4096)].float().std()),
+        )
+        return module.to(device=table.device, dtype=table.dtype if table.is_floating_point() else None)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.proj(values)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(Path(directory) / self.WEIGHTS_NAME))
+
+    def load(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(directory) / self.WEIGHTS_NAME
+        if not path.exists():
+            raise FmriInputError(
+                f"The model reads soft brain tokens but {self.WEIGHTS_NAME} is missing",
+                file=directory,
+                fix="re-save the model with FmriLM.save_pretrained",
+            )
+        state = load_file(str(path))
+        self.load_state_dict({k: v.to(self.proj.weight.dtype) for k, v in state.items()})
 
 
 # ---------------------------------------------------------------------------------------------- helpers

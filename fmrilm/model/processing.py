@@ -53,13 +53,27 @@ class FmriProcessorConfig:
     atlas: dict[str, Any] | None = None
     descriptor_reference: dict[str, Any] | None = None
     base_model: str | None = None
+    connectome_tokens: int = 0
+    connectome_codebook_size: int = 0
+    connectome_components: int = 0
+    soft_tokens: bool = True
     fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
     adapters_subfolder: str = ADAPTERS_SUBFOLDER
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vocab(self) -> BrainVocab:
-        return BrainVocab(self.codebook_size, self.brain_token_prefix)
+        fc = self.connectome_codebook_size if self.connectome_tokens else 0
+        return BrainVocab(self.codebook_size, self.brain_token_prefix, fc)
+
+    @property
+    def connectome_group_dim(self) -> int:
+        return self.connectome_components // max(self.connectome_tokens, 1)
+
+    @property
+    def uses_soft_tokens(self) -> bool:
+        """Whether connectome-token positions get the projection of their continuous values."""
+        return bool(self.soft_tokens and self.connectome_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -154,13 +168,50 @@ class FmriLMProcessor:
             keep = valid_windows(mask, tok.config.window_length, tok.config.patch_length)
             return _to_numpy(tok.encode(windows[keep], coords=scan, mask=mask[keep])).astype(np.int64)
 
-    def n_brain_tokens(self, n_windows: int) -> int:
-        """Tokens one fMRI part of ``n_windows`` windows takes: start + K per window + end."""
-        return 2 + self.config.num_latents * int(n_windows)
+    def n_brain_tokens(self, n_windows: int, connectome: bool = False) -> int:
+        """Tokens one fMRI part of ``n_windows`` windows takes: start + (M connectome) + K per window + end."""
+        return (
+            2
+            + self.config.num_latents * int(n_windows)
+            + (self.config.connectome_tokens if connectome else 0)
+        )
+
+    @property
+    def connectome_tokenizer(self) -> Any:
+        return getattr(self.fmri_tokenizer, "connectome", None) if self.config.connectome_tokens else None
+
+    def encode_connectome(self, source: Any) -> Any:
+        """A scan's `ConnectomeTokens` (or given ones, checked), or None when this model has none."""
+        from fmrilm.tokenizer.connectome import ConnectomeTokens
+
+        if not self.config.connectome_tokens:
+            return None
+        if isinstance(source, dict):
+            source = ConnectomeTokens(np.asarray(source["codes"]), np.asarray(source["values"]))
+        if isinstance(source, ConnectomeTokens):
+            tokens = source
+        elif hasattr(source, "timeseries"):
+            if self.connectome_tokenizer is None:
+                raise FmriInputError(
+                    "This model reads connectome tokens but its fMRI tokenizer has no connectome part",
+                    fix="load the model with its fmri_tokenizer/connectome subfolder",
+                )
+            tokens = self.connectome_tokenizer.encode(source)
+        else:
+            return None  # precomputed window codes only: the part shows no connectome tokens
+        m, d = self.config.connectome_tokens, self.config.connectome_group_dim
+        codes = np.asarray(tokens.codes).reshape(m, -1)
+        values = np.asarray(tokens.values, dtype=np.float32).reshape(m, d)
+        return ConnectomeTokens(codes=codes, values=values)
 
     # -------------------------------------------------------------------------------------- rendering
-    def render_messages(self, messages: Sequence[dict[str, Any]], scans: Any = None) -> list[dict[str, str]]:
-        """Messages with every fMRI part replaced by its brain-token text; contents become plain strings."""
+    def render_messages(
+        self, messages: Sequence[dict[str, Any]], scans: Any = None, values_out: list | None = None
+    ) -> list[dict[str, str]]:
+        """Messages with every fMRI part replaced by its brain-token text; contents become plain strings.
+
+        ``values_out`` receives, in order, each part's connectome values ``(M, group_dim)`` (soft tokens).
+        """
         queue = _scan_queue(scans)
         rendered = []
         for message in messages:
@@ -179,7 +230,7 @@ class FmriLMProcessor:
                     if kind == "text":
                         pieces.append(escape_brain_tokens(str(part.get("text", "")), self.vocab.prefix))
                     elif kind == "fmri":
-                        pieces.append(self._render_fmri_part(part, queue))
+                        pieces.append(self._render_fmri_part(part, queue, values_out))
                     else:
                         raise FmriInputError(
                             f"Unknown message part {part!r}",
@@ -194,7 +245,9 @@ class FmriLMProcessor:
             )
         return rendered
 
-    def _render_fmri_part(self, part: dict[str, Any], queue: list[Any]) -> str:
+    def _render_fmri_part(
+        self, part: dict[str, Any], queue: list[Any], values_out: list | None = None
+    ) -> str:
         if "codes" in part:
             source = part["codes"]
         elif "scan" in part:
@@ -219,13 +272,25 @@ class FmriLMProcessor:
                     fix=f"ask for a window between 0 and {len(codes) - 1}",
                 ) from None
             codes = codes[None] if codes.ndim == 1 else codes
-        return self.vocab.render(codes)
+        connectome = None
+        if windows is None:  # the whole scan: its connectome tokens come first
+            connectome = self.encode_connectome(part.get("connectome", source))
+        if connectome is None:
+            return self.vocab.render(codes)
+        if values_out is not None:
+            values_out.append(connectome.values)
+        return self.vocab.render(codes, connectome.token_codes)
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, Any]], scans: Any = None, *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict[str, Any]],
+        scans: Any = None,
+        *,
+        add_generation_prompt: bool = True,
+        values_out: list | None = None,
     ) -> str:
         """The prompt text, formatted by the base model's own chat template."""
-        return self._template(self.render_messages(messages, scans), add_generation_prompt)
+        return self._template(self.render_messages(messages, scans, values_out), add_generation_prompt)
 
     def _template(self, rendered: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -251,13 +316,19 @@ class FmriLMProcessor:
         ``scans`` is, per conversation, a scan / codes or a list of them, consumed by its fMRI parts in order.
         """
         batch, batch_scans = _as_batch(conversations, scans)
-        ids = [
-            self._encode_text(self.apply_chat_template(conv, sc, add_generation_prompt=add_generation_prompt))
-            for conv, sc in zip(batch, batch_scans, strict=True)
-        ]
-        return self.pad(
-            [{"input_ids": x} for x in ids], padding_side=padding_side, return_tensors=return_tensors
-        )
+        examples = []
+        for conv, sc in zip(batch, batch_scans, strict=True):
+            values: list = []
+            text = self.apply_chat_template(
+                conv, sc, add_generation_prompt=add_generation_prompt, values_out=values
+            )
+            examples.append({"input_ids": self._encode_text(text), **self._values_entry(values)})
+        return self.pad(examples, padding_side=padding_side, return_tensors=return_tensors)
+
+    def _values_entry(self, values: list) -> dict[str, Any]:
+        if not values or not self.config.uses_soft_tokens:
+            return {}
+        return {"connectome_values": np.concatenate(values).astype(np.float32)}
 
     def training_example(self, messages: Sequence[dict[str, Any]], scans: Any = None) -> dict[str, list[int]]:
         """``input_ids`` and ``labels`` for one conversation: only assistant turns are learned (-100 elsewhere).
@@ -266,7 +337,8 @@ class FmriLMProcessor:
         template rendered up to it with the generation prompt, so the labels cover exactly what the model must
         generate at inference (answer and end-of-turn marker) for any chat template that extends its prefix.
         """
-        rendered = self.render_messages(messages, scans)
+        values: list = []
+        rendered = self.render_messages(messages, scans, values)
         input_ids: list[int] = []
         labels: list[int] = []
         consumed = ""
@@ -295,7 +367,7 @@ class FmriLMProcessor:
             tail = self._encode_text(rest)
             input_ids += tail
             labels += [IGNORE_INDEX] * len(tail)
-        return {"input_ids": input_ids, "labels": labels}
+        return {"input_ids": input_ids, "labels": labels, **self._values_entry(values)}
 
     def pad(
         self,
@@ -328,9 +400,42 @@ class FmriLMProcessor:
             out["attention_mask"].append(fill([1] * len(ids), 0))
             if has_labels:
                 out["labels"].append(fill(list(e["labels"]), IGNORE_INDEX))
+        values = self._soft_values(examples, out["input_ids"])
         if return_tensors == "pt":
-            return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
+            tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+            if values is not None:
+                tensors["connectome_values"] = torch.as_tensor(values)
+            return BatchEncoding(tensors)
+        if values is not None:
+            out["connectome_values"] = values
         return BatchEncoding(out)
+
+    def _soft_values(
+        self, examples: Sequence[dict[str, Any]], padded_ids: list[list[int]]
+    ) -> np.ndarray | None:
+        """``(B, S, components)`` values at connectome-token positions (zero elsewhere), or None.
+
+        The k-th connectome token of a part is group ``k`` of that scan's components: its values go in that
+        group's block of columns, so one linear map of the block-sparse row is one projection per group.
+        """
+        if not any(len(e.get("connectome_values", ())) for e in examples):
+            return None
+        cfg = self.config
+        m, d = cfg.connectome_tokens, cfg.connectome_group_dim
+        ids = np.asarray(padded_ids)
+        out = np.zeros((*ids.shape, cfg.connectome_components), dtype=np.float32)
+        for b, e in enumerate(examples):
+            rows = np.asarray(e.get("connectome_values", np.zeros((0, d))), dtype=np.float32).reshape(-1, d)
+            positions = np.flatnonzero(self.ids.is_connectome(ids[b]))
+            if len(positions) != len(rows):
+                raise FmriInputError(
+                    f"{len(positions)} connectome tokens but {len(rows)} rows of connectome values",
+                    fix="build inputs with the processor, which keeps tokens and values together",
+                )
+            for k, pos in enumerate(positions):
+                g = k % m
+                out[b, pos, g * d : (g + 1) * d] = rows[k]
+        return out
 
     # ---------------------------------------------------------------------------------------- decoding
     def decode(self, ids: Any, *, skip_special_tokens: bool = True) -> str:
@@ -396,12 +501,18 @@ def _config_from_fmri_tokenizer(fmri_tokenizer: Any) -> FmriProcessorConfig:
     if fmri_tokenizer is None:
         return FmriProcessorConfig()
     c = fmri_tokenizer.config
-    return FmriProcessorConfig(
+    config = FmriProcessorConfig(
         codebook_size=int(c.codebook_size),
         num_latents=int(c.num_latents),
         window_length=int(c.window_length),
         target_tr=c.target_tr,
     )
+    connectome = getattr(fmri_tokenizer, "connectome", None)
+    if connectome is not None:
+        config.connectome_tokens = int(connectome.config.num_tokens)
+        config.connectome_codebook_size = int(connectome.config.codebook_size)
+        config.connectome_components = int(connectome.config.components)
+    return config
 
 
 def _to_numpy(x: Any) -> np.ndarray:

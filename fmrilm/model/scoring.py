@@ -302,7 +302,9 @@ def answer_ids(processor: Any, answer: str) -> list[int]:
     return [t for t, lab in zip(example["input_ids"], example["labels"], strict=True) if lab != -100]
 
 
-def option_logprobs(llm: Any, prompts: Any, options: Sequence[Sequence[int]], pad_id: int) -> Any:
+def option_logprobs(
+    llm: Any, prompts: Any, options: Sequence[Sequence[int]], pad_id: int, embed_inputs: Any = None
+) -> Any:
     """``(n_prompts, n_options)`` summed log-probabilities of each option's tokens after each prompt.
 
     ``prompts`` is a LEFT-padded batch (``input_ids``, ``attention_mask``). The prompts run once with the KV
@@ -320,7 +322,13 @@ def option_logprobs(llm: Any, prompts: Any, options: Sequence[Sequence[int]], pa
         opt[j, : len(o)] = torch.as_tensor(list(o), dtype=torch.long)
         opt_mask[j, : len(o)] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = llm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    # soft brain tokens: the prompt enters as embeddings (`FmriLM.embed_inputs`); the options as ids
+    values = prompts.get("connectome_values") if hasattr(prompts, "get") else None
+    if values is not None and embed_inputs is not None:
+        first = {"inputs_embeds": embed_inputs(ids, values)}
+    else:
+        first = {"input_ids": ids}
+    out = llm(**first, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (P, V): the first answer token
     scores = first[:, opt[:, 0]]  # (P, O)
     if width == 1:
@@ -376,7 +384,9 @@ def score_options(
             for q in questions:
                 convs = [card.messages(q) for _ in scans]
                 prompts = processor(convs, [[s] for s in scans], add_generation_prompt=True).to(model.device)
-                lp = option_logprobs(llm, prompts, options, processor.tokenizer.pad_token_id).cpu()
+                lp = option_logprobs(
+                    llm, prompts, options, processor.tokenizer.pad_token_id, model.embed_inputs
+                ).cpu()
                 if normalize == "mean":
                     lp = lp / lengths[None]
                 total += torch.softmax(lp, dim=-1).double().numpy()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -369,6 +370,31 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
             visible=visible,
             patch_valid=patch_valid,
         )
+
+    # ------------------------------------------------------------------------------------ connectome part
+    #: The fitted `ConnectomeTokenizer` (whole-scan FC tokens), or None. Kept outside the module tree: it is
+    #: fitted, not trained, and saved in its own ``connectome/`` subfolder beside this model's weights.
+    connectome: Any = None
+
+    def set_connectome(self, connectome: Any) -> None:
+        object.__setattr__(self, "connectome", connectome)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        from fmrilm.tokenizer.connectome import SUBFOLDER
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.connectome is not None:
+            self.connectome.save_pretrained(Path(save_directory) / SUBFOLDER)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        from fmrilm.tokenizer.connectome import SUBFOLDER, ConnectomeTokenizer
+
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        sub = Path(pretrained_model_name_or_path) / SUBFOLDER
+        if ConnectomeTokenizer.exists(sub):
+            model.set_connectome(ConnectomeTokenizer.from_pretrained(sub))
+        return model
 
     # ------------------------------------------------------------------------------------- user-facing API
     def windows(self, scan: Any) -> tuple[np.ndarray, np.ndarray]:
