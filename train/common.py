@@ -157,6 +157,19 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
+def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
+    """The LLM's trainable tensors at ``cfg.lr``; the soft-token projection, a fresh linear map into the
+    embedding space, at ``cfg.lr * cfg.soft_lr_scale`` (see the LoopConfig field)."""
+    soft = getattr(model, "soft_projection", None)
+    soft_ids = {id(p) for p in soft.parameters()} if soft is not None else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in soft_ids]
+    groups = [{"params": rest}]
+    soft_params = [p for p in (soft.parameters() if soft is not None else []) if p.requires_grad]
+    if soft_params:
+        groups.append({"params": soft_params, "lr": cfg.lr * cfg.soft_lr_scale})
+    return groups
+
+
 def enable_gradient_checkpointing(llm: Any) -> None:
     """Checkpoint every decoder layer of ``llm`` (a peft or plain transformers model), non-reentrant.
 

@@ -79,6 +79,8 @@ class Stage1Config(LoopSettings):
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
     quantizer_warmup_steps: int = 100
+    connectome: dict[str, Any] = field(default_factory=dict)
+    connectome_tokens: int = 32
     val_fraction: float = 0.1
     max_val_windows: int = 1024
     # Stage 1's loop defaults
@@ -532,6 +534,10 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
             if state.step % cfg.save_every == 0 or state.step == cfg.steps:
                 save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
 
+    if accelerator.is_main_process and cfg.connectome_tokens > 0:
+        connectome = fit_connectome(cohorts, cfg, show)
+        if connectome is not None:
+            unwrapped.set_connectome(connectome)
     if accelerator.is_main_process:
         save_tokenizer(unwrapped, out_dir)
         metrics.set(
@@ -540,6 +546,38 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
         logger.info("tokenizer written to %s", out_dir)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False) -> Any:
+    """The connectome tokenizer fitted on every scan of the training cohorts (reference coordinates: the
+    first cohort's atlas). Components shrink to what the scan count supports, with a log line saying so;
+    with fewer scans than tokens there are none (a warning says so): a population of a handful of scans
+    has no reference geometry worth tokenizing."""
+    from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
+
+    scans = [c.scan(i) for c in cohorts for i in range(len(c))]
+    settings = {"num_tokens": cfg.connectome_tokens, "seed": cfg.seed, **cfg.connectome}
+    config = ConnectomeConfig(**settings)
+    room = (len(scans) - 1) // config.num_tokens * config.num_tokens
+    if room < config.components:
+        if room < config.num_tokens:
+            logger.warning(
+                "no connectome tokens: %d training scans are too few for %d tokens (lower "
+                "--connectome-tokens, or train on more scans)",
+                len(scans),
+                config.num_tokens,
+            )
+            return None
+        logger.info("connectome tokens: %d components (%d scans support no more)", room, len(scans))
+        config = ConnectomeConfig(**{**settings, "components": room})
+    logger.info(
+        "fitting connectome tokens on %d scans: %d tokens x %d components, %d residual levels",
+        len(scans),
+        config.num_tokens,
+        config.group_dim,
+        config.num_levels,
+    )
+    return ConnectomeTokenizer.fit(scans, config, reference_coords=cohorts[0].atlas.coords, progress=progress)
 
 
 def dann_ramp(step: int, total: int) -> float:
@@ -559,7 +597,14 @@ def save_tokenizer(model: Any, out_dir: Path) -> None:
         model.save_pretrained(tmp)
         files = sorted(tmp.iterdir(), key=lambda p: p.name == "config.json")
         for f in files:
-            os.replace(f, out_dir / f.name)
+            target = out_dir / f.name
+            if f.is_dir() and target.is_dir():  # a folder written by an earlier run of this command
+                old = out_dir / f".{f.name}.old"
+                os.replace(target, old)
+                os.replace(f, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(f, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -643,6 +688,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first steps decode continuous latents (at most a third of --steps)",
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out per cohort")
+    p.add_argument(
+        "--connectome-tokens",
+        type=int,
+        default=Stage1Config.connectome_tokens,
+        help="scan-level connectome tokens per fMRI part (tangent FC, fitted on the training cohorts); 0: none",
+    )
+    p.add_argument(
+        "--connectome-components",
+        type=int,
+        default=256,
+        help="tangent-FC PCA components the connectome tokens carry (a multiple of --connectome-tokens)",
+    )
+    p.add_argument("--connectome-levels", type=int, default=4, help="residual quantizer levels")
+    p.add_argument("--connectome-codebook-size", type=int, default=256, help="entries of the shared codebook")
     for name in _LOSS_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument(
@@ -672,7 +731,14 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         if v is not None
     }
     loss = {k: getattr(args, k) for k in _LOSS_FLAGS}
+    connectome = {
+        "components": args.connectome_components,
+        "num_levels": args.connectome_levels,
+        "codebook_size": args.connectome_codebook_size,
+    }
     return Stage1Config(
+        connectome_tokens=args.connectome_tokens,
+        connectome=connectome,
         cohorts=[str(c) for c in args.cohort],
         out=str(args.out),
         corpus=[str(c) for c in args.corpus],

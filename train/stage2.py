@@ -37,6 +37,7 @@ from fmrilm.train.common import (
     enable_gradient_checkpointing,
     loop_kwargs,
     lora_from_args,
+    param_groups,
     prepare_out_dir,
     torch_threads,
 )
@@ -88,6 +89,7 @@ class Stage2Config(LoopSettings):
     dtype: str | None = None
     quantization: str | None = None
     optim_8bit: bool = False
+    soft_lr_scale: float = 10.0  # learning-rate multiplier of the soft-token projection (see Stage 3)
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     # Stage 2's loop defaults
@@ -104,6 +106,7 @@ class ScanCodes:
     subjects: list[str]
     codes: list[np.ndarray]  # (W, K) each
     valid: list[np.ndarray]  # (W,) bool each: window mostly real samples
+    connectome: list[Any] | None = None  # ConnectomeTokens each, when the tokenizer has connectome tokens
 
 
 def encode_cohorts(
@@ -115,14 +118,23 @@ def encode_cohorts(
             lengths = data["lengths"]
             flat, flat_valid = data["codes"], data["valid"]
             splits = np.cumsum(lengths)[:-1]
+            connectome = None
+            if "fc_codes" in data.files:
+                from fmrilm.tokenizer.connectome import ConnectomeTokens
+
+                connectome = [
+                    ConnectomeTokens(c, v) for c, v in zip(data["fc_codes"], data["fc_values"], strict=True)
+                ]
             return ScanCodes(
                 [str(s) for s in data["scan_ids"]],
                 [str(s) for s in data["subjects"]],
                 list(np.split(flat, splits)),
                 list(np.split(flat_valid, splits)),
+                connectome,
             )
     config = fmri_tokenizer.config
-    out = ScanCodes([], [], [], [])
+    fc_tokenizer = getattr(fmri_tokenizer, "connectome", None)
+    out = ScanCodes([], [], [], [], [] if fc_tokenizer is not None else None)
     total = sum(len(c) for c in cohorts)
     bar = None
     if progress:
@@ -140,6 +152,8 @@ def encode_cohorts(
             out.subjects.append(str(scan.subject_id))
             out.codes.append(codes)
             out.valid.append(valid_windows(mask, config.window_length, config.patch_length))
+            if out.connectome is not None:
+                out.connectome.append(fc_tokenizer.encode(scan))
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -153,6 +167,14 @@ def encode_cohorts(
             lengths=np.asarray([len(c) for c in out.codes]),
             codes=np.concatenate(out.codes),
             valid=np.concatenate(out.valid),
+            **(
+                {
+                    "fc_codes": np.stack([t.codes for t in out.connectome]),
+                    "fc_values": np.stack([t.values for t in out.connectome]),
+                }
+                if out.connectome
+                else {}
+            ),
         )
         os.replace(tmp, cache)
     return out
@@ -193,7 +215,10 @@ def conversation(task: str, item: tuple, data: ScanCodes | None, cfg: Stage2Conf
         else:
             fmri = codes[np.flatnonzero(data.valid[r])][-cfg.max_windows :]
         prompt = DESCRIBE_PROMPTS[int(rng.integers(len(DESCRIBE_PROMPTS)))]
-        user = [{"type": "fmri", "codes": fmri}, {"type": "text", "text": prompt}]
+        part: dict[str, Any] = {"type": "fmri", "codes": fmri}
+        if w < 0 and data.connectome is not None:  # the whole scan: its connectome tokens too
+            part["connectome"] = data.connectome[r]
+        user = [part, {"type": "text", "text": prompt}]
         return [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
     r, w = item
     codes, valid = data.codes[r], data.valid[r]
@@ -416,7 +441,9 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, eight_bit=cfg.optim_8bit)
+    optimizer = make_optimizer(
+        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, eight_bit=cfg.optim_8bit
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device

@@ -39,6 +39,7 @@ from fmrilm.train.common import (
     enable_gradient_checkpointing,
     loop_kwargs,
     lora_from_args,
+    param_groups,
     prepare_out_dir,
     torch_threads,
 )
@@ -65,6 +66,9 @@ class LoopConfig(LoopSettings):
     max_val_examples: int = 256
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
+    #: learning-rate multiplier of the soft-token projection (a new linear map: it needs larger steps than
+    #: LoRA, as the projector of LLaVA-style models does)
+    soft_lr_scale: float = 10.0
 
 
 @dataclass(kw_only=True)
@@ -156,7 +160,27 @@ def encode_scans(cohort: Any, fmri_tokenizer: Any, scan_ids: set[str] | None = N
         all_ids = [str(s) for s in cohort.dataset["scan_id"]]
         cohort = cohort.select([i for i, s in enumerate(all_ids) if s in scan_ids])
     data = encode_cohorts([cohort], fmri_tokenizer, cache=None, progress=progress)
-    return dict(zip(data.scan_ids, data.codes, strict=True))
+    encoded = EncodedScans(zip(data.scan_ids, data.codes, strict=True))
+    connectome = getattr(fmri_tokenizer, "connectome", None)
+    if connectome is not None:
+        scans = [cohort.scan(i) for i in range(len(cohort))]
+        if progress:
+            from tqdm.auto import tqdm
+
+            scans = tqdm(scans, desc="connectome tokens", unit="scan")
+        encoded.connectome = {str(s.scan_id): connectome.encode(s) for s in scans}
+    return encoded
+
+
+class EncodedScans(dict):
+    """``{scan_id: window codes (W, K)}``, plus ``connectome``: ``{scan_id: ConnectomeTokens}`` when the
+    tokenizer has connectome tokens (whole-scan parts then carry them)."""
+
+    connectome: dict[str, Any]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connectome = {}
 
 
 def resolve_messages(
@@ -190,6 +214,9 @@ def _resolve_part(part: dict[str, Any], codes: dict[str, np.ndarray]) -> dict[st
     scan_codes = codes[scan_id]
     window = part.get("window")
     if window is None:
+        connectome = getattr(codes, "connectome", {}).get(scan_id)
+        if connectome is not None:
+            return {"type": "fmri", "codes": scan_codes, "connectome": connectome}
         return {"type": "fmri", "codes": scan_codes}
     if not 0 <= int(window) < len(scan_codes):
         raise FmriInputError(
@@ -300,7 +327,7 @@ def fit(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
@@ -323,7 +350,8 @@ def fit(
     val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
 
     def collate(examples: list[dict[str, Any]]):
-        batch = processor.pad([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        keys = ("input_ids", "labels", "connectome_values")
+        batch = processor.pad([{k: e[k] for k in keys if k in e} for e in examples])
         return {k: v.to(device) for k, v in batch.items()}
 
     def evaluate() -> dict[str, float]:

@@ -66,7 +66,11 @@ def make_optimizer(params: Iterable[Any], *, lr: float, weight_decay: float = 0.
     """AdamW, or bitsandbytes' 8-bit AdamW (a quarter of the optimizer memory) when asked and supported."""
     import torch
 
-    params = [p for p in params if getattr(p, "requires_grad", True)]
+    params = list(params)
+    if params and isinstance(params[0], dict):  # parameter groups (each may set its own lr)
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if getattr(p, "requires_grad", True)]
     if eight_bit:
         _require_bitsandbytes("The 8-bit optimizer")
         import bitsandbytes as bnb

@@ -1,0 +1,213 @@
+"""Connectome tokens and soft brain tokens: what a user relies on when the LLM reads a whole scan's FC."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fmrilm.atlas import Atlas
+from fmrilm.scan import Scan
+from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, resampling_weights
+
+SMALL = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
+
+
+def structured_scan(atlas: Atlas, seed: int, n_timepoints: int = 80, scan_id: str | None = None) -> Scan:
+    """A scan whose regions share a few latent sources with subject-specific loadings (real FC structure)."""
+    rng = np.random.default_rng(seed)
+    sources = rng.standard_normal((n_timepoints, 4))
+    loadings = rng.standard_normal((4, atlas.n_regions))
+    ts = sources @ loadings + 0.5 * rng.standard_normal((n_timepoints, atlas.n_regions))
+    sid = scan_id or f"s{seed}"
+    return Scan(ts.astype(np.float32), tr=2.0, atlas=atlas, scan_id=sid, subject_id=f"sub-{sid}")
+
+
+@pytest.fixture(scope="module")
+def atlas() -> Atlas:
+    return Atlas.builtin("dosenbach160").subset(np.arange(24))
+
+
+@pytest.fixture(scope="module")
+def fitted(atlas) -> tuple[ConnectomeTokenizer, list[Scan]]:
+    scans = [structured_scan(atlas, i) for i in range(14)]
+    return ConnectomeTokenizer.fit(scans, SMALL), scans
+
+
+def test_connectome_tokens_do_not_depend_on_region_order(fitted):
+    tok, scans = fitted
+    scan = scans[3]
+    perm = np.random.default_rng(1).permutation(scan.n_regions)
+    shuffled = replace(scan, timeseries=scan.timeseries[:, perm], atlas=scan.atlas.subset(perm))
+    a, b = tok.encode(scan), tok.encode(shuffled)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-5)
+    np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_tangent_vector_equals_nilearns_tangent_transform(fitted):
+    from nilearn.connectome import ConnectivityMeasure
+
+    tok, scans = fitted
+    series = [tok.reference_timeseries(s) for s in scans]
+    measure = ConnectivityMeasure(kind="tangent", vectorize=True, discard_diagonal=True).fit(series)
+    ours = np.stack([tok.tangent_vector(x) for x in series])
+    np.testing.assert_allclose(ours, measure.transform(series), atol=1e-6)
+
+
+def test_scans_differ_and_quantizer_keeps_more_with_more_levels(fitted):
+    tok, scans = fitted
+    z = tok.continuous(scans)
+    assert z.shape == (len(scans), SMALL.components)
+    assert np.abs(z[0] - z[1]).max() > 0.1  # different subjects, different tokens
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=0.2)  # whitened on the fitting population
+    codes, deq = tok.quantize(z)
+    assert codes.shape == (len(scans), SMALL.num_tokens, SMALL.num_levels)
+    first = tok.quantizer.layers[0]  # the first level alone
+    with torch.no_grad():
+        one, _, _ = first(torch.as_tensor(z).view(len(z), SMALL.num_tokens, -1))
+    err_one = np.linalg.norm(z - one.reshape(len(z), -1).numpy())
+    err_all = np.linalg.norm(z - deq)
+    assert err_all < err_one
+
+
+def test_another_atlas_maps_into_the_same_space(fitted):
+    tok, _ = fitted
+    other = Atlas.builtin("seitzman300").subset(np.arange(40))
+    tokens = tok.encode(structured_scan(other, 99))
+    assert tokens.values.shape == (SMALL.num_tokens, SMALL.group_dim)
+    assert np.isfinite(tokens.values).all()
+
+
+def test_kernel_is_the_identity_on_the_reference_and_fills_bad_regions(atlas):
+    w = resampling_weights(atlas.coords, atlas.coords, sigma_mm=4.0)
+    assert np.allclose(np.diag(w), 1.0, atol=0.05)
+    usable = np.ones(atlas.n_regions, dtype=bool)
+    usable[5] = False
+    w = resampling_weights(atlas.coords, atlas.coords, sigma_mm=4.0, usable=usable)
+    assert w[:, 5].max() == 0.0 and np.isclose(w[5].sum(), 1.0)
+
+
+def test_save_and_load_give_identical_tokens(fitted, tmp_path):
+    tok, scans = fitted
+    tok.save_pretrained(tmp_path / "c")
+    again = ConnectomeTokenizer.from_pretrained(tmp_path / "c")
+    a, b = tok.encode(scans[0]), again.encode(scans[0])
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_allclose(a.values, b.values)
+
+
+def test_too_few_scans_and_bad_sizes_are_refused(atlas):
+    from fmrilm.errors import FmriInputError
+
+    with pytest.raises(FmriInputError, match="multiple of num_tokens"):
+        ConnectomeConfig(num_tokens=3, components=8)
+    with pytest.raises(FmriInputError, match="need more than 8"):
+        ConnectomeTokenizer.fit([structured_scan(atlas, i) for i in range(5)], SMALL)
+
+
+# ------------------------------------------------------------------------------------------ the LLM side
+@pytest.fixture(scope="module")
+def model(fitted):
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    tok, _ = fitted
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    return FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+
+
+def _messages():
+    return [{"role": "user", "content": [{"type": "fmri"}, {"type": "text", "text": "Describe."}]}]
+
+
+def test_every_fmri_part_starts_with_the_connectome_tokens_and_carries_their_values(model, fitted):
+    _, scans = fitted
+    proc = model.processor
+    batch = proc([_messages(), _messages()], [[scans[0]], [scans[1]]])
+    ids = batch["input_ids"]
+    fc = proc.ids.is_connectome(ids)
+    assert fc.sum(1).tolist() == [SMALL.num_tokens, SMALL.num_tokens]
+    for b, scan in enumerate(scans[:2]):
+        start = int((ids[b] == proc.ids.start_id).nonzero()[0])
+        assert fc[b, start + 1 : start + 1 + SMALL.num_tokens].all()  # right after <brain_start>
+        values = batch["connectome_values"][b][fc[b]].numpy()  # (M, components), block-sparse
+        expected = fitted[0].encode(scan).values
+        d = SMALL.group_dim
+        for g in range(SMALL.num_tokens):
+            np.testing.assert_allclose(values[g, g * d : (g + 1) * d], expected[g], atol=1e-6)
+            assert not np.delete(values[g], np.s_[g * d : (g + 1) * d]).any()
+
+
+def test_without_values_the_model_is_plain_transformers(model, fitted):
+    _, scans = fitted
+    batch = model.processor(_messages(), [scans[0]])
+    plain = model.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours, plain)
+    soft = model(**batch).logits
+    assert not torch.allclose(soft, plain)  # the values change what the LLM reads
+    with torch.no_grad():
+        saved = model.soft_projection.proj.weight.clone()
+        model.soft_projection.proj.weight.zero_()
+        try:  # a zero projection: the soft path is exactly the code embeddings
+            torch.testing.assert_close(model(**batch).logits, plain)
+        finally:
+            model.soft_projection.proj.weight.copy_(saved)
+
+
+def test_discrete_only_models_emit_no_values(fitted):
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    tok, scans = fitted
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    discrete = FmriLM.from_base(llm, host, tokenizer=text_tokenizer, soft_tokens=False)
+    batch = discrete.processor(_messages(), [scans[0]])
+    assert "connectome_values" not in batch and discrete.soft_projection is None
+    assert discrete.processor.ids.is_connectome(batch["input_ids"]).sum() == SMALL.num_tokens
+
+
+def test_save_load_gives_identical_answers_and_generation_keeps_the_prompt(model, fitted, tmp_path):
+    from fmrilm.model.modeling import FmriLM
+
+    _, scans = fitted
+    with torch.no_grad():
+        model.soft_projection.proj.weight.mul_(3.0)  # trained-looking, not the initial values
+    model.save_pretrained(tmp_path / "m")
+    again = FmriLM.from_pretrained(tmp_path / "m")
+    batch = model.processor(_messages(), [scans[2]])
+    torch.testing.assert_close(
+        model(**batch).logits, again(**again.processor(_messages(), [scans[2]])).logits
+    )
+    out = again.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out[0, : batch["input_ids"].shape[1]], batch["input_ids"][0])
+    assert again.reply(_messages(), [scans[2]], max_new_tokens=4) == model.reply(
+        _messages(), [scans[2]], max_new_tokens=4
+    )
+
+
+def test_stage3_examples_carry_the_connectome_values(model, fitted):
+    from fmrilm.train.stage3 import EncodedScans, build_examples
+
+    tok, scans = fitted
+    codes = EncodedScans({"s0": np.zeros((2, model.processor.config.num_latents), np.int64)})
+    codes.connectome = {"s0": tok.encode(scans[0])}
+    row = {
+        "task": "t",
+        "messages": [
+            {"role": "user", "content": [{"type": "fmri", "scan_id": "s0"}, {"type": "text", "text": "?"}]},
+            {"role": "assistant", "content": "yes"},
+        ],
+    }
+    (example,), _ = build_examples(model.processor, [row], codes)
+    np.testing.assert_allclose(example["connectome_values"], tok.encode(scans[0]).values)
+    loss = model(**model.processor.pad([example]), loss_reduction="example").loss
+    loss.backward()
+    assert model.soft_projection.proj.weight.grad.abs().sum() > 0  # the projection learns
+    model.zero_grad()
