@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_ABIDE = Path("..") / "shared" / "data" / "abide"
 #: ABIDE sites held out from all training (leave-sites-out); a mid-sized, mixed-TR trio.
 ABIDE_TEST_SITES = ("UCLA_1", "KKI", "OHSU")
@@ -40,10 +42,14 @@ class Preset:
     #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
     align_text_columns: str = "text_graph"
     align_max_length: int = 320
+    #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
+    #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
+    max_windows: int = 1
     instruct_steps: int = 80
+    instruct_batch_size: int = 8
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
-    instruct_paradigms: str | None = "brain,multi"
+    instruct_paradigms: str | None = "brain"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,sex,age,coupled_pair,modularity"
     batch_size: int = 4
@@ -65,6 +71,8 @@ PRESETS: dict[str, Preset] = {
         sim_tasks="diagnosis,sex,age,coupled_pair,modularity,describe",
         align_steps=1000,
         instruct_steps=2000,
+        instruct_batch_size=16,
+        max_windows=4,
         batch_size=8,
         eval_shots="0,4,16",
         eval_seeds=3,
@@ -266,6 +274,7 @@ class Demo:
             ["train", "align", *cohort_args, *corpus_args, "--tokenizer", tok, "--out", align, *base]
             + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
             + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
+            + ["--max-windows", str(self.p.max_windows)]
             + self.common(),
             done=Path(align) / "model" / "config.json",
         )
@@ -274,7 +283,7 @@ class Demo:
         self.step(
             "Stage 3: multi-task instruction tuning (loss on answers only)",
             ["train", "instruct", "--model", align, *set_args, "--out", instruct]
-            + ["--steps", str(self.p.instruct_steps), "--batch-size", str(self.p.batch_size)]
+            + ["--steps", str(self.p.instruct_steps), "--batch-size", str(self.p.instruct_batch_size)]
             + self.common(),
             done=Path(instruct) / "model" / "config.json",
         )
@@ -309,12 +318,38 @@ class Demo:
                 print()
             if task in truth:
                 print(f"  (its descriptors say: {truth[task]})")
+        self.descriptor_rates(model, cohort, split, sets[name])
         stored = stored_tasks(model)
         task = f"diagnosis@{cohort.name}" if f"diagnosis@{cohort.name}" in stored else "diagnosis"
         probs = model.predict(scan, task)
         shown = json.dumps({k: round(v, 3) for k, v in probs.items()})
         print(f"\n  model.predict(scan, '{task}') -> {shown}  (recorded: {truth.get('diagnosis', '?')})")
         self.timings.append(("Reload and chat", time.perf_counter() - start))
+
+    def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 40) -> None:
+        """How often the model answers the descriptor questions right on held-out scans, next to always
+        giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches)."""
+        answers = answer_table(instruction_set)
+        test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
+        train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
+        for task in ("coupled_pair", "modularity"):
+            rows = answers[answers["task"] == task]
+            truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
+            majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
+            scored = [sid for sid in test_ids if sid in truth]
+            if majority.empty or not scored:
+                continue
+            try:
+                frame = model.predict_cohort(cohort, task, [test_ids[s] for s in scored])
+            except Exception as exc:  # a task the model was not trained on: say so, do not stop the demo
+                print(f"  {task}: not scored ({exc})")
+                continue
+            right = float(np.mean([p == truth[s] for p, s in zip(frame["prediction"], scored, strict=True)]))
+            base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
+            print(
+                f"  {task}: right on {right:.0%} of {len(scored)} held-out scans "
+                f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%})"
+            )
 
     def evaluate(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> list[Path]:
         name = "abide" if "abide" in cohorts else "sim"
@@ -357,13 +392,19 @@ def peak_mib() -> float:
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # macOS reports bytes, Linux KiB
 
 
-def reference_answers(instruction_set: str, scan_id: str) -> dict[str, str]:
-    """The answers an instruction set records for one scan, by task (descriptor-derived or phenotype)."""
+def answer_table(instruction_set: str):
+    """Scan id, task and answer of the set's brain-paradigm rows (one per scan and task), as a DataFrame."""
     import datasets
 
     rows = datasets.load_from_disk(str(Path(instruction_set) / "dataset"))
     columns = rows.select_columns(["scan_id", "paradigm", "task", "answer"]).to_pandas()
-    mine = columns[(columns["scan_id"] == scan_id) & (columns["paradigm"] == "brain")]
+    return columns[columns["paradigm"] == "brain"].drop_duplicates(["scan_id", "task"])
+
+
+def reference_answers(instruction_set: str, scan_id: str) -> dict[str, str]:
+    """The answers an instruction set records for one scan, by task (descriptor-derived or phenotype)."""
+    mine = answer_table(instruction_set)
+    mine = mine[mine["scan_id"] == scan_id]
     return dict(zip(mine["task"], mine["answer"], strict=True))
 
 

@@ -550,7 +550,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
 
 def fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False) -> Any:
     """The connectome tokenizer fitted on every scan of the training cohorts (reference coordinates: the
-    first cohort's atlas). Components shrink to what the scan count supports, with a log line saying so;
+    atlas with the most regions). Components shrink to what the scan count supports, with a log line saying so;
     with fewer scans than tokens there are none (a warning says so): a population of a handful of scans
     has no reference geometry worth tokenizing."""
     from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
@@ -577,7 +577,9 @@ def fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False
         config.group_dim,
         config.num_levels,
     )
-    return ConnectomeTokenizer.fit(scans, config, reference_coords=cohorts[0].atlas.coords, progress=progress)
+    reference = max(cohorts, key=lambda c: c.atlas.n_regions).atlas  # the finest atlas keeps the most
+    logger.info("connectome reference regions: %s (%d)", reference.name, reference.n_regions)
+    return ConnectomeTokenizer.fit(scans, config, reference_coords=reference.coords, progress=progress)
 
 
 def dann_ramp(step: int, total: int) -> float:

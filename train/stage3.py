@@ -69,6 +69,8 @@ class LoopConfig(LoopSettings):
     #: learning-rate multiplier of the soft-token projection (a new linear map: it needs larger steps than
     #: LoRA, as the projector of LLaVA-style models does)
     soft_lr_scale: float = 10.0
+    #: draw batches so every task, and every answer of a task, gets the same share (see balanced_weights)
+    balance: bool = True
 
 
 @dataclass(kw_only=True)
@@ -241,7 +243,7 @@ def build_examples(
         if max_length and len(example["input_ids"]) > max_length:
             skipped[row["task"]] += 1
             continue
-        examples.append({**example, "task": row["task"]})
+        examples.append({**example, "task": row["task"], "answer": str(row.get("answer", ""))})
     return examples, skipped
 
 
@@ -284,6 +286,35 @@ def batch_rows(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
         permutation = np.random.default_rng([seed, epoch]).permutation(n)
         rows.extend(permutation[offset : offset + batch_size - len(rows)].tolist())
     return np.asarray(rows, dtype=np.int64)
+
+
+#: A task with at most this many distinct answers is class-balanced; more (free text) is sampled uniformly.
+MAX_BALANCED_ANSWERS = 12
+
+
+def balanced_weights(examples: list[dict[str, Any]]) -> np.ndarray:
+    """Sampling probability of each example: every task gets the same share of the batches, and inside a
+    task every answer (class, age bin) the same share, so a rare class or a small task is seen as often as
+    the rest (Stage 3 learns each phenotype task, not the most frequent answer of the largest one)."""
+    tasks = [str(e.get("task")) for e in examples]
+    answers = [str(e.get("answer", "")) for e in examples]
+    by_task: dict[str, set[str]] = {}
+    for t, a in zip(tasks, answers, strict=True):
+        by_task.setdefault(t, set()).add(a)
+    keys = [
+        (t, a if len(by_task[t]) <= MAX_BALANCED_ANSWERS else "") for t, a in zip(tasks, answers, strict=True)
+    ]
+    counts = Counter(keys)
+    classes = Counter(t for t, _ in counts)
+    w = np.asarray([1.0 / (len(by_task) * classes[t] * counts[(t, a)]) for t, a in keys])
+    return w / w.sum()
+
+
+def balanced_batch_rows(weights: np.ndarray, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of step ``step``'s batch drawn by ``weights``: a function of (seed, step) only, so resuming
+    draws the batches the uninterrupted run would have drawn."""
+    rng = np.random.default_rng([seed, step, 7])
+    return rng.choice(len(weights), size=batch_size, replace=True, p=weights)
 
 
 def fit(
@@ -348,6 +379,7 @@ def fit(
     rng = np.random.default_rng(cfg.seed + 1)
     val = [val[i] for i in sorted(rng.permutation(len(val))[: cfg.max_val_examples])]
     val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
+    weights = balanced_weights(train) if cfg.balance else None
 
     def collate(examples: list[dict[str, Any]]):
         keys = ("input_ids", "labels", "connectome_values")
@@ -371,7 +403,11 @@ def fit(
     started, first_step = time.time(), state.step
     with progress_bar(total=cfg.steps, initial=state.step, desc=desc, disable=not show) as bar:
         while state.step < cfg.steps:
-            part = [train[i] for i in batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)]
+            if cfg.balance:
+                rows = balanced_batch_rows(weights, cfg.batch_size, cfg.seed, state.step)
+            else:
+                rows = batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)
+            part = [train[i] for i in rows]
             out = model(**collate(part), loss_reduction="example")
             optimizer_step(accelerator, out.loss, trainable, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
@@ -494,12 +530,29 @@ def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig])
     """Flags of a `LoopConfig` (`fmrilm train instruct`, `fmrilm finetune`): loop, LoRA, longest example."""
     add_lora_arguments(p)
     p.add_argument("--max-length", type=int, default=defaults.max_length, help="longest example in tokens")
+    p.add_argument(
+        "--soft-lr-scale",
+        type=float,
+        default=defaults.soft_lr_scale,
+        help="learning-rate multiplier of the soft brain-token projection (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="draw batches uniformly over examples instead of balancing tasks and their answers",
+    )
     add_loop_arguments(p, defaults)
 
 
 def tuning_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The `LoopConfig` keywords parsed by `add_tuning_arguments`."""
-    return {**loop_kwargs(args), "lora": lora_from_args(args), "max_length": args.max_length}
+    return {
+        **loop_kwargs(args),
+        "lora": lora_from_args(args),
+        "max_length": args.max_length,
+        "soft_lr_scale": args.soft_lr_scale,
+        "balance": not args.no_balance,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
