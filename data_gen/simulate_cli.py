@@ -16,6 +16,7 @@ EPILOG = """examples:
   fmrilm simulate --subjects 200 --atlas seitzman300 --sites 6 --timepoints 120 300 --seed 7 --out cohorts/sim300
   fmrilm simulate --subjects 300 --effect-size 0 --out cohorts/null          # no phenotype effect at all
   fmrilm simulate --subjects 20 --nifti 4 --out cohorts/nii                  # + cohorts/nii/nifti/*.nii.gz
+  fmrilm simulate --subjects 6 --timepoints 60 80 --fmriprep 6 --out cohorts/prep  # + cohorts/prep/fmriprep/
 
 Effects (ground truth in DIR/cohort.json, meta.simulator.effects): each multiplies the coupling of named
 networks by 1 + sign*size*z (z = +-0.5 per group, or the age position in [-0.5, 0.5]); size 0 = no effect.
@@ -75,6 +76,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="also write the first N scans as 4D NIfTI images + a labels atlas image into DIR/nifti/",
+    )
+    nii.add_argument(
+        "--fmriprep",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write the first N scans as a small fMRIPrep-like derivatives tree into DIR/fmriprep/ "
+        "(preproc BOLD + sidecars, confounds TSV/JSON, participants.tsv; labels atlas in DIR/nifti/)",
+    )
+    nii.add_argument(
+        "--fmriprep-sessions",
+        type=int,
+        default=1,
+        metavar="K",
+        help="consecutive scans become K sessions of one participant in the fMRIPrep tree (default 1)",
     )
     nii.add_argument("--voxel-mm", type=float, default=5.0, help="NIfTI grid spacing in mm (default 5)")
     parser.add_argument(
@@ -193,6 +209,13 @@ def check_numbers(args: argparse.Namespace) -> None:
             name = "--" + flag.replace("_", "-")
             need(math.isfinite(value) and 0.0 <= value < 1.9, name, value, f"give {name} in [0, 1.9)")
     need(args.nifti >= 0, "--nifti", args.nifti, "give 0 or a positive number of images")
+    need(args.fmriprep >= 0, "--fmriprep", args.fmriprep, "give 0 or a positive number of scans")
+    need(
+        1 <= args.fmriprep_sessions <= 20,
+        "--fmriprep-sessions",
+        args.fmriprep_sessions,
+        "give 1 to 20 sessions per participant",
+    )
     need(
         math.isfinite(args.voxel_mm) and 1.0 <= args.voxel_mm <= 20.0,
         "--voxel-mm",
@@ -204,7 +227,7 @@ def check_numbers(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmrilm.safety import COHORT_OUTPUT, check_output, staged_output
 
-    from .nifti import BOLD_SUFFIX, LABELS_IMAGE, write_nifti_scans
+    from .nifti import BOLD_SUFFIX, LABELS_IMAGE, write_fmriprep_tree, write_nifti_scans
     from .simulate import simulate_cohort
 
     out = Path(args.out)
@@ -224,11 +247,30 @@ def run(args: argparse.Namespace) -> int:
             "images": [f"nifti/{sid}{BOLD_SUFFIX}.nii.gz" for sid in ids],
             "voxel_mm": args.voxel_mm,
         }
+    n_prep = min(args.fmriprep, len(cohort))
+    if n_prep:
+        cohort.meta["simulator"]["fmriprep"] = {
+            "folder": "fmriprep",
+            "labels_image": f"nifti/{LABELS_IMAGE}",
+            "scans": list(cohort.dataset["scan_id"][:n_prep]),
+            "sessions": args.fmriprep_sessions,
+            "voxel_mm": args.voxel_mm,
+        }
 
     # Written beside --out and renamed in when complete; cohort.json (the mark of a complete cohort) last.
     with staged_output(out, COHORT_OUTPUT, overwrite=args.overwrite) as stage:
         if n_nifti:
             write_nifti_scans(cohort, stage / "nifti", n_nifti, voxel_mm=args.voxel_mm, seed=config.seed)
+        if n_prep:
+            write_fmriprep_tree(
+                cohort,
+                stage / "fmriprep",
+                n_prep,
+                sessions=args.fmriprep_sessions,
+                atlas_folder=stage / "nifti",
+                voxel_mm=args.voxel_mm,
+                seed=config.seed,
+            )
         cohort.write_into(stage)
 
     table = cohort.phenotype_table()
@@ -244,5 +286,11 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:g}" for k, v in sizes.items())
         + " (ground truth in cohort.json)"
         + (f"\nNIfTI: {n_nifti} images + labels atlas in {out / 'nifti'}" if n_nifti else "")
+        + (
+            f"\nfMRIPrep-like derivatives: {n_prep} runs in {out / 'fmriprep'} (labels atlas "
+            f"{out / 'nifti' / LABELS_IMAGE})"
+            if n_prep
+            else ""
+        )
     )
     return 0

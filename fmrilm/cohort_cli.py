@@ -16,10 +16,17 @@ EPILOG_IMPORT = """examples:
       --preset abide --out cohorts/abide
   fmrilm cohort import --table participants.tsv --scans 'scans/{participant_id}_rois.1D' --atlas seitzman300 \\
       --phenotype age --phenotype diagnosis=group --values diagnosis=1:patient,2:control --tr 2.0 --out cohorts/mine
+  fmrilm cohort import --fmriprep bids/derivatives/fmriprep --atlas schaefer100_labels.nii.gz \\
+      --confounds scrubbing --out cohorts/fmriprep-scrubbing
 
 The mapping (--mapping FILE.yaml or --preset NAME) names the table columns of the ids (scan_id, subject_id,
 session_id, site, tr) and of each phenotype, with value labels and missing codes; the column flags say the same
 and refine it. Paths in the table and in --scans are relative to the table's folder.
+
+--fmriprep DIR reads fMRIPrep derivatives: every sub-*/[ses-*/]func/*_desc-preproc_bold.nii.gz, denoised with
+nilearn's load_confounds_strategy (--confounds simple|scrubbing|compcor|ica_aroma) and parcellated with the
+atlas (a labels image, or coordinates as spheres of --radius mm); TR from each image's JSON sidecar, phenotypes
+from participants.tsv (in DIR or the BIDS folder above it, or --table; default: all its columns).
 """
 
 
@@ -34,11 +41,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         epilog=EPILOG_IMPORT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    imp.add_argument("--table", required=True, help="participants table (.csv or .tsv), one row per scan")
+    imp.add_argument(
+        "--table",
+        help="participants table (.csv or .tsv), one row per scan (with --fmriprep: one row per participant, "
+        "default DIR's participants.tsv)",
+    )
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--scans", metavar="PATTERN", help="scan filename pattern with {COLUMN} placeholders")
     source.add_argument("--path-column", metavar="COL", help="table column holding each scan's file")
     source.add_argument("--npz", metavar="FILE", help="one .npz holding one (time, regions) array per scan")
+    source.add_argument(
+        "--fmriprep", metavar="DIR", help="fMRIPrep derivatives folder (denoised and parcellated here)"
+    )
+    prep = imp.add_argument_group("fMRIPrep derivatives (with --fmriprep)")
+    prep.add_argument(
+        "--confounds",
+        default="simple",
+        metavar="STRATEGY",
+        help="nilearn denoising strategy: simple (default), scrubbing, compcor or ica_aroma",
+    )
+    prep.add_argument("--task", help="only runs of this task (e.g. rest)")
+    prep.add_argument("--space", help="output space when runs exist in several (e.g. MNI152NLin2009cAsym)")
+    prep.add_argument(
+        "--radius", type=float, metavar="MM", help="sphere radius for a coordinates atlas (default 5 mm)"
+    )
     imp.add_argument(
         "--npz-key", metavar="COL", help="table column whose values key the .npz (default: scan id)"
     )
@@ -147,6 +173,22 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------ import
 def run_import(args: argparse.Namespace) -> int:
     from fmrilm.cohort_import import CohortMapping, import_cohort, mapping_from_flags
+    from fmrilm.errors import FmriInputError
+
+    if not args.fmriprep:
+        if args.table is None:
+            raise FmriInputError(
+                "--table is needed with --scans, --path-column or --npz",
+                fix="give the participants table (--table FILE.csv|.tsv), or read fMRIPrep derivatives with --fmriprep DIR",
+            )
+        used = [f for f in ("task", "space", "radius") if getattr(args, f) is not None]
+        if args.confounds != "simple":
+            used.append("confounds")
+        if used:
+            raise FmriInputError(
+                f"--{', --'.join(used)} appl{'ies' if len(used) == 1 else 'y'} to --fmriprep only",
+                fix="drop them, or import fMRIPrep derivatives with --fmriprep DIR",
+            )
 
     if args.preset:
         base = CohortMapping.preset(args.preset)
@@ -165,29 +207,66 @@ def run_import(args: argparse.Namespace) -> int:
         missing=args.missing,
         kind=args.kind,
     )
-    cohort = import_cohort(
-        args.table,
-        atlas=args.atlas,
-        scans=args.scans,
-        path_column=args.path_column,
-        npz=args.npz,
-        npz_key=args.npz_key,
-        mapping=base.merged(flags),
-        tr=args.tr,
-        bad_regions=args.bad_regions,
-        skip_bad=args.skip_bad,
-        skip_missing=args.skip_missing,
-        min_timepoints=args.min_timepoints,
-        name=args.name,
-        out=args.out,
-        overwrite=args.overwrite,
-    )
+    if args.fmriprep:
+        if args.path_column or args.npz_key or args.scan_id_column or args.session_column or args.tr_column:
+            raise FmriInputError(
+                "--npz-key, --scan-id-column, --session-column and --tr-column do not apply to --fmriprep "
+                "(runs, sessions and TRs come from the BIDS names and sidecars)",
+                fix="drop them (--subject-column, --site-column and the phenotype flags do apply)",
+            )
+        from fmrilm.fmriprep import import_fmriprep
+
+        cohort = import_fmriprep(
+            args.fmriprep,
+            atlas=args.atlas,
+            confounds=args.confounds,
+            table=args.table,
+            mapping=base.merged(flags),
+            task=args.task,
+            space=args.space,
+            tr=args.tr,
+            radius_mm=args.radius,
+            bad_regions=args.bad_regions,
+            skip_bad=args.skip_bad,
+            skip_missing=args.skip_missing,
+            min_timepoints=args.min_timepoints,
+            name=args.name,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
+    else:
+        cohort = import_cohort(
+            args.table,
+            atlas=args.atlas,
+            scans=args.scans,
+            path_column=args.path_column,
+            npz=args.npz,
+            npz_key=args.npz_key,
+            mapping=base.merged(flags),
+            tr=args.tr,
+            bad_regions=args.bad_regions,
+            skip_bad=args.skip_bad,
+            skip_missing=args.skip_missing,
+            min_timepoints=args.min_timepoints,
+            name=args.name,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
     report = cohort.meta["import"]
     n_subjects = len(set(cohort.dataset["subject_id"]))
     print(
         f"Imported {len(cohort)} scans of {n_subjects} subjects into {args.out} "
         f"(atlas {cohort.atlas.name}, {cohort.atlas.n_regions} regions)."
     )
+    if args.fmriprep:
+        runs = report["runs"]
+        dropped = sum(r["n_volumes"] - r["n_kept"] for r in runs)
+        print(
+            f"Denoised with nilearn's '{args.confounds}' strategy ({report['masker']}): "
+            f"{min(r['n_confounds'] for r in runs)}-{max(r['n_confounds'] for r in runs)} confounds per run, "
+            f"{dropped} of {sum(r['n_volumes'] for r in runs)} volumes left out (non-steady state, scrubbing); "
+            "recorded in cohort.json."
+        )
     if report["n_scans_with_bad_regions"]:
         print(
             f"{report['n_scans_with_bad_regions']} scans have constant/zero/non-finite regions "
@@ -197,7 +276,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"Skipped {len(report['skipped'])} row(s):")
         for item in report["skipped"]:
             print(
-                f"  row {item['row']} scan {item['scan_id']} (subject {item['subject_id']}): {item['reason']}"
+                f"  {'row ' + str(item['row']) + ' ' if 'row' in item else ''}scan {item['scan_id']} (subject {item['subject_id']}): {item['reason']}"
             )
     return 0
 

@@ -248,6 +248,54 @@ def _load_single(
     )
 
 
+def load_denoised_nifti(
+    path: PathType,
+    atlas: Atlas | str | PathType,
+    *,
+    confounds: Any = None,
+    sample_mask: Any = None,
+    tr: float | None = None,
+    subject: str | None = None,
+    scan_id: str | None = None,
+    bad_regions: str = "repair",
+    min_timepoints: int | None = None,
+) -> Scan:
+    """A 4D NIfTI image parcellated by nilearn's masker with ``confounds`` regressed out and only the volumes
+    of ``sample_mask`` kept (what ``nilearn.interfaces.fmriprep.load_confounds_strategy`` returns); then the same
+    checks as :func:`load_scan` (shape, atlas, length, TR from the argument / BIDS sidecar / header, bad regions).
+    """
+    path = Path(path)
+    subject = subject or _stem(path)
+    kind = _check_path(path, subject)
+    if kind != "nifti":
+        raise FmriInputError(
+            "Only a 4D NIfTI image can be denoised with confounds",
+            fix="give the preprocessed BOLD image (.nii.gz)",
+            file=path,
+            subject=subject,
+        )
+    atlas_obj = _resolve_atlas(atlas, path, subject)
+    clean: dict[str, Any] = {}
+    if confounds is not None:
+        clean["confounds"] = confounds
+    if sample_mask is not None:
+        clean["sample_mask"] = sample_mask
+    data, found_tr, empty = _read_nifti(path, atlas_obj, subject, bad_regions, clean)
+    flags: dict[str, Any] = {"empty_regions": empty} if empty else {}
+    return _finish(
+        path,
+        data,
+        atlas_obj,
+        tr,
+        found_tr,
+        subject,
+        scan_id or subject,
+        bad_regions,
+        min_timepoints,
+        flags=flags,
+    )
+
+
 def _finish(
     path: Path,
     data: np.ndarray,
@@ -680,9 +728,13 @@ def _read_keyed(path: Path, kind: str, name: str, arrays: dict[str, Any], subjec
 
 # ----------------------------------------------------------------------------------------------------- NIfTI
 def _read_nifti(
-    path: Path, atlas: Atlas | None, subject: str, bad_regions: str
+    path: Path, atlas: Atlas | None, subject: str, bad_regions: str, clean: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, tuple[float, str] | None, list[int]]:
-    """Parcellate a 4D image with nilearn; returns (T, R), the header TR, and regions with no voxel."""
+    """Parcellate a 4D image with nilearn; returns (T, R), the header TR, and regions with no voxel.
+
+    ``clean`` goes to the masker's ``fit_transform`` (``confounds``, ``sample_mask``): confounds regressed out,
+    volumes outside the sample mask dropped, exactly as nilearn does it.
+    """
     import nibabel as nib
 
     try:
@@ -712,7 +764,7 @@ def _read_nifti(
         raise _corrupt(path, subject, exc, "a NIfTI image") from exc
     img = nib.Nifti1Image(data, img.affine, img.header)
     if atlas.labels_img is not None:
-        series = _labels_signals(img, atlas, path, subject)
+        series = _labels_signals(img, atlas, path, subject, clean)
         return series, header_tr, []
     if atlas.radius_mm is None:
         raise FmriInputError(
@@ -721,7 +773,7 @@ def _read_nifti(
             file=path,
             subject=subject,
         )
-    series, empty = _sphere_signals(img, atlas, path, subject, bad_regions)
+    series, empty = _sphere_signals(img, atlas, path, subject, bad_regions, clean)
     return series, header_tr, empty
 
 
@@ -744,12 +796,14 @@ def _nifti_tr(img: Any, path: Path, subject: str) -> tuple[float, str] | None:
     return _check_tr_value(value, "NIfTI header", path, subject), "NIfTI header"
 
 
-def _labels_signals(img: Any, atlas: Atlas, path: Path, subject: str) -> np.ndarray:
+def _labels_signals(
+    img: Any, atlas: Atlas, path: Path, subject: str, clean: dict[str, Any] | None = None
+) -> np.ndarray:
     from nilearn.maskers import NiftiLabelsMasker
 
     masker = NiftiLabelsMasker(labels_img=atlas.labels_img, standardize=None, reports=False)
     try:
-        series = masker.fit_transform(img)
+        series = masker.fit_transform(img, **(clean or {}))
     except FmriInputError:
         raise
     except Exception as exc:
@@ -778,7 +832,7 @@ def _labels_signals(img: Any, atlas: Atlas, path: Path, subject: str) -> np.ndar
 
 
 def _sphere_signals(
-    img: Any, atlas: Atlas, path: Path, subject: str, bad_regions: str
+    img: Any, atlas: Atlas, path: Path, subject: str, bad_regions: str, clean: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """Sphere means; spheres outside the image's field of view give zero columns (then flagged as bad)."""
     from nilearn.maskers import NiftiSpheresMasker
@@ -793,7 +847,7 @@ def _sphere_signals(
             reports=False,
         )
         try:
-            series = masker.fit_transform(img)
+            series = masker.fit_transform(img, **(clean or {}))
             break
         except ValueError as exc:
             match = re.search(r"spheres are empty: \[([\d,\s]*)\]", str(exc))

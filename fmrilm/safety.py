@@ -43,7 +43,9 @@ class OutputKind:
     entries: frozenset[str]
 
 
-COHORT_OUTPUT = OutputKind("cohort", "cohort.json", frozenset({"cohort.json", "dataset", "nifti"}))
+COHORT_OUTPUT = OutputKind(
+    "cohort", "cohort.json", frozenset({"cohort.json", "dataset", "nifti", "fmriprep"})
+)
 REPORT_OUTPUT = OutputKind(
     "evaluation report", "report.json", frozenset({"report.json", "report.md", "plots", "split.json"})
 )
