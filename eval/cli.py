@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-work", action="store_true", help="keep the per-run work folder beside --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--no-tangent", action="store_true", help="leave out the tangent-space FC baseline (the slowest one)"
+    )
+    p.add_argument(
         "--out", required=True, metavar="DIR", help="report folder (report.json, report.md, plots/)"
     )
 
@@ -117,6 +120,7 @@ def config_from_args(args: argparse.Namespace):
         normalize=args.normalize,
         batch_size_scoring=args.score_batch_size,
         code_features=args.code_features,
+        tangent_baseline=not args.no_tangent,
         few_shot_baselines=not args.no_few_shot_baselines,
         covariates=[c.strip() for c in args.covariates.split(",") if c.strip()],
         n_boot=args.n_boot,

@@ -87,6 +87,8 @@ class EvalConfig:
     # baselines
     code_features: str = "latents"
     few_shot_baselines: bool = True
+    #: tangent-space FC + logistic/ridge next to Fisher-z FC (reference fitted on the train part only)
+    tangent_baseline: bool = True
     covariates: list[str] = field(default_factory=lambda: ["age", "sex"])
     n_boot: int = 1000
     # running
@@ -454,6 +456,7 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         fc_features,
         floor_baseline,
         linear_probe,
+        tangent_features,
         task_target,
     )
     from tqdm.auto import tqdm
@@ -536,6 +539,9 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
     _check_rows(fc, cohort, "fc")
     probe_kw = {"eval_parts": ("test",), "inner_groups": inner, "seed": cfg.seed}
     results += linear_probe(fc, table, spec, split, method="fc_linear", **probe_kw)
+    if cfg.tangent_baseline:
+        tangent = tangent_features(cohort, split["train"], progress=cfg.progress)
+        results += linear_probe(tangent, table, spec, split, method="tangent_linear", **probe_kw)
     for r in linear_probe(codes, table, spec, split, method="code_probe", **probe_kw):
         r.info["features"] = cfg.code_features
         results.append(r)
