@@ -264,6 +264,9 @@ class FmriLM(nn.Module):
         self.processor.save_pretrained(directory)
         if self.soft_projection is not None:
             self.soft_projection.save(directory)
+        from fmrilm.model.model_card import write_model_card
+
+        write_model_card(self, directory)  # README.md, the Hugging Face model card (and adapters/README.md)
 
     # ------------------------------------------------------------------------------------------- running
     @property
