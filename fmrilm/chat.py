@@ -204,6 +204,8 @@ class ChatSession:
     def _generate(self, messages: History, stream: Stream, kwargs: dict[str, Any]) -> Any:
         import torch
 
+        from fmrilm.compat import output_cache, with_cache
+
         model = self.model
         inputs = self.processor(messages, add_generation_prompt=True)
         ids = inputs["input_ids"]
@@ -218,13 +220,13 @@ class ChatSession:
             out = model.generate(
                 input_ids=ids.to(model.device),
                 attention_mask=inputs["attention_mask"].to(model.device),
-                past_key_values=cache,
                 streamer=streamer,
                 return_dict_in_generate=True,
+                **with_cache(cache),
                 **kwargs,
             )
         sequence = out.sequences[0].cpu()
-        self._cache = getattr(out, "past_key_values", None) if self.reuse_cache else None
+        self._cache = output_cache(out) if self.reuse_cache else None
         self._cache_ids = None if self._cache is None else sequence[: self._cache.get_seq_length()]
         return sequence[ids.shape[1] :]
 

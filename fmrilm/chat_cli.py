@@ -22,10 +22,16 @@ EPILOG = """examples:
 in the conversation:
   /scan PATH [PATH ...]   attach scans to your next message (earlier scans stay in the conversation)
   /reset                  start over (the scans given on the command line are attached again)
+  /help                   show these commands
   /quit                   leave (end of input, Ctrl-D, works too)
+  Ctrl-C                  stop the answer being written (the conversation goes on); at the prompt, clear the line
+  arrow keys              edit the line and recall earlier questions (readline)
+
+Library warnings (transformers, peft, ...) are kept out of the conversation: --verbose shows them on stderr,
+--log-file FILE appends them to FILE.
 """
 
-COMMANDS_HELP = "/scan PATH attaches another scan, /reset starts over, /quit exits"
+COMMANDS_HELP = "/scan PATH attaches another scan, /reset starts over, /help lists commands, /quit exits"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-stream", action="store_true", help="print each answer whole instead of streaming it"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
+    )
+    parser.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
+    from fmrilm.logs import library_warnings
+
+    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     config = _processor_config(args.model)
     scans = [_load(path, args, config) for path in args.scan]  # bad input fails before the model loads
@@ -197,9 +214,12 @@ def _interactive(session: Any, scans: list[Any], args: argparse.Namespace, confi
             if tty:
                 print(file=sys.stderr)
             return 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # at the prompt: clear the line (leaving is /quit or Ctrl-D)
             print(file=sys.stderr)
-            return 130
+            if not tty:
+                return 130
+            print("(/quit or Ctrl-D leaves)", file=sys.stderr)
+            continue
         text = line.strip()
         if not text:
             continue
@@ -223,8 +243,10 @@ def _interactive(session: Any, scans: list[Any], args: argparse.Namespace, confi
             _answer(session, line, stream, sys.stdout, prefix="model> " if tty else "")
         except FmriInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("\n(interrupted)", file=sys.stderr)
+        except KeyboardInterrupt:  # the answer is dropped; history and attached scans stay as they were
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            print("(answer stopped; ask again or go on)", file=sys.stderr)
 
 
 def _attach_paths(session: Any, rest: str, args: argparse.Namespace, config: Any) -> None:

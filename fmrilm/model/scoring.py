@@ -333,7 +333,9 @@ def option_logprobs(
     scores = first[:, opt[:, 0]]  # (P, O)
     if width == 1:
         return scores
-    cache = out.past_key_values
+    from fmrilm.compat import output_cache, with_cache
+
+    cache = output_cache(out)
     cache.batch_repeat_interleave(n_options)
     steps = width - 1
     ids2 = opt[:, :-1].repeat(n_prompts, 1)  # row p * O + j = option j after prompt p
@@ -342,7 +344,7 @@ def option_logprobs(
     )
     start = positions[:, -1:].repeat_interleave(n_options, dim=0) + 1
     pos2 = start + torch.arange(steps, device=device)[None]
-    out2 = llm(input_ids=ids2, attention_mask=mask2, position_ids=pos2, past_key_values=cache, use_cache=True)
+    out2 = llm(input_ids=ids2, attention_mask=mask2, position_ids=pos2, use_cache=True, **with_cache(cache))
     logp = torch.log_softmax(out2.logits.float(), dim=-1)
     targets = opt[:, 1:].repeat(n_prompts, 1)
     token_lp = logp.gather(-1, targets[..., None])[..., 0] * opt_mask[:, 1:].repeat(n_prompts, 1)
