@@ -84,6 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-work", action="store_true", help="keep the per-run work folder beside --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--update-card",
+        action="store_true",
+        help="append the results table to the evaluated model's card (its README.md)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show library warnings (transformers, peft, ...)")
+    p.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
+    p.add_argument(
         "--no-tangent", action="store_true", help="leave out the tangent-space FC baseline (the slowest one)"
     )
     p.add_argument(
@@ -132,15 +139,38 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
     from fmrilm.eval.evaluate import evaluate, summary_table
     from fmrilm.train.common import setup_logging
 
+    from fmrilm.logs import library_warnings
+
     setup_logging()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    cfg = config_from_args(args)
-    result = evaluate(cfg)
-    print(summary_table(result.results))
-    print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")
+    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+        cfg = config_from_args(args)
+        result = evaluate(cfg)
+        table = summary_table(result.results)
+        print(table)
+        print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")
+        if getattr(args, "update_card", False):
+            path = update_card(cfg, table, result.paths["markdown"])
+            print(f"results added to the model card {path}")
     return 0
+
+
+def update_card(cfg, table: str, report: str | None = None):
+    """Append the summary table to the card of the evaluated model (``fmrilm eval --update-card``)."""
+    from pathlib import Path
+
+    from fmrilm.eval.evaluate import _model_dir
+
+    from fmrilm.model.model_card import add_evaluation
+
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    cohort = Path(cfg.cohort).resolve().name
+    title = f"{Path(str(cfg.task)).stem} on {cohort} ({Path(str(cfg.split)).stem} split)"
+    note = (
+        "`fmrilm eval` on subjects (and, for leave-sites-out, sites) this model was not trained on; mean over "
+        "seeds with 95% intervals, every method on the same test subjects"
+        + (f" (full report: `{Path(report).name}` of that run)." if report else ".")
+    )
+    return add_evaluation(_model_dir(cfg.model), title, "\n".join(rows), note)

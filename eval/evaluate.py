@@ -755,7 +755,7 @@ def resume_key(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
     settings = {k: v for k, v in cfg.result_settings().items() if k not in ("model", "cohort")}
     key: dict[str, Any] = {
         "settings": json.loads(json.dumps(settings, default=str)),
-        "model_files": content_hash(model_dir),
+        "model_files": content_hash(model_dir, skip_prefixes=("README",)),  # the card is not the model
         "cohort": cohort_fingerprint(cfg.cohort),
     }
     for name in ("task", "split"):

@@ -309,3 +309,49 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload fmrilm model",
+    api: Any = None,
+) -> str:
+    """Upload a saved model folder (card included) to the Hugging Face Hub; returns the repository URL.
+
+    The folder must hold a model written by `FmriLM.save_pretrained` (its card is written then, or here when
+    missing). The repository is created (private by default) when it does not exist. ``api`` is a
+    ``huggingface_hub.HfApi`` (tests pass a stand-in; nothing else reaches the network).
+    """
+    from fmrilm.errors import FmriInputError
+    from fmrilm.model.processing import PROCESSOR_CONFIG_NAME
+
+    folder = Path(folder)
+    if not (folder / PROCESSOR_CONFIG_NAME).exists():
+        raise FmriInputError(
+            "Not a saved fmrilm model folder (no fmri_processor_config.json)",
+            file=folder,
+            fix="save the model with FmriLM.save_pretrained first, or give its folder",
+        )
+    if not (folder / CARD_NAME).exists():
+        from fmrilm.model.processing import FmriProcessorConfig
+
+        config = FmriProcessorConfig.load(folder)
+        adapters = (folder / config.adapters_subfolder / "adapter_config.json").exists()
+        _write_text(folder / CARD_NAME, str(build_model_card(config, has_adapters=adapters)))
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=[".*", "**/.*"],
+    )
+    return str(url)
