@@ -8,8 +8,10 @@ without a traceback, and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import sys
+from typing import Any
 
 from fmrilm.errors import FmriInputError
 
@@ -46,8 +48,65 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether an option's default tells the reader something (not None, False, empty or suppressed)."""
+    default = action.default
+    if (
+        default is None
+        or default is False
+        or default is argparse.SUPPRESS
+        or action.help == argparse.SUPPRESS
+    ):
+        return False
+    if isinstance(default, (list, tuple, dict, str)) and not default:
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+
+class DefaultsHelpMixin:
+    """`argparse.ArgumentDefaultsHelpFormatter`, also for options without a help text, and without repeating a
+    default that the help text already states (``(default ...)`` or ``%(default)s``)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)  # type: ignore[misc]
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "%(default" in help_text or "(default" in help_text.lower() or not _shows_default(action):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+class _SubParsersAction(argparse._SubParsersAction):
+    """Sub-commands created without a description take their one-line help as description."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("description") is None and kwargs.get("help"):
+            kwargs["description"] = kwargs["help"]
+        return super().add_parser(name, **kwargs)
+
+
+class FmriArgumentParser(argparse.ArgumentParser):
+    """The parser of `fmrilm` and of every sub-command below it (argparse builds sub-parsers of the parent's
+    class): every ``--help`` shows each option's default, whichever formatter class a sub-command chose
+    (e.g. `argparse.RawDescriptionHelpFormatter` for an epilog of examples), and has a description."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsersAction)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        base = self.formatter_class
+        if not (isinstance(base, type) and issubclass(base, DefaultsHelpMixin)):
+            base = type(f"Defaults{base.__name__}", (DefaultsHelpMixin, base), {})
+        return base(prog=self.prog)
+
+
 def build_parser(chosen: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FmriArgumentParser(
         prog="fmrilm", description="fMRI for causal language models: simulate, import, train, chat, evaluate."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

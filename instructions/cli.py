@@ -11,7 +11,12 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser(
-        "build", help="Build an instruction set (datasets folder) from a cohort and task specs."
+        "build",
+        help="Build an instruction set (datasets folder) from a cohort and task specs.",
+        description="Write a seeded instruction set (a Hugging Face dataset folder) with one chat example per "
+        "scan (or window), task and paradigm: a question drawn from the task's paraphrases, answered from the "
+        "cohort's phenotype table or the descriptor corpus (a missing target is skipped and counted, never "
+        "defaulted). With --split, a column says which part of the split each row belongs to.",
     )
     build.add_argument("cohort", help="cohort folder (from `fmrilm cohort import` or `fmrilm simulate`)")
     build.add_argument(
@@ -35,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--paradigms", help="restrict to some of brain,brain_descriptors,multi,open")
     build.add_argument("--max-multi", type=int, default=3, help="most questions in one multi-question turn")
-    sub.add_parser("list", help="List the built-in tasks.")
+    sub.add_parser(
+        "list", help="List the built-in tasks.", description="List the built-in tasks: name, type, source."
+    )
     check = sub.add_parser("check", help="Validate task .yaml files and print a summary.")
     check.add_argument("files", nargs="+")
 

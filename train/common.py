@@ -143,6 +143,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 # -------------------------------------------------------------------------------------------- CLI flags
 _LOOP_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "eval_every", "save_every", "log_every", "seed")
+_LOOP_HELP = {
+    "steps": "optimizer steps of the whole run",
+    "batch_size": "examples per optimizer step",
+    "lr": "peak learning rate (linear warm-up, then cosine decay)",
+    "warmup_steps": "learning-rate warm-up steps",
+    "eval_every": "steps between held-out evaluations",
+    "save_every": "steps between checkpoints (what --resume continues from)",
+    "log_every": "steps between training-loss records in metrics.json",
+    "seed": "seed of initialisation, batches and the validation split",
+}
 
 
 def optimizer_step(
@@ -192,9 +202,16 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
     p = parser
     for name in _LOOP_FLAGS:
         kind = float if name == "lr" else int
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), help=_LOOP_HELP[name]
+        )
     if "mixed_precision" in {f.name for f in fields(defaults)}:
-        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=defaults.mixed_precision)
+        p.add_argument(
+            "--mixed-precision",
+            choices=["no", "fp16", "bf16"],
+            default=defaults.mixed_precision,
+            help="accelerate mixed precision (default: none)",
+        )
     if "gradient_checkpointing" in {f.name for f in fields(defaults)}:
         p.add_argument(
             "--gradient-checkpointing",
@@ -221,9 +238,9 @@ def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
     """LoRA flags of the commands that train adapters (`fmrilm train align` / `instruct`, `fmrilm finetune`)."""
     p = parser
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling numerator (scale = alpha / r)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     p.add_argument(
         "--target-modules",
         default="all-linear",
