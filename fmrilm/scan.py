@@ -33,6 +33,15 @@ class Scan:
         if self.subject_id is None:
             self.subject_id = self.scan_id
 
+    def __repr__(self) -> str:
+        """One line: id, shape, TR, atlas name and a summary of the flags (never the time series)."""
+        atlas = self.atlas.name if self.atlas is not None else None
+        shape = tuple(int(n) for n in self.timeseries.shape)
+        return (
+            f"Scan(id={self.scan_id!r}, shape={shape}, tr={float(self.tr):g}, atlas={atlas!r}, "
+            f"flags: {_flags_summary(self.flags)})"
+        )
+
     @property
     def n_timepoints(self) -> int:
         return int(self.timeseries.shape[0])
@@ -44,3 +53,21 @@ class Scan:
     @property
     def duration_s(self) -> float:
         return self.n_timepoints * float(self.tr)
+
+
+def _flags_summary(flags: dict[str, Any]) -> str:
+    """``bad_regions (2), signal, native_tr=2.5``: a count for collections, a short value for scalars."""
+    if not flags:
+        return "none"
+    parts = []
+    for key, value in flags.items():
+        if isinstance(value, (list, tuple, set, np.ndarray)):
+            parts.append(f"{key} ({len(value)})")
+        elif isinstance(value, dict):
+            parts.append(str(key))
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:g}")
+        else:
+            text = " ".join(str(value).split())
+            parts.append(f"{key}={text if len(text) <= 24 else text[:23] + '…'}")
+    return ", ".join(parts)
