@@ -57,6 +57,9 @@ class Preset:
     eval_seeds: int = 1
     eval_tasks: tuple[str, ...] = ("diagnosis",)
     device_args: list[str] = field(default_factory=list)
+    connectome_tokens: int = 32
+    #: the real ABIDE scans join when their folder exists (the tiny preset stays simulated: seconds, not minutes)
+    use_abide: bool = True
 
 
 PRESETS: dict[str, Preset] = {
@@ -81,6 +84,19 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 PRESETS["gpu"] = Preset(**{**PRESETS["full"].__dict__, "batch_size": 16, "device_args": []})
+#: Every step at toy size, simulated cohort only: the whole pipeline in a couple of minutes (the test suite).
+PRESETS["tiny"] = Preset(
+    sim_subjects=32,
+    tokenizer_preset="tiny",
+    tokenizer_steps=20,
+    align_steps=2,
+    align_max_length=256,
+    instruct_steps=2,
+    instruct_batch_size=2,
+    batch_size=2,
+    connectome_tokens=4,
+    use_abide=False,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,10 +115,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fmrilm.logs import library_warnings
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with library_warnings(verbose=False, log_file=Path(args.out) / "warnings.log"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
     demo = Demo(
         out=Path(args.out),
-        preset=PRESETS[args.preset],
-        abide=None if args.no_abide else Path(args.abide),
+        preset=preset,
+        abide=None if args.no_abide or not preset.use_abide else Path(args.abide),
         base=args.base,
         threads=args.threads,
     )
@@ -264,6 +289,7 @@ class Demo:
                 self.p.tokenizer_preset,
             ]
             + ["--steps", str(self.p.tokenizer_steps), "--text-pooling", self.p.text_pooling]
+            + ["--connectome-tokens", str(self.p.connectome_tokens)]
             + (["--llm", self.base] if self.base else [])
             + self.common(),
             done=Path(tok) / "config.json",
