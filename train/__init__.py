@@ -1,1 +1,11 @@
 """Training stages 1-3 and LoRA fine-tuning, on accelerate (installed as fmrilm.train)."""
+
+
+def __getattr__(name: str):
+    """Modules of this package are imported on first use (`fmrilm.train.finetune` after `import fmrilm`)."""
+    import importlib
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # the import sets the attribute for next time
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
