@@ -8,6 +8,7 @@ subject-level split; writes ``report.json``, ``report.md`` and ``plots/`` (see `
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from fmrilm.errors import FmriInputError
 
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
         cfg = config_from_args(args)
-        result = evaluate(cfg)
+        invocation = getattr(args, "invocation", None)  # set by fmrilm.cli.main: the command as typed
+        result = evaluate(cfg, command=shlex.join(invocation) if invocation else None)
         table = summary_table(result.results)
         print(table)
         print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")

@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +187,9 @@ def resolve_eval_split(
 
 
 def _sites_of(cohort: Any, rows: list[int]) -> list[str]:
+    """The named sites of these rows (a scan without a site adds none: no sites, an empty list)."""
     sites = cohort.phenotype_table()["site"].fillna("").astype(str).to_numpy()
-    return sorted({sites[i] for i in rows})
+    return sorted({sites[i] for i in rows} - {""})
 
 
 def _check_subject_level(cohort: Any, split: dict[str, list[int]]) -> None:
@@ -443,8 +444,17 @@ def finetune_and_score(
 
 
 # -------------------------------------------------------------------------------------------------- running
-def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray | None = None) -> EvalRun:
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    fc: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    command: str | None = None,
+) -> EvalRun:
     """Run every method of the evaluation on one split and write the report into ``cfg.out``.
+
+    The report records ``command`` (the command line as typed; the CLI passes it) and ``command_in_full``
+    (`command_line`: every setting in force as a flag, which repeats this run exactly).
 
     ``fc`` / ``codes`` reuse per-scan features already computed for this cohort (`fc_features`,
     `code_features` with ``cfg.code_features`` and this model), e.g. across the folds and tasks of a benchmark;
@@ -596,7 +606,8 @@ def evaluate(cfg: EvalConfig, *, fc: np.ndarray | None = None, codes: np.ndarray
         "seeds": seeds_of(cfg),
         "skipped": skipped,
         "config": cfg.to_dict(),
-        "command": command_line(cfg),
+        "command": command or command_line(cfg),
+        "command_in_full": command_line(cfg),
     }
     paths = _write_report_folder(
         results,
@@ -674,18 +685,37 @@ def _insert_summary(markdown: Path, summary: str) -> None:
     _write_text(markdown, text)
 
 
+#: EvalConfig field -> its `fmrilm eval` flag, where the two names differ (see `command_line`)
+_FLAG_NAMES = {"batch_size_scoring": "--score-batch-size"}
+#: boolean fields set by a flag that turns them off
+_OFF_FLAGS = {
+    "few_shot_baselines": "--no-few-shot-baselines",
+    "tangent_baseline": "--no-tangent",
+    "progress": "--no-progress",
+}
+
+
 def command_line(cfg: EvalConfig) -> str:
-    parts = ["fmrilm eval", f"--model {cfg.model}", f"--cohort {cfg.cohort}", f"--task {cfg.task}"]
-    parts.append(f"--split {cfg.split}")
-    if cfg.test_sites:
-        parts.append(f"--test-sites {','.join(cfg.test_sites)}")
-    if cfg.shots is not None:
-        parts.append(f"--shots {','.join(str(k) for k in cfg.shots)}")
-    parts.append(f"--seeds {cfg.seeds}")
-    if cfg.full:
-        parts.append("--full")
-    parts.append(f"--out {cfg.out}")
-    return " ".join(parts)
+    """The `fmrilm eval` command that gives exactly ``cfg``: every setting as a flag, defaults included, so
+    the run can be repeated even after a default changes (`eval.cli.config_from_args` reads it back)."""
+    import shlex
+
+    parts = ["fmrilm", "eval"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _OFF_FLAGS:
+            parts += [] if value else [_OFF_FLAGS[f.name]]
+            continue
+        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif value is None:
+            continue  # the flag's own default (None) is in force
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, ",".join(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

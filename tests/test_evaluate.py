@@ -70,6 +70,14 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
     )  # fmt: skip
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
+    # The report records the command as typed, every given flag in it, and the command with every setting
+    # in force (defaults too), which repeats the run exactly.
+    typed, in_full = report["context"]["command"], report["context"]["command_in_full"]
+    assert typed.startswith("fmrilm eval --model ")
+    for given in ("--steps 3", "--full-steps 3", "--lr 1e-2", "--shots 0,2,3", "--seeds 2", "--n-boot 200"):
+        assert given in typed and given.split()[0] in in_full, given
+    assert "--steps 3 " in in_full and "--batch-size 4 " in in_full  # a default in force is written out
+    assert f"- **command**: {typed}" in (out / "report.md").read_text()
     results = _results(report)
     methods = {r["method"] for r in results}
     assert {
@@ -233,3 +241,47 @@ def test_a_split_stored_under_the_kind_name_is_the_one_evaluated(setup, tmp_path
         "sex",
     )
     assert how_fresh["test_sites"] == ["site-1"]  # explicit sites still make a fresh split
+
+
+def test_the_full_command_of_a_report_gives_back_every_setting():
+    """`command_in_full` read back through the CLI parser is the same config, for every EvalConfig field."""
+    import dataclasses
+    import shlex
+
+    from fmrilm.eval.cli import config_from_args
+    from fmrilm.eval.evaluate import command_line
+
+    from fmrilm.cli import build_parser
+
+    cfg = EvalConfig(
+        model="my models/stage3", cohort="cohorts/sim", task="sex", out="reports/sex", split="stratified",
+        test_sites=["site-1", "site-2"], n_test_sites=2, test_size=0.3, shots=[0, 2], seeds=2, seed=5,
+        full=True, steps=3, full_steps=7, batch_size=2, lr=0.01, warmup_steps=1, lora_r=4, lora_alpha=8,
+        lora_dropout=0.1, target_modules="q_proj,v_proj", paraphrases=2, normalize="mean", batch_size_scoring=3,
+        code_features="histogram", few_shot_baselines=False, tangent_baseline=False, covariates=["age"],
+        n_boot=50, threads=1, device="cpu", progress=False, keep_work=True,
+    )  # fmt: skip
+    default = EvalConfig(model="", cohort="", task="", out="")
+    for f in dataclasses.fields(EvalConfig):  # a new setting must be added here, and to the command
+        assert getattr(cfg, f.name) != getattr(default, f.name), f.name
+    line = command_line(cfg)
+    assert line.startswith("fmrilm eval --model 'my models/stage3' ")  # quoted: a shell reads it back
+    argv = shlex.split(line)[1:]
+    assert config_from_args(build_parser("eval").parse_args(argv)) == cfg
+    # and with every default in force, each default is still written out
+    plain = EvalConfig(model="m", cohort="c", task="sex", out="o")
+    in_full = command_line(plain)
+    assert "--steps 20 " in in_full and "--lr 0.0005 " in in_full and "--test-sites" not in in_full
+    assert config_from_args(build_parser("eval").parse_args(shlex.split(in_full)[1:])) == plain
+
+
+def test_a_cohort_without_sites_reports_no_test_sites_not_an_empty_name():
+    import pandas as pd
+    from fmrilm.eval.evaluate import _sites_of
+
+    class NoSites:
+        def phenotype_table(self):
+            return pd.DataFrame({"subject_id": ["a", "b", "c"], "site": [None, None, "site-1"]})
+
+    assert _sites_of(NoSites(), [0, 1]) == []
+    assert _sites_of(NoSites(), [0, 2]) == ["site-1"]
