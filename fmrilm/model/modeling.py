@@ -468,6 +468,26 @@ class FmriLM(nn.Module):
 
         return predict_cohort(self, cohort, task, indices, **kwargs)
 
+    def embed(self, scan: Any, windows: bool = False, **kwargs: Any) -> Any:
+        """What the LLM makes of a scan: one vector (per window with ``windows``); see `fmrilm.model.embedding`."""
+        from fmrilm.model.embedding import embed
+
+        return embed(self, scan, windows=windows, **kwargs)
+
+    def perturb(
+        self, scan: Any, regions: Any = None, network: Any = None, change: Any = "scale:0.5", **kw: Any
+    ):
+        """How each task's answer changes when regions or a network are perturbed; see `fmrilm.perturb`."""
+        from fmrilm.perturb import perturb
+
+        return perturb(self, scan, regions, network, change, **kw)
+
+    def attribute(self, scan: Any, task: Any, by: str = "network", **kwargs: Any):
+        """Networks or regions ranked by how much perturbing each moves the answer; see `fmrilm.perturb`."""
+        from fmrilm.perturb import attribute
+
+        return attribute(self, scan, task, by, **kwargs)
+
 
 class SoftBrainProjection(nn.Module):
     """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``: one linear map whose
