@@ -71,7 +71,8 @@ def build_corpus(
     arguments resumes: finished shards are kept, the saved reference is reused.
     """
     import datasets
-    from tqdm.auto import tqdm
+
+    from fmrilm.progress import progress as show_progress
 
     out = Path(out_dir)
     units = tuple(units)
@@ -118,8 +119,8 @@ def build_corpus(
     shard_root.mkdir(exist_ok=True)
     features = _features(len(names))
     done = [i for i in range(n_shards) if (shard_root / _shard_name(i)).exists()]
-    bar = tqdm(total=len(cohort), desc="corpus", unit="scan", disable=not progress)
-    bar.update(sum(len(range(i * shard_size, min((i + 1) * shard_size, len(cohort)))) for i in done))
+    resumed = sum(len(range(i * shard_size, min((i + 1) * shard_size, len(cohort)))) for i in done)
+    bar = show_progress(total=len(cohort), initial=resumed, desc="corpus", unit="scan", disable=not progress)
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one bar (scans) instead of one per shard, worker and save
     try:

@@ -38,9 +38,8 @@ def fc_features(cohort: Any, *, detrend: bool = True, progress: bool = False) ->
     flagged, detrended, z-scored); a zeroed region couples 0 with every other region, so features are never
     NaN. Correlation and Fisher z are :mod:`fmrilm.descriptors.connectivity`'s, the same as the descriptors.
     """
-    from tqdm.auto import tqdm
-
     from fmrilm.descriptors.connectivity import correlation, fisher_z
+    from fmrilm.progress import progress as show_progress
     from fmrilm.signal import BadRegionWarning, SignalConfig, preprocess
 
     config = SignalConfig(
@@ -49,7 +48,7 @@ def fc_features(cohort: Any, *, detrend: bool = True, progress: bool = False) ->
     n_regions = cohort.atlas.n_regions
     iu = np.triu_indices(n_regions, k=1)
     out = np.empty((len(cohort), len(iu[0])), dtype=np.float32)
-    for i in tqdm(range(len(cohort)), desc="FC features", disable=not progress, unit="scan"):
+    for i in show_progress(range(len(cohort)), desc="FC features", disable=not progress, unit="scan"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadRegionWarning)  # recorded in scan.flags; nothing to add here
             scan = preprocess(cohort.scan(i), config)
@@ -68,15 +67,15 @@ def tangent_features(
     reference, so the features are honest for any split whose train part is ``train_rows``."""
     from nilearn.connectome import ConnectivityMeasure
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
 
+    from fmrilm.progress import progress as show_progress
     from fmrilm.signal import BadRegionWarning, SignalConfig, preprocess
 
     config = SignalConfig(
         target_tr=None, detrend=detrend, standardize=True, bad_regions="repair", min_timepoints=10
     )
     series = []
-    for i in tqdm(range(len(cohort)), desc="tangent FC", disable=not progress, unit="scan"):
+    for i in show_progress(range(len(cohort)), desc="tangent FC", disable=not progress, unit="scan"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadRegionWarning)
             series.append(preprocess(cohort.scan(i), config).timeseries.astype(np.float64))

@@ -230,9 +230,9 @@ def code_features(
     window is dropped, as the processor does). Both are fixed per-scan transforms: nothing is fitted here.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from fmrilm.model.processing import valid_windows
+    from fmrilm.progress import progress as show_progress
 
     if kind not in CODE_FEATURES:
         raise FmriInputError(f"Unknown code features '{kind}'", fix=f"use one of {', '.join(CODE_FEATURES)}")
@@ -244,7 +244,9 @@ def code_features(
     config = fmri_tokenizer.config
     rows = []
     with torch.no_grad():
-        for i in tqdm(range(len(cohort)), desc=f"code features ({kind})", disable=not progress, unit="scan"):
+        for i in show_progress(
+            range(len(cohort)), desc=f"code features ({kind})", disable=not progress, unit="scan"
+        ):
             scan = cohort.scan(i)
             windows, mask = fmri_tokenizer.windows(scan)
             keep = valid_windows(mask, config.window_length, config.patch_length)
@@ -469,11 +471,11 @@ def evaluate(
         tangent_features,
         task_target,
     )
-    from tqdm.auto import tqdm
 
     from fmrilm.cohort import load_cohort
     from fmrilm.model.modeling import FmriLM
     from fmrilm.model.scoring import stored_tasks
+    from fmrilm.progress import progress as show_progress
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -562,7 +564,9 @@ def evaluate(
     runs = [(k, s) for k in shots if k > 0 for s in seeds_of(cfg)]
     if cfg.full:
         runs.append((None, cfg.seed))
-    for k, s in tqdm(runs, desc="fine-tuning runs", disable=not cfg.progress or not runs, unit="run"):
+    for k, s in show_progress(
+        runs, desc="fine-tuning runs", disable=not cfg.progress or not runs, unit="run"
+    ):
         method = "fmrilm_few_shot" if k else "fmrilm_full"
         key = f"{method}-k{k or 'all'}-s{s}"
         result = _cached(work, key)

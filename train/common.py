@@ -220,7 +220,30 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
         )
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        metavar="SECONDS",
+        action=_ProgressEvery,
+        help="when the output is not a terminal (nohup, SLURM), a progress line every SECONDS; the same as "
+        "$FMRILM_PROGRESS_EVERY (default: 30)",
+    )
+
+
+class _ProgressEvery(argparse.Action):
+    """``--progress-every SECONDS`` sets ``$FMRILM_PROGRESS_EVERY`` for this process (read by `fmrilm.progress`),
+    so every progress display of the run follows it, not only the training loop's."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None
+    ):
+        if values is None or not values >= 0:
+            parser.error(f"{option}: give a number of seconds, 0 or more (got {values})")
+        from fmrilm.progress import ENV_EVERY
+
+        os.environ[ENV_EVERY] = f"{values:g}"
+        setattr(namespace, self.dest, values)
 
 
 def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -451,10 +474,15 @@ class MetricsLog:
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "training", disable: bool | None = None):
-    """A tqdm bar over optimizer steps (shown only on the main process, only on a terminal by default)."""
-    from tqdm.auto import tqdm
+    """Progress over optimizer steps: a tqdm bar on a terminal; when the output goes to a file (nohup, SLURM),
+    one line every ``--progress-every`` / ``$FMRILM_PROGRESS_EVERY`` seconds (default 30) with the step, the loss
+    (what the loop passes to ``set_postfix``), steps per second and the time left (`fmrilm.progress`).
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable, dynamic_ncols=True)
+    ``disable=True`` (other processes than the main one, ``--no-progress``) shows nothing.
+    """
+    from fmrilm.progress import progress
+
+    return progress(total=total, initial=initial, desc=desc, unit="step", disable=disable, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------- scheduling

@@ -507,7 +507,9 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
         return {f"val_loss_{k}": float(np.mean(v)) for k, v in sums.items()}
 
     running: dict[str, list[float]] = {}
-    with progress_bar(total=cfg.steps, initial=state.step, desc="align", disable=not show) as bar:
+    with progress_bar(
+        total=cfg.steps, initial=state.step, desc="align", disable=None if show is None else not show
+    ) as bar:
         while state.step < cfg.steps:
             batch, names = batch_for(state.step)
             out = model(**{k: v.to(device) for k, v in batch.items()}, loss_reduction="example")

@@ -401,7 +401,9 @@ def fit(
 
     running: dict[str, list[float]] = {}
     started, first_step = time.time(), state.step
-    with progress_bar(total=cfg.steps, initial=state.step, desc=desc, disable=not show) as bar:
+    with progress_bar(
+        total=cfg.steps, initial=state.step, desc=desc, disable=None if show is None else not show
+    ) as bar:
         while state.step < cfg.steps:
             if cfg.balance:
                 rows = balanced_batch_rows(weights, cfg.batch_size, cfg.seed, state.step)

@@ -194,8 +194,7 @@ class ReferenceStats:
         ICA on the concatenated preprocessed series), then every feature of every window and every whole scan,
         whose mean and SD become the statistics. ``max_scans`` evenly subsamples a large cohort.
         """
-        from tqdm.auto import tqdm
-
+        from fmrilm.progress import progress as show_progress
         from fmrilm.signal import SignalConfig, preprocess
 
         signal_config = signal_config or SignalConfig()
@@ -211,7 +210,7 @@ class ReferenceStats:
         ids: list[str] = []
         subjects: set[str] = set()
         tr = None
-        for scan in tqdm(scans, total=n_scans, desc="reference: preprocess", disable=not progress):
+        for scan in show_progress(scans, total=n_scans, desc="reference: preprocess", disable=not progress):
             if scan.n_regions != atlas.n_regions:
                 raise FmriInputError(
                     f"The scan has {scan.n_regions} regions but atlas '{atlas.name}' has {atlas.n_regions}",
@@ -251,7 +250,7 @@ class ReferenceStats:
             ica=ica,
         )
         per_unit: dict[str, list[np.ndarray]] = {u: [] for u in UNITS}
-        for ts in tqdm(ready, desc="reference: features", disable=not progress):
+        for ts in show_progress(ready, desc="reference: features", disable=not progress):
             for unit in UNITS:
                 values, _ = ref.features_from_timeseries(ts, unit)
                 per_unit[unit].append(values)

@@ -618,9 +618,9 @@ def predict_cohort(
     records: list[dict[str, Any]] = []
     batches = [rows[s : s + max(1, int(batch_size))] for s in range(0, len(rows), max(1, int(batch_size)))]
     if progress:
-        from tqdm.auto import tqdm
+        from fmrilm.progress import progress as show_progress
 
-        batches = tqdm(batches, desc=f"scoring {card.name}", unit="batch")
+        batches = show_progress(batches, desc=f"scoring {card.name}", unit="batch")
     for batch in batches:
         scans = [cohort.scan(i) for i in batch]
         if card.type == "regression" and method == "digits":
