@@ -238,3 +238,47 @@ def test_attribution_by_region_lists_every_region_once(model, scan, atlas):
 def test_change_strings_round_trip():
     assert str(Change.parse("silence")) == "silence" and Change.parse("scale:0") == Change.parse("silence")
     assert str(Change.parse("couple:0.3")) == "couple:+0.3" and Change.parse("Scale: 1").identity
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def saved(model, scan, tmp_path_factory):
+    root = tmp_path_factory.mktemp("perturb")
+    model.save_pretrained(root / "model")
+    np.save(root / "scan.npy", scan.timeseries)
+    return root
+
+
+def test_cli_prints_the_table_and_draws_it_on_the_brain(saved, capsys):
+    from fmrilm.cli import main
+
+    base = ["perturb", "--model", str(saved / "model"), "--scan", str(saved / "scan.npy"), "--tr", "2"]
+    png = saved / "dmn.png"
+    assert main(base + ["--network", "default", "--change", "silence", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "silence on 4 region(s)" in out and "diagnosis" in out and "hand" in out and "delta" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    drivers = saved / "drivers.png"
+    assert main(base + ["--attribute", "diagnosis", "--png", str(drivers)]) == 0
+    out = capsys.readouterr().out
+    assert "attribution of 'diagnosis'" in out and "sensorimotor" in out
+    assert drivers.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--network", "defualt"], "Unknown network 'defualt' (network=)"),
+        (["--regions", "nowhere"], "Unknown region 'nowhere' (regions=)"),
+        (["--network", "default", "--change", "scale:3"], "larger than the signal allows"),
+        ([], "Say what to perturb"),
+        (["--network", "default", "--png", "map.jpg"], "--png must name a .png file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_before_the_model_loads(saved, capsys, extra, message):
+    from fmrilm.cli import main
+
+    base = ["perturb", "--model", str(saved / "model"), "--scan", str(saved / "scan.npy"), "--tr", "2"]
+    assert main(base + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
