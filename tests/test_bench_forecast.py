@@ -104,3 +104,31 @@ def test_on_a_coupled_process_the_var_beats_the_ar_which_beats_the_mean_and_the_
     assert again["metrics"]["oracle"][0]["r2"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shorter than context"):
         run_benchmark(train, test, context=58, horizon=5)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_model_forecasts_from_the_context_alone_at_the_native_tr():
+    from dataclasses import replace
+
+    from fmrilm.eval.bench_forecast import model_forecast
+
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import random_scan, tiny_causal_lm, tiny_fmri_tokenizer
+
+    llm, tok = tiny_causal_lm()
+    model = FmriLM.from_base(llm, tokenizer=tok, fmri_tokenizer=tiny_fmri_tokenizer(window_length=16)).eval()
+    scan = replace(random_scan(60, atlas="dosenbach160"), tr=2.5)
+    ctx, target, _ = split_context(scan.timeseries.astype(float), 40, 6)
+    out = model_forecast(model, scan, ctx, 6)
+    assert out.shape == target.shape and np.isfinite(out).all()
+    # Generated samples at 2 s, read at the native 2.5 s times: t = 2.5 lies a quarter of the way from 2 to 4.
+    from fmrilm.signal import resample
+
+    resampled = resample(ctx, 2.5, 2.0)
+    whole = resampled[-16 * (len(resampled) // 16) :]
+    generated = model.forecast(
+        replace(scan, timeseries=whole.astype(np.float32), tr=2.0), windows=1
+    ).timeseries
+    np.testing.assert_allclose(
+        out[0], generated[0] + 0.25 * (generated[1] - generated[0]), rtol=1e-4, atol=1e-5
+    )
