@@ -43,6 +43,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fmrilm.eval.cli",
         "Evaluate a model zero-shot, few-shot and fine-tuned next to baselines on one split (JSON + Markdown).",
     ),
+    "embed": (
+        "fmrilm.embed_cli",
+        "Write one embedding per scan (or window) of a cohort, from what the LLM reads.",
+    ),
+    "perturb": (
+        "fmrilm.perturb_cli",
+        "What-if answers for a scan with regions or a network perturbed; rank networks by their effect.",
+    ),
     "demo": ("fmrilm.eval.demo", "Run the whole pipeline end to end, offline, on the built-in defaults."),
     "bench": ("fmrilm.eval.bench", "Run the speed and accuracy benchmarks under eval/ (see BENCHMARKS.md)."),
 }
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(chosen)
     args = parser.parse_args(argv)
+    args.invocation = ["fmrilm", *argv]  # the command as typed, for the records of a run (e.g. eval's report)
     try:
         result = args.func(args)
     except FmriInputError as exc:
