@@ -146,7 +146,14 @@ def test_eval_regression_with_a_stratified_split_and_resume(setup, monkeypatch):
     run = evaluate(cfg)
     by_method = {r.method: r for r in run.results}
     assert run.context["split"]["inner_cv_groups"] == "subject_id"
-    assert set(by_method) == {"fmrilm_zero_shot", "fc_linear", "code_probe", "demographics", "train_mean"}
+    assert set(by_method) == {
+        "fmrilm_zero_shot",
+        "fc_linear",
+        "tangent_linear",
+        "code_probe",
+        "demographics",
+        "train_mean",
+    }
     assert by_method["demographics"].info["covariates"] == ["sex"]  # age itself is never a covariate
     assert by_method["code_probe"].info["n_features"] == CODEBOOK
     ages = table["age"].to_numpy()
