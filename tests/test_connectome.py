@@ -211,3 +211,26 @@ def test_stage3_examples_carry_the_connectome_values(model, fitted):
     loss.backward()
     assert model.soft_projection.proj.weight.grad.abs().sum() > 0  # the projection learns
     model.zero_grad()
+
+
+def test_finetuned_adapters_keep_their_soft_projection(fitted, tmp_path):
+    import copy
+
+    from fmrilm.train.finetune import save_adapters
+    from safetensors.torch import load_file
+
+    from fmrilm.model.adapters import LoraSettings
+    from fmrilm.model.modeling import FmriLM, SoftBrainProjection
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    tok, _ = fitted
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    tuned = copy.deepcopy(model).add_adapters(LoraSettings(r=2))
+    with torch.no_grad():
+        tuned.soft_projection.proj.weight.add_(1.0)  # what fine-tuning changed
+    save_adapters(tuned, tmp_path, {"note": "test"})
+    saved = load_file(str(tmp_path / SoftBrainProjection.WEIGHTS_NAME))
+    torch.testing.assert_close(saved["proj.weight"], tuned.soft_projection.proj.weight.detach())

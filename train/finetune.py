@@ -269,6 +269,8 @@ def save_adapters(model: Any, out_dir: Path, info: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".adapters.tmp-", dir=out_dir))
     try:
         model.llm.save_pretrained(tmp, save_embedding_layers=False)
+        if getattr(model, "soft_projection", None) is not None:  # fine-tuned with the adapters
+            model.soft_projection.save(tmp)
         write_json(tmp / FINETUNE_FILE, info)
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == FINETUNE_FILE):
             os.replace(f, out_dir / f.name)
@@ -313,6 +315,8 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
     if not is_trainable:
         model.llm.eval()
+    if model.soft_projection is not None and (directory / model.soft_projection.WEIGHTS_NAME).exists():
+        model.soft_projection.load(directory)  # the projection fine-tuned with these adapters
     store_tasks(model, [TaskCard.from_dict(info["task"])])
     return model
 
