@@ -234,3 +234,43 @@ def test_finetuned_adapters_keep_their_soft_projection(fitted, tmp_path):
     save_adapters(tuned, tmp_path, {"note": "test"})
     saved = load_file(str(tmp_path / SoftBrainProjection.WEIGHTS_NAME))
     torch.testing.assert_close(saved["proj.weight"], tuned.soft_projection.proj.weight.detach())
+
+
+def test_a_model_fitted_on_cc200_and_dosenbach_reads_seitzman_and_nifti_scans(abide_dir, tmp_path):
+    """Any atlas: connectome tokens fitted on CC200 (ABIDE) and simulated Dosenbach-160 scans; a Seitzman-300
+    scan and a NIfTI scan parcellated with its own labels image go through the whole model."""
+    from fmrilm.data_gen.nifti import write_bold_image, write_labels_image
+
+    from fmrilm import load_scan
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.scoring import TaskCard, store_tasks
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    cc200 = Atlas.from_centroids_table(abide_dir / "cc200_centroids.csv")
+    dosenbach = Atlas.builtin("dosenbach160")
+    scans = [structured_scan(cc200, i) for i in range(8)] + [
+        structured_scan(dosenbach, 50 + i) for i in range(8)
+    ]
+    tok = ConnectomeTokenizer.fit(scans, SMALL, reference_coords=cc200.coords)
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    card = TaskCard(name="diagnosis", type="binary", questions=["Diagnosis?"], options=["yes", "no"])
+    store_tasks(model, [card])
+
+    seitzman = structured_scan(Atlas.builtin("seitzman300"), 7)
+    small = Atlas.builtin("seitzman300").subset(np.arange(0, 300, 10))  # 30 regions, a labels image of them
+    labels_path, labels, affine = write_labels_image(small, tmp_path / "atlas")
+    bold = write_bold_image(
+        structured_scan(small, 8).timeseries, 2.0, labels, affine, tmp_path / "sub-01_bold.nii.gz",
+        rng=np.random.default_rng(0),
+    )  # fmt: skip
+    nifti = load_scan(bold, atlas=labels_path)
+    for scan in (seitzman, nifti):
+        probs = model.predict(scan, "diagnosis")
+        assert set(probs) == {"yes", "no"} and abs(sum(probs.values()) - 1) < 1e-6
+        batch = model.processor([_messages()], [[scan]])
+        assert int(model.processor.ids.is_connectome(batch["input_ids"]).sum()) == SMALL.num_tokens
+    a, b = (model.processor.encode_connectome(s).values for s in (seitzman, nifti))
+    assert np.isfinite(a).all() and np.isfinite(b).all() and np.abs(a - b).max() > 1e-3
