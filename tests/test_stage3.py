@@ -135,18 +135,18 @@ def test_yaml_only_task_trains_answers_and_resumes(tmp_path, monkeypatch):
     # the same final adapters as the uninterrupted run.
     import fmrilm.train.stage3 as stage3
 
-    batch_rows = stage3.batch_rows
+    batch_rows = stage3.balanced_batch_rows  # the default sampler (class-balanced)
 
-    def crash_at_step_4(n, batch_size, seed, step):
+    def crash_at_step_4(weights, batch_size, seed, step):
         if step == 4:
             raise KeyboardInterrupt
-        return batch_rows(n, batch_size, seed, step)
+        return batch_rows(weights, batch_size, seed, step)
 
-    monkeypatch.setattr(stage3, "batch_rows", crash_at_step_4)
+    monkeypatch.setattr(stage3, "balanced_batch_rows", crash_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         cli_main([*train, "--out", str(tmp_path / "resumed"), "--steps", "6"])
     assert not (tmp_path / "resumed" / "model").exists()
-    monkeypatch.setattr(stage3, "batch_rows", batch_rows)
+    monkeypatch.setattr(stage3, "balanced_batch_rows", batch_rows)
     assert cli_main([*train, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume"]) == 0
     resumed = FmriLM.from_pretrained(tmp_path / "resumed" / "model")
     straight, again = dict(model.llm.named_parameters()), dict(resumed.llm.named_parameters())
@@ -297,3 +297,27 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert plain and plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+def test_balanced_batches_give_every_task_and_every_answer_the_same_share():
+    from fmrilm.train.stage3 import balanced_batch_rows, balanced_weights
+
+    examples = (
+        [{"task": "diagnosis", "answer": "autism"}] * 30
+        + [{"task": "diagnosis", "answer": "typical"}] * 90
+        + [{"task": "sex", "answer": "female"}] * 5
+        + [{"task": "sex", "answer": "male"}] * 25
+        + [{"task": "describe", "answer": f"free text {i}"} for i in range(40)]  # many answers: uniform
+    )
+    w = balanced_weights(examples)
+    share = lambda task, answer=None: sum(  # noqa: E731
+        wi for wi, e in zip(w, examples, strict=True) if e["task"] == task and answer in (None, e["answer"])
+    )
+    for task in ("diagnosis", "sex", "describe"):
+        assert share(task) == pytest.approx(1 / 3)
+    assert share("diagnosis", "autism") == pytest.approx(share("diagnosis", "typical"))
+    assert share("sex", "female") == pytest.approx(1 / 6)
+    rows = balanced_batch_rows(w, 4000, seed=0, step=3)
+    assert np.array_equal(rows, balanced_batch_rows(w, 4000, seed=0, step=3))  # a function of (seed, step)
+    drawn = np.mean([examples[i]["answer"] == "female" for i in rows])
+    assert drawn == pytest.approx(1 / 6, abs=0.03)  # 5 of 190 examples, drawn a sixth of the time

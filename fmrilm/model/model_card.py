@@ -249,8 +249,8 @@ def _body(config: Any, directory: Path | None, has_adapters: bool) -> str:
         "fmrilm chat --model PATH_OR_HUB_ID --scan sub-01_timeseries.tsv --tr 2.0",
         "```",
         "",
-        "The LLM part also loads with plain transformers (`AutoModelForCausalLM.from_pretrained(PATH)`, "
-        "`AutoTokenizer`), its adapters with peft (`PeftModel.from_pretrained(llm, PATH + '/adapters')`); "
+        "The LLM part also loads with plain transformers (`AutoModelForCausalLM` and `AutoTokenizer` on "
+        "the folder), its adapters with peft (`PeftModel` on `adapters/`); "
         "the fMRI tokenizer sits in `fmri_tokenizer/`. Weights are safetensors; nothing is unpickled.",
         "",
         "## Intended use and limits",
