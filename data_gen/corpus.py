@@ -62,6 +62,7 @@ def build_corpus(
     signal_config: Any = None,
     max_reference_scans: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write the descriptor corpus of ``cohort`` into ``out_dir`` and return the dataset folder.
 
@@ -69,6 +70,9 @@ def build_corpus(
     ``fit_indices`` (default: all scans; pass the training rows of a split) and saved. ``fit_on`` is a free
     description of those rows (e.g. "split stratified:train") kept in the metadata. Re-running with the same
     arguments resumes: finished shards are kept, the saved reference is reused.
+
+    ``out_dir`` must be new, empty or a corpus folder holding nothing else; ``overwrite`` builds a new corpus
+    beside an earlier one and replaces it only once complete (`fmrilm.safety`).
     """
     import datasets
 
@@ -79,6 +83,25 @@ def build_corpus(
     for unit in units:
         if unit not in ("window", "scan"):
             raise FmriInputError(f"Unknown corpus unit '{unit}'", fix="use 'window' and/or 'scan'")
+    from fmrilm.safety import CORPUS_OUTPUT, check_run_folder, discard_stage, make_stage, publish
+
+    markers = (REFERENCE_FILE, "build.json", CORPUS_META)
+    earlier = check_run_folder(
+        out, markers, CORPUS_OUTPUT.name, resume=True, overwrite=overwrite, allowed=CORPUS_OUTPUT.entries
+    )
+    if earlier and overwrite:  # build the new corpus beside the old one; swap them once it is complete
+        stage = make_stage(out)
+        try:
+            build_corpus(
+                cohort, stage, reference=reference, fit_indices=fit_indices, fit_on=fit_on, units=units,
+                num_proc=num_proc, seed=seed, shard_size=shard_size, feature_config=feature_config,
+                signal_config=signal_config, max_reference_scans=max_reference_scans, progress=progress,
+            )  # fmt: skip
+            publish(stage, out, CORPUS_OUTPUT, overwrite=True)
+        except BaseException:
+            discard_stage(stage)
+            raise
+        return out / DATASET_DIR
     if (out / DATASET_DIR).exists() and (out / CORPUS_META).exists():
         meta = json.loads((out / CORPUS_META).read_text())
         if meta.get("complete"):
@@ -107,7 +130,8 @@ def build_corpus(
             raise FmriInputError(
                 f"The folder holds part of a corpus built with other settings ({', '.join(changed)} differ)",
                 file=out,
-                fix="re-run with the same cohort, units, seed and reference, or give a new --out folder",
+                fix="re-run with the same cohort, units, seed and reference, give a new --out folder, or pass "
+                "--overwrite to build it afresh",
             )
     else:
         _write_json(plan_path, plan)
@@ -288,7 +312,7 @@ def _reference(
             raise FmriInputError(
                 "The folder holds part of a corpus built with other reference statistics",
                 file=out,
-                fix="give a new --out folder, or the same --reference as before",
+                fix="give a new --out folder, the same --reference as before, or --overwrite to build it afresh",
             )
     elif saved.exists():
         ref = ReferenceStats.load(saved)  # resuming: reuse exactly what the finished shards used
@@ -326,7 +350,8 @@ def _check_same_build(out: Path, meta: dict, cohort: Cohort, units, seed) -> Non
         raise FmriInputError(
             "The folder already holds a finished corpus built from other scans or settings",
             file=out,
-            fix="give a new --out folder (or delete this one to rebuild)",
+            fix="give a new --out folder, or pass --overwrite to rebuild it (the old corpus is replaced once "
+            "the new one is complete)",
         )
 
 

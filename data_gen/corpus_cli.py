@@ -21,6 +21,8 @@ Re-running the same command resumes an interrupted build.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import fraction, nonnegative_int, positive_int
+
     sub = parser.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
     build = sub.add_parser(
         "build",
@@ -32,7 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument("cohort", help="cohort folder (from `fmrilm cohort import` or `fmrilm simulate`)")
-    build.add_argument("--out", required=True, help="corpus folder to write (re-run to resume)")
+    build.add_argument(
+        "--out", required=True, help="corpus folder to write: new, empty or this corpus (re-run to resume)"
+    )
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild over an earlier corpus in --out (replaced once the new one is complete)",
+    )
     ref = build.add_mutually_exclusive_group()
     ref.add_argument("--reference", help="reference statistics JSON to use instead of fitting")
     ref.add_argument(
@@ -41,20 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fit reference statistics only on this part (default train) of the cohort's split NAME",
     )
     build.add_argument(
-        "--num-proc", type=int, default=1, help="worker processes for datasets.map (default 1)"
+        "--num-proc", type=positive_int, default=1, help="worker processes for datasets.map (default 1)"
     )
     build.add_argument(
-        "--seed", type=int, default=0, help="seed of phrasings and of the group ICA (default 0)"
+        "--seed", type=nonnegative_int, default=0, help="seed of phrasings and of the group ICA (default 0)"
     )
     build.add_argument(
         "--scan-level", action="store_true", help="also write one whole-scan descriptor per scan (window -1)"
     )
     build.add_argument(
-        "--shard-size", type=int, help="scans per resumable shard (default max(32, 16 x procs))"
+        "--shard-size", type=positive_int, help="scans per resumable shard (default max(32, 16 x procs))"
     )
-    build.add_argument("--components", type=int, default=16, help="group ICA components (default 16)")
-    build.add_argument("--density", type=float, default=0.15, help="graph density kept (default 0.15)")
-    build.add_argument("--max-reference-scans", type=int, help="fit reference statistics on at most N scans")
+    build.add_argument(
+        "--components", type=positive_int, default=16, help="group ICA components (default 16)"
+    )
+    build.add_argument("--density", type=fraction, default=0.15, help="graph density kept (default 0.15)")
+    build.add_argument(
+        "--max-reference-scans", type=positive_int, help="fit reference statistics on at most N scans"
+    )
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(corpus_func=run_build)
 
@@ -113,6 +126,7 @@ def run_build(args: argparse.Namespace) -> int:
         feature_config=FeatureConfig(n_components=args.components, density=args.density),
         max_reference_scans=args.max_reference_scans,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(f"Wrote the descriptor corpus to {path}")
     return 0

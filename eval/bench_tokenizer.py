@@ -48,7 +48,7 @@ def _train(cfg, log_name: str):
         print(f"{log_name}: reusing {out}")
         return out
     t0 = time.perf_counter()
-    train_tokenizer(cfg, resume=(out / "checkpoints").exists())
+    train_tokenizer(cfg, resume=out.exists())  # an interrupted run (marked by train_config.json) continues
     print(f"{log_name}: trained in {time.perf_counter() - t0:.0f} s")
     return out
 

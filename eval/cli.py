@@ -22,11 +22,17 @@ def _int_list(text: str, flag: str) -> list[int]:
         ) from None
     if not values:
         raise FmriInputError(f"{flag} is empty", fix=f"give e.g. {flag} 0,2,4,8")
+    if any(v < 0 for v in values):
+        raise FmriInputError(
+            f"{flag} must be whole numbers of 0 or more, got '{text}'", fix=f"give e.g. {flag} 0,2,4,8"
+        )
     return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, EvalConfig
+
+    from fmrilm.safety import fraction, nonnegative_int, positive_float, positive_int, probability
 
     d = EvalConfig(model="", cohort="", task="", out="")
     p = parser
@@ -44,43 +50,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--test-sites", default=None, help="comma-separated test sites (leave-sites-out)")
     p.add_argument(
-        "--n-test-sites", type=int, default=d.n_test_sites, help="sites drawn for testing when none are named"
+        "--n-test-sites",
+        type=positive_int,
+        default=d.n_test_sites,
+        help="sites drawn for testing when none are named",
     )
-    p.add_argument("--test-size", type=float, default=d.test_size, help="test share of subjects (stratified)")
+    p.add_argument(
+        "--test-size", type=fraction, default=d.test_size, help="test share of subjects (stratified)"
+    )
     p.add_argument(
         "--shots",
         default=None,
         help="labelled subjects per class for few-shot fine-tuning; 0 = zero-shot "
         f"(default {','.join(map(str, DEFAULT_SHOTS))}, dropping k the train part cannot supply)",
     )
-    p.add_argument("--seeds", type=int, default=d.seeds, help="few-shot draws (and adapters) per k")
-    p.add_argument("--seed", type=int, default=d.seed, help="first seed (split draw, k-shot draws)")
+    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="few-shot draws (and adapters) per k")
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=d.seed, help="first seed (split draw, k-shot draws)"
+    )
     p.add_argument("--full", action="store_true", help="also fine-tune on every train subject (slow)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps of each few-shot run")
-    p.add_argument("--full-steps", type=int, default=d.full_steps, help="optimizer steps of the --full run")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps of each few-shot run")
+    p.add_argument(
+        "--full-steps", type=positive_int, default=d.full_steps, help="optimizer steps of the --full run"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    p.add_argument("--lora-r", type=positive_int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=positive_int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=probability, default=d.lora_dropout)
     p.add_argument(
         "--target-modules", default="all-linear", help="'all-linear' or comma-separated module names"
     )
     p.add_argument(
-        "--paraphrases", type=int, default=d.paraphrases, help="question wordings averaged per scan"
+        "--paraphrases", type=positive_int, default=d.paraphrases, help="question wordings averaged per scan"
     )
     p.add_argument(
         "--normalize", choices=["sum", "mean"], default=d.normalize, help="answer log-prob pooling"
     )
-    p.add_argument("--score-batch-size", type=int, default=d.batch_size_scoring)
+    p.add_argument("--score-batch-size", type=positive_int, default=d.batch_size_scoring)
     p.add_argument(
         "--code-features", choices=CODE_FEATURES, default=d.code_features, help="code-probe features"
     )
     p.add_argument("--no-few-shot-baselines", action="store_true", help="skip FC/code probes on the k shots")
     p.add_argument("--covariates", default=",".join(d.covariates), help="demographics baseline columns")
-    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap draws for single-run intervals")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--n-boot", type=positive_int, default=d.n_boot, help="bootstrap draws for single-run intervals"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
     p.add_argument("--keep-work", action="store_true", help="keep the per-run work folder beside --out")
     p.add_argument("--no-progress", action="store_true")

@@ -291,6 +291,7 @@ class Demo:
                 tok,
                 "--preset",
                 self.p.tokenizer_preset,
+                "--resume",  # an interrupted step continues (a fresh --out simply starts)
             ]
             + ["--steps", str(self.p.tokenizer_steps), "--text-pooling", self.p.text_pooling]
             + ["--connectome-tokens", str(self.p.connectome_tokens)]
@@ -301,7 +302,18 @@ class Demo:
         align = self.path("stage2_align")
         self.step(
             "Stage 2: align the LLM (describe windows, forecast the next window, text replay)",
-            ["train", "align", *cohort_args, *corpus_args, "--tokenizer", tok, "--out", align, *base]
+            [
+                "train",
+                "align",
+                *cohort_args,
+                *corpus_args,
+                "--tokenizer",
+                tok,
+                "--out",
+                align,
+                *base,
+                "--resume",
+            ]
             + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
             + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
             + ["--max-windows", str(self.p.max_windows)]
@@ -312,7 +324,7 @@ class Demo:
         set_args = [a for s in sets.values() for a in ("--instructions", s)]
         self.step(
             "Stage 3: multi-task instruction tuning (loss on answers only)",
-            ["train", "instruct", "--model", align, *set_args, "--out", instruct]
+            ["train", "instruct", "--model", align, *set_args, "--out", instruct, "--resume"]
             + ["--steps", str(self.p.instruct_steps), "--batch-size", str(self.p.instruct_batch_size)]
             + self.common(),
             done=Path(instruct) / "model" / "config.json",

@@ -31,6 +31,8 @@ from participants.tsv (in DIR or the BIDS folder above it, or --table; default: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import fraction, nonnegative_int, positive_int, probability
+
     sub = parser.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
 
     imp = sub.add_parser(
@@ -132,18 +134,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("dir", help="cohort folder")
     split.add_argument("--kind", required=True, choices=("stratified", "leave-sites-out"))
     split.add_argument("--label", help="column to stratify by (default diagnosis for --kind stratified)")
-    split.add_argument("--test-size", type=float, default=0.2, help="stratified: test fraction (default 0.2)")
     split.add_argument(
-        "--val-size", type=float, default=0.0, help="validation fraction of subjects (default 0)"
+        "--test-size", type=fraction, default=0.2, help="stratified: test fraction (default 0.2)"
+    )
+    split.add_argument(
+        "--val-size", type=probability, default=0.0, help="validation fraction of subjects (default 0)"
     )
     split.add_argument("--test-sites", help="leave-sites-out: comma-separated test sites")
     split.add_argument(
-        "--n-test-sites", type=int, default=1, help="leave-sites-out: random test sites (default 1)"
+        "--n-test-sites", type=positive_int, default=1, help="leave-sites-out: random test sites (default 1)"
     )
     split.add_argument("--val-sites", help="leave-sites-out: comma-separated validation sites")
-    split.add_argument("--n-val-sites", type=int, default=0, help="leave-sites-out: random validation sites")
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument(
+        "--n-val-sites", type=nonnegative_int, default=0, help="leave-sites-out: random validation sites"
+    )
+    split.add_argument("--seed", type=nonnegative_int, default=0)
     split.add_argument("--name", help="split name (default: the kind); written to splits/<name>.json")
+    split.add_argument(
+        "--overwrite", action="store_true", help="replace a different split of the same name in the cohort"
+    )
     split.set_defaults(cohort_func=run_split)
 
     subset = sub.add_parser(
@@ -444,7 +453,9 @@ def run_split(args: argparse.Namespace) -> int:
         }
         split = leave_sites_out_split(cohort, **params)
     name = args.name or args.kind
-    path = save_split(Path(args.dir), name, split, kind=args.kind, params=params, label=label)
+    path = save_split(
+        Path(args.dir), name, split, kind=args.kind, params=params, label=label, overwrite=args.overwrite
+    )
     print(f"Wrote split '{name}' to {path}")
     for part, info in describe_split(cohort, split, label).items():
         extra = f"; {label}: {info[label]}" if label and label in info else ""

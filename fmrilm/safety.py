@@ -17,9 +17,11 @@ configs, a cohort's dataset), so replacing them in place starts the work afresh.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -49,12 +51,27 @@ COHORT_OUTPUT = OutputKind(
 REPORT_OUTPUT = OutputKind(
     "evaluation report", "report.json", frozenset({"report.json", "report.md", "plots", "split.json"})
 )
+INSTRUCTIONS_OUTPUT = OutputKind(
+    "instruction set", "instructions.json", frozenset({"instructions.json", "dataset", "tasks"})
+)
+#: A corpus is built inside its folder (resumable shards); ``reference.json`` is written first, so it marks a
+#: corpus folder whether finished (``corpus.json``) or still being built.
+CORPUS_OUTPUT = OutputKind(
+    "descriptor corpus",
+    "reference.json",
+    frozenset({"reference.json", "build.json", "feature_names.json", "shards", "dataset", "corpus.json"}),
+)
 
 
 def _new(flag: str, adjective: str = "new") -> str:
     """'a new --out folder' for a flag, 'a new folder' for a description such as 'the output folder'."""
     words = " ".join(w for w in (adjective, flag if flag.startswith("--") else "", "folder") if w)
     return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def _a(noun: str) -> str:
+    """'a cohort', 'an evaluation report'."""
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def _listing(names: list[str], limit: int = 5) -> str:
@@ -107,7 +124,7 @@ def check_output(
         return False
     if kind.marker not in names:
         raise FmriInputError(
-            f"{flag} exists and holds files that are not a {kind.name} written by fmrilm ({_listing(names)}); "
+            f"{flag} exists and holds files that are not {_a(kind.name)} written by fmrilm ({_listing(names)}); "
             "fmrilm never deletes what it did not write",
             file=out,
             fix=f"give {_new(flag, 'new or empty')}",
@@ -122,10 +139,74 @@ def check_output(
         )
     if not overwrite:
         raise FmriInputError(
-            f"{flag} already holds a {kind.name}",
+            f"{flag} already holds {_a(kind.name)}",
             file=out,
             fix=f"give {_new(flag)}, or pass {option} to replace it (the old one is removed only after "
             "the new one is complete)",
+        )
+    return True
+
+
+def check_run_folder(
+    out: str | PathLike,
+    markers: tuple[str, ...],
+    what: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    flag: str = "--out",
+    allowed: frozenset[str] | None = None,
+) -> bool:
+    """Whether ``out`` holds an earlier run of this command (one of ``markers`` is in it); an FmriInputError when
+    the run must not write there.
+
+    For commands that work inside their output folder (training runs that checkpoint and resume): allowed are a
+    path that does not exist, an empty folder, and a folder holding one of ``markers`` (this command's own
+    earlier run) when ``resume`` or ``overwrite`` says what to do with it. A non-empty folder without a marker
+    is never written into, whatever the flags; nor, when ``allowed`` names every entry the command writes, one
+    that also holds anything else (hidden names are the command's own temporary files).
+    """
+    out = Path(out)
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if target == here or target in here.parents:
+        raise FmriInputError(
+            f"{flag} is the working folder or a folder holding it, which fmrilm will not write {_a(what)} into",
+            file=out,
+            fix=f"give a new folder, e.g. {flag} runs/NAME",
+        )
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise FmriInputError(f"{flag} exists and is a file, not a folder", file=out, fix=f"give {_new(flag)}")
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise FmriInputError(
+            f"Cannot read {flag} ({exc.strerror or exc})", file=out, fix=f"give {_new(flag)}"
+        ) from exc
+    if not names:
+        return False
+    if not any(m in names for m in markers):
+        raise FmriInputError(
+            f"{flag} exists and holds files that are not {_a(what)} written by fmrilm ({_listing(names)}); "
+            "fmrilm never writes into or deletes what it did not write",
+            file=out,
+            fix=f"give {_new(flag, 'new or empty')}",
+        )
+    extra = [n for n in names if allowed is not None and n not in allowed and not n.startswith(".")]
+    if extra:
+        raise FmriInputError(
+            f"{flag} holds an earlier {what} but also {_listing(extra)}, which this command did not write",
+            file=out,
+            fix=f"move {_listing(extra)} out of the folder, or give {_new(flag)}",
+        )
+    if not (resume or overwrite):
+        raise FmriInputError(
+            f"{flag} already holds {_a(what)}",
+            file=out,
+            fix="pass --resume to continue it, --overwrite to start it afresh (its finished result is replaced "
+            f"only when the new one is written), or give {_new(flag)}",
         )
     return True
 
@@ -384,3 +465,58 @@ def content_hash(
 def cohort_fingerprint(directory: str | PathLike) -> str:
     """Content hash of a cohort folder: ``cohort.json``, the dataset and stored splits (no ``datasets`` caches)."""
     return content_hash(directory, skip_prefixes=("cache-",))
+
+
+# ------------------------------------------------------------------------------------------- numeric flags
+# argparse ``type=`` callables: an impossible value (zero, negative, NaN, infinity) is refused where it enters,
+# and argparse prints "argument --FLAG: <the sentence below>", so the message names the flag and the fix.
+def _number(text: str, kind: type, what: str, example: str) -> float:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}; give e.g. {example}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give {what}, e.g. {example}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of 1 or more (steps, batch sizes, lengths, draws)."""
+    value = _number(text, int, "a whole number of 1 or more", "8")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text}; give e.g. 8")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """A whole number of 0 or more (warm-up steps, seeds, k of zero-shot)."""
+    value = _number(text, int, "a whole number of 0 or more", "0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 0 or more, got {text}; give e.g. 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (learning rates, seconds)."""
+    value = _number(text, float, "a number above 0", "1e-4")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}; give e.g. 1e-4")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share strictly between 0 and 1 (test size)."""
+    value = _number(text, float, "a share between 0 and 1", "0.2")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a share between 0 and 1 (both excluded), got {text}; give e.g. 0.2"
+        )
+    return value
+
+
+def probability(text: str) -> float:
+    """A share from 0 (included) to 1 (excluded): dropout, a held-out fraction that may be none."""
+    value = _number(text, float, "a share from 0 to below 1", "0.1")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to below 1, got {text}; give e.g. 0.1")
+    return value

@@ -203,8 +203,13 @@ def save_split(
     kind: str,
     params: dict[str, Any] | None = None,
     label: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``<cohort_dir>/splits/<name>.json`` atomically, with the scan ids of each part."""
+    """Write ``<cohort_dir>/splits/<name>.json`` atomically, with the scan ids of each part.
+
+    An existing split of that name is replaced only with ``overwrite`` (re-writing the very same split is
+    allowed: nothing changes).
+    """
     cohort_dir = Path(cohort_dir)
     cohort = Cohort.load(cohort_dir)
     _check_name(name)
@@ -229,6 +234,13 @@ def save_split(
     folder = cohort_dir / SPLITS_DIR
     folder.mkdir(exist_ok=True)
     target = folder / f"{name}.json"
+    if target.exists() and not overwrite and _stored(target) != json.loads(json.dumps(record)):
+        raise FmriInputError(
+            f"The cohort already holds a different split named '{name}' (other parts or settings); it is not "
+            "replaced silently, since models and reports may rest on it",
+            file=target,
+            fix="give another --name, or pass --overwrite (overwrite=True in Python) to replace it",
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -238,6 +250,14 @@ def save_split(
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _stored(path: Path) -> Any:
+    """The JSON held by ``path``, or None when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def list_splits(cohort_dir: str | Path) -> list[str]:

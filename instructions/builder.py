@@ -19,10 +19,7 @@ Every random choice (paraphrase, option order, sentence, multi-task grouping) co
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -563,15 +560,24 @@ def n_windows(n_timepoints: int, tr: float, config: Any = None) -> int:
 
 # ------------------------------------------------------------------------------------------------- persistence
 def save_instruction_set(
-    dataset: Any, meta: dict[str, Any], tasks: Sequence[TaskSpec], out_dir: str | Path
+    dataset: Any,
+    meta: dict[str, Any],
+    tasks: Sequence[TaskSpec],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``DIR/dataset``, ``DIR/instructions.json`` and ``DIR/tasks/*.yaml`` atomically (temp + rename)."""
+    """Write ``DIR/dataset``, ``DIR/instructions.json`` and ``DIR/tasks/*.yaml`` beside ``DIR`` and rename.
+
+    ``DIR`` must be new, empty, or (with ``overwrite``) an earlier instruction set holding nothing else, which
+    is replaced only once the new one is complete (`fmrilm.safety.staged_output`).
+    """
     import yaml
 
+    from fmrilm.safety import INSTRUCTIONS_OUTPUT, staged_output
+
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir, INSTRUCTIONS_OUTPUT, overwrite=overwrite) as tmp:
         dataset.save_to_disk(str(tmp / DATASET_DIR))
         (tmp / TASKS_DIR).mkdir()
         for t in tasks:  # the set carries its task specs, so Stage 3 and eval score exactly these answers
@@ -579,12 +585,6 @@ def save_instruction_set(
                 yaml.safe_dump(t.to_dict(), sort_keys=False, allow_unicode=True)
             )
         (tmp / INSTRUCTIONS_META).write_text(json.dumps(meta, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -9,6 +9,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import nonnegative_int
+
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser(
         "build",
@@ -28,8 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--corpus", help="descriptor corpus folder (`fmrilm corpus build`): descriptor text and tasks"
     )
-    build.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new or empty (written beside it, then renamed into place)",
+    )
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier instruction set in --out, once the new one is complete",
+    )
+    build.add_argument("--seed", type=nonnegative_int, default=0)
     build.add_argument(
         "--split", help="name of a split stored in the cohort (`fmrilm cohort split`): adds a split column"
     )
@@ -71,7 +82,9 @@ def _build(args: argparse.Namespace) -> int:
 
     from fmrilm.cohort import Cohort
     from fmrilm.errors import FmriInputError
+    from fmrilm.safety import INSTRUCTIONS_OUTPUT, check_output
 
+    check_output(args.out, INSTRUCTIONS_OUTPUT, overwrite=args.overwrite)  # before the slow part
     cohort = Cohort.load(args.cohort)
     descriptors = DescriptorIndex.from_corpus(args.corpus) if args.corpus else None
     tasks = load_tasks(args.tasks)
@@ -104,7 +117,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     meta["cohort_dir"] = str(args.cohort)
     meta["split_name"] = args.split
-    save_instruction_set(dataset, meta, tasks, args.out)
+    save_instruction_set(dataset, meta, tasks, args.out, overwrite=args.overwrite)
     print(f"Wrote {len(dataset)} instruction rows to {args.out}")
     for name, counts in meta["counts"].items():
         extra = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "rows")

@@ -109,22 +109,29 @@ def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
         )
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, resume: bool, cfg: LoopSettings) -> None:
-    """Create ``out_dir``; refuse to start over a run there, or to resume one started with other settings."""
+def prepare_out_dir(
+    out_dir: str | os.PathLike, resume: bool, cfg: LoopSettings, *, overwrite: bool = False
+) -> None:
+    """Create ``out_dir`` and mark it as this run's (``train_config.json``) before anything else is written.
+
+    A folder holding files of anything but a training run is refused whatever the flags (`check_run_folder`);
+    an earlier run is continued with ``resume`` (only with the same settings, `check_resume_config`) or started
+    afresh with ``overwrite``: its checkpoints are removed, and its finished model stays until the new one
+    replaces it.
+    """
+    from fmrilm.safety import check_run_folder
+
     out_dir = Path(out_dir)
-    if (
-        out_dir.exists()
-        and not resume
-        and ((out_dir / TRAIN_CONFIG).exists() or (out_dir / CHECKPOINTS_DIR).exists())
-    ):
-        raise FmriInputError(
-            "The output folder already holds a training run",
-            file=out_dir,
-            fix="pass --resume to continue it, or choose another --out",
-        )
-    if resume:
+    earlier = check_run_folder(
+        out_dir, (TRAIN_CONFIG, CHECKPOINTS_DIR), "training run", resume=resume, overwrite=overwrite
+    )
+    if earlier and resume:
         check_resume_config(cfg, out_dir)
+    elif earlier:  # --overwrite: old checkpoints would be taken for the new run's and pruned against them
+        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not (resume and (out_dir / TRAIN_CONFIG).exists()):
+        write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
 
 
 @contextlib.contextmanager
@@ -199,9 +206,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
 
     ``--mixed-precision`` is added only for configs that have that field; ``--resume`` is a flag, not a setting.
     """
+    from fmrilm.safety import nonnegative_int, positive_float, positive_int
+
     p = parser
     for name in _LOOP_FLAGS:
-        kind = float if name == "lr" else int
+        kind = {"lr": positive_float, "warmup_steps": nonnegative_int, "seed": nonnegative_int}.get(
+            name, positive_int
+        )
         p.add_argument(
             f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), help=_LOOP_HELP[name]
         )
@@ -218,8 +229,14 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
             action="store_true",
             help="recompute the LLM's activations in the backward pass: far less memory, about a third more compute",
         )
-    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over an earlier run in --out (its checkpoints are removed; its finished model is "
+        "replaced when the new one is written)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument(
         "--progress-every",
@@ -260,10 +277,14 @@ def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
     """LoRA flags of the commands that train adapters (`fmrilm train align` / `instruct`, `fmrilm finetune`)."""
+    from fmrilm.safety import positive_int, probability
+
     p = parser
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
-    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling numerator (scale = alpha / r)")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank")
+    p.add_argument(
+        "--lora-alpha", type=positive_int, default=32, help="LoRA scaling numerator (scale = alpha / r)"
+    )
+    p.add_argument("--lora-dropout", type=probability, default=0.05, help="dropout on the LoRA input")
     p.add_argument(
         "--target-modules",
         default="all-linear",

@@ -178,13 +178,13 @@ def instruction_rows(cohort: Any, rows: list[int], spec: Any, bound: Any, paradi
 
 
 # --------------------------------------------------------------------------------------------------- running
-def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
+def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Fine-tune LoRA adapters for one task on a cohort; writes the adapters-only folder ``cfg.out``."""
     with torch_threads(cfg.threads):
-        return _finetune(cfg, resume)
+        return _finetune(cfg, resume, overwrite)
 
 
-def _finetune(cfg: FinetuneConfig, resume: bool) -> Path:
+def _finetune(cfg: FinetuneConfig, resume: bool, overwrite: bool = False) -> Path:
     from fmrilm.instructions.builder import bind_task
     from fmrilm.instructions.spec import load_task
     from fmrilm.train.common import write_json
@@ -193,7 +193,7 @@ def _finetune(cfg: FinetuneConfig, resume: bool) -> Path:
     from fmrilm.model.scoring import TaskCard, store_tasks
 
     out_dir = Path(cfg.out)
-    prepare_out_dir(out_dir, resume, cfg)
+    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     base_dir = resolve_model_dir(cfg.model)
     cohort = load_cohort(cfg.cohort)
     spec = load_task(cfg.task)

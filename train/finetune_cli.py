@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
         paradigms=[p.strip() for p in args.paradigms.split(",") if p.strip()],
         **tuning_kwargs(args),
     )
-    out = finetune(cfg, resume=args.resume)
+    out = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"fine-tuned adapters written to {out} (load with fmrilm.train.finetune.load_finetuned)")
     return 0

@@ -259,13 +259,13 @@ def _text_embedder(cfg: Stage1Config, out_dir: Path):
     )
 
 
-def train_tokenizer(cfg: Stage1Config, resume: bool = False) -> Path:
+def train_tokenizer(cfg: Stage1Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Stage 1 and write the trained tokenizer to ``cfg.out``; returns that folder."""
     with torch_threads(cfg.threads):
-        return _train(cfg, resume)
+        return _train(cfg, resume, overwrite)
 
 
-def _train(cfg: Stage1Config, resume: bool) -> Path:
+def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
     import torch
     from fmrilm.train.common import (
         MetricsLog,
@@ -287,7 +287,7 @@ def _train(cfg: Stage1Config, resume: bool) -> Path:
     if not cfg.cohorts:
         raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
     out_dir = Path(cfg.out)
-    prepare_out_dir(out_dir, resume, cfg)
+    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
     accelerator = make_accelerator(out_dir, seed=cfg.seed)
     # progress bars: None = automatic (shown on a terminal), False = never; only the main process shows them
@@ -763,7 +763,7 @@ def run(args: argparse.Namespace) -> int:
     from fmrilm.train.common import setup_logging
 
     setup_logging()
-    out = train_tokenizer(config_from_args(args), resume=args.resume)
+    out = train_tokenizer(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     summary = json.loads((out / METRICS_FILE).read_text()).get("summary", {})
     print(f"tokenizer written to {out} (best held-out R2 {summary.get('best_r2')})")
     return 0

@@ -44,6 +44,7 @@ from fmrilm.train.common import (
 
 from fmrilm.errors import FmriInputError
 from fmrilm.model.processing import valid_windows
+from fmrilm.safety import positive_int
 
 logger = logging.getLogger("fmrilm.train.stage2")
 
@@ -350,13 +351,13 @@ def build_model(cfg: Stage2Config, fmri_tokenizer: Any, atlas: Any, reference: d
     return model
 
 
-def train_align(cfg: Stage2Config, resume: bool = False) -> Path:
+def train_align(cfg: Stage2Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Stage 2 and write the aligned model to ``OUT/model``; returns that folder."""
     with torch_threads(cfg.threads):
-        return _train_align(cfg, resume)
+        return _train_align(cfg, resume, overwrite)
 
 
-def _train_align(cfg: Stage2Config, resume: bool) -> Path:
+def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Path:
     import torch
     from fmrilm.train.common import (
         MetricsLog,
@@ -390,7 +391,7 @@ def _train_align(cfg: Stage2Config, resume: bool) -> Path:
             fix="pass --corpus DIR (fmrilm corpus build), or --weight-describe 0",
         )
     out_dir = Path(cfg.out)
-    prepare_out_dir(out_dir, resume, cfg)
+    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     _trainable_only_checkpoints(accelerator)
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
@@ -600,7 +601,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--context-windows", type=int, default=2, help="windows of context for forecasting")
     p.add_argument("--max-windows", type=int, default=4, help="windows of a whole scan shown to the model")
-    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--max-length", type=positive_int, default=1024)
     add_loop_arguments(p, Stage2Config)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out")
     p.add_argument(
@@ -645,7 +646,7 @@ def run(args: argparse.Namespace) -> int:
     from fmrilm.train.common import setup_logging
 
     setup_logging()
-    out = train_align(config_from_args(args), resume=args.resume)
+    out = train_align(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
     print(f"aligned model written to {out} (best held-out loss {summary.get('best_val_loss')})")
     return 0

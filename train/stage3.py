@@ -45,6 +45,7 @@ from fmrilm.train.common import (
 )
 
 from fmrilm.errors import FmriInputError
+from fmrilm.safety import positive_int
 
 logger = logging.getLogger("fmrilm.train.stage3")
 
@@ -461,19 +462,19 @@ def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: b
     return model
 
 
-def train_instruct(cfg: InstructConfig, resume: bool = False) -> Path:
+def train_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Stage 3 and write the tuned model to ``OUT/model``; returns that folder."""
     with torch_threads(cfg.threads):
-        return _train_instruct(cfg, resume)
+        return _train_instruct(cfg, resume, overwrite)
 
 
-def _train_instruct(cfg: InstructConfig, resume: bool) -> Path:
+def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) -> Path:
     from fmrilm.train.common import write_json
 
     from fmrilm.model.scoring import store_tasks
 
     out_dir = Path(cfg.out)
-    prepare_out_dir(out_dir, resume, cfg)
+    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     sources = load_sources(cfg.instructions, cfg.cohorts or None)
     model = load_trainable_model(cfg.model, cfg.lora, cfg.new_adapters, cfg.seed)
     if cfg.max_windows is not None:
@@ -531,7 +532,9 @@ def is_main_process() -> bool:
 def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig]) -> None:
     """Flags of a `LoopConfig` (`fmrilm train instruct`, `fmrilm finetune`): loop, LoRA, longest example."""
     add_lora_arguments(p)
-    p.add_argument("--max-length", type=int, default=defaults.max_length, help="longest example in tokens")
+    p.add_argument(
+        "--max-length", type=positive_int, default=defaults.max_length, help="longest example in tokens"
+    )
     p.add_argument(
         "--soft-lr-scale",
         type=float,
@@ -591,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
     from fmrilm.train.common import setup_logging
 
     setup_logging()
-    out = train_instruct(config_from_args(args), resume=args.resume)
+    out = train_instruct(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
     best = summary.get("best_val_loss")
     held_out = "no validation rows in the sets" if best is None else f"best held-out loss {best:.4f}"
