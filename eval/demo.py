@@ -45,7 +45,7 @@ class Preset:
     #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
     #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
     max_windows: int = 1
-    instruct_steps: int = 150
+    instruct_steps: int = 60
     instruct_batch_size: int = 8
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
