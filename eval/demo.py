@@ -45,7 +45,7 @@ class Preset:
     #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
     #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
     max_windows: int = 1
-    instruct_steps: int = 60
+    instruct_steps: int = 40
     instruct_batch_size: int = 8
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
@@ -370,19 +370,24 @@ class Demo:
 
     def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 40) -> None:
         """How often the model answers the descriptor questions right on held-out scans, next to always
-        giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches)."""
+        giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
+        A task bound to this cohort's own answers (``NAME@COHORT``) is scored with those answers."""
+        from fmrilm.model.scoring import stored_tasks
+
         answers = answer_table(instruction_set)
         test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
         train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
+        stored = stored_tasks(model)
         for task in ("coupled_pair", "modularity"):
             rows = answers[answers["task"] == task]
+            bound = f"{task}@{cohort.name}" if f"{task}@{cohort.name}" in stored else task
             truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
             majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
             scored = [sid for sid in test_ids if sid in truth]
             if majority.empty or not scored:
                 continue
             try:
-                frame = model.predict_cohort(cohort, task, [test_ids[s] for s in scored])
+                frame = model.predict_cohort(cohort, bound, [test_ids[s] for s in scored])
             except Exception as exc:  # a task the model was not trained on: say so, do not stop the demo
                 print(f"  {task}: not scored ({exc})")
                 continue
