@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--png", metavar="OUT.png", help="draw the result on the brain into this PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
 
 
@@ -81,6 +82,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.png is not None and Path(args.png).suffix.lower() != ".png":
         raise FmriInputError("--png must name a .png file", file=args.png, fix="e.g. --png perturbation.png")
+    if args.png is not None and Path(args.png).exists() and not args.overwrite:
+        raise FmriInputError(
+            "--png names a file that already exists",
+            file=args.png,
+            fix="pass --overwrite or another file name",
+        )
     change = Change.parse(args.change or ("silence" if attributing else "scale:0.5"))
     config = _processor_config(args.model)
     scan = _load(args.scan, args, config)  # bad input fails before the model loads

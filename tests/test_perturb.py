@@ -263,6 +263,10 @@ def test_cli_prints_the_table_and_draws_it_on_the_brain(saved, capsys):
     out = capsys.readouterr().out
     assert "attribution of 'diagnosis'" in out and "sensorimotor" in out
     assert drivers.read_bytes()[:4] == b"\x89PNG"
+    before = drivers.read_bytes()
+    assert main(base + ["--attribute", "diagnosis", "--png", str(drivers)]) == 2  # an existing file is kept
+    assert "already exists" in capsys.readouterr().err and drivers.read_bytes() == before
+    assert main(base + ["--attribute", "diagnosis", "--png", str(drivers), "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize(
