@@ -79,6 +79,20 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _folder_names(out: Path, flag: str) -> list[str]:
+    """The entries of an output folder ([] when it does not exist); a file or an unreadable folder is refused."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise FmriInputError(f"{flag} exists and is a file, not a folder", file=out, fix=f"give {_new(flag)}")
+    try:
+        return sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise FmriInputError(
+            f"Cannot read {flag} ({exc.strerror or exc})", file=out, fix=f"give {_new(flag)}"
+        ) from exc
+
+
 def check_output(
     out: str | PathLike,
     kind: OutputKind,
@@ -108,18 +122,7 @@ def check_output(
             file=out,
             fix=f"give the real folder, or {_new(flag)}",
         )
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise FmriInputError(f"{flag} exists and is a file, not a folder", file=out, fix=f"give {_new(flag)}")
-    try:
-        names = sorted(p.name for p in out.iterdir())
-    except OSError as exc:
-        raise FmriInputError(
-            f"Cannot read {flag} ({exc.strerror or exc})",
-            file=out,
-            fix=f"give {_new(flag)}",
-        ) from exc
+    names = _folder_names(out, flag)
     if not names:
         return False
     if kind.marker not in names:
@@ -175,16 +178,7 @@ def check_run_folder(
             file=out,
             fix=f"give a new folder, e.g. {flag} runs/NAME",
         )
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise FmriInputError(f"{flag} exists and is a file, not a folder", file=out, fix=f"give {_new(flag)}")
-    try:
-        names = sorted(p.name for p in out.iterdir())
-    except OSError as exc:
-        raise FmriInputError(
-            f"Cannot read {flag} ({exc.strerror or exc})", file=out, fix=f"give {_new(flag)}"
-        ) from exc
+    names = _folder_names(out, flag)
     if not names:
         return False
     if not any(m in names for m in markers):
