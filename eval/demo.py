@@ -368,7 +368,7 @@ class Demo:
         print(f"\n  model.predict(scan, '{task}') -> {shown}  (recorded: {truth.get('diagnosis', '?')})")
         self.timings.append(("Reload and chat", time.perf_counter() - start))
 
-    def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 40) -> None:
+    def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
         """How often the model answers the descriptor questions right on held-out scans, next to always
         giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
         A task bound to this cohort's own answers (``NAME@COHORT``) is scored with those answers."""
