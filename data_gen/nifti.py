@@ -104,6 +104,18 @@ def write_labels_image(atlas: Atlas, folder: str | Path, voxel_mm: float = 5.0, 
     return path, labels, affine
 
 
+def _region_of_voxels(labels: np.ndarray, regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask of labelled voxels and each one's 0-based region; a label beyond the scan's regions is refused."""
+    inside = labels > 0
+    region_of = labels[inside].astype(np.int64) - 1
+    if region_of.max() >= regions:
+        raise FmriInputError(
+            f"The labels image has {region_of.max() + 1} regions but the scan has {regions}",
+            fix="write the labels image from the scan's own atlas",
+        )
+    return inside, region_of
+
+
 def write_bold_image(
     timeseries: np.ndarray,
     tr: float,
@@ -120,13 +132,7 @@ def write_bold_image(
 
     ts = np.asarray(timeseries, dtype=np.float32)
     t_len, regions = ts.shape
-    inside = labels > 0
-    region_of = labels[inside].astype(np.int64) - 1
-    if region_of.max() >= regions:
-        raise FmriInputError(
-            f"The labels image has {region_of.max() + 1} regions but the scan has {regions}",
-            fix="write the labels image from the scan's own atlas",
-        )
+    inside, region_of = _region_of_voxels(labels, regions)
     sd = ts.std(axis=0)
     sd[sd == 0] = 1.0
     voxels = ts[:, region_of] + rng.standard_normal((t_len, region_of.size)).astype(np.float32) * (
@@ -308,13 +314,7 @@ def write_fmriprep_run(
     ts = np.asarray(timeseries, dtype=np.float64)
     t_len, regions = ts.shape
     frame, meta = simulated_confounds(t_len, tr, rng, n_compcor=n_compcor, non_steady=non_steady)
-    inside = labels > 0
-    region_of = labels[inside].astype(np.int64) - 1
-    if region_of.max() >= regions:
-        raise FmriInputError(
-            f"The labels image has {region_of.max() + 1} regions but the scan has {regions}",
-            fix="write the labels image from the scan's own atlas",
-        )
+    inside, region_of = _region_of_voxels(labels, regions)
     sd = ts.std(axis=0)
     sd[sd == 0] = 1.0
     nuis = np.column_stack(

@@ -216,6 +216,15 @@ def run_import(args: argparse.Namespace) -> int:
         missing=args.missing,
         kind=args.kind,
     )
+    common = dict(  # what both import paths take from the flags
+        bad_regions=args.bad_regions,
+        skip_bad=args.skip_bad,
+        skip_missing=args.skip_missing,
+        min_timepoints=args.min_timepoints,
+        name=args.name,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
     if args.fmriprep:
         if args.path_column or args.npz_key or args.scan_id_column or args.session_column or args.tr_column:
             raise FmriInputError(
@@ -235,13 +244,7 @@ def run_import(args: argparse.Namespace) -> int:
             space=args.space,
             tr=args.tr,
             radius_mm=args.radius,
-            bad_regions=args.bad_regions,
-            skip_bad=args.skip_bad,
-            skip_missing=args.skip_missing,
-            min_timepoints=args.min_timepoints,
-            name=args.name,
-            out=args.out,
-            overwrite=args.overwrite,
+            **common,
         )
     else:
         cohort = import_cohort(
@@ -253,13 +256,7 @@ def run_import(args: argparse.Namespace) -> int:
             npz_key=args.npz_key,
             mapping=base.merged(flags),
             tr=args.tr,
-            bad_regions=args.bad_regions,
-            skip_bad=args.skip_bad,
-            skip_missing=args.skip_missing,
-            min_timepoints=args.min_timepoints,
-            name=args.name,
-            out=args.out,
-            overwrite=args.overwrite,
+            **common,
         )
     report = cohort.meta["import"]
     n_subjects = len(set(cohort.dataset["subject_id"]))
