@@ -140,6 +140,13 @@ def test_every_fmri_part_starts_with_the_connectome_tokens_and_carries_their_val
         for g in range(SMALL.num_tokens):
             np.testing.assert_allclose(values[g, g * d : (g + 1) * d], expected[g], atol=1e-6)
             assert not np.delete(values[g], np.s_[g * d : (g + 1) * d]).any()
+        # the scan summary: the start marker holds every component at once
+        summary = batch["connectome_values"][b, start].numpy()
+        np.testing.assert_allclose(summary, expected.reshape(-1), atol=1e-6)
+        rest = np.ones(ids.shape[1], bool)
+        rest[np.flatnonzero(fc[b])] = False
+        rest[start] = False
+        assert not batch["connectome_values"][b][rest].any()  # text and window codes read no values
 
 
 def test_without_values_the_model_is_plain_transformers(model, fitted):
@@ -150,13 +157,20 @@ def test_without_values_the_model_is_plain_transformers(model, fitted):
     torch.testing.assert_close(ours, plain)
     soft = model(**batch).logits
     assert not torch.allclose(soft, plain)  # the values change what the LLM reads
+    projection = model.soft_projection
     with torch.no_grad():
-        saved = model.soft_projection.proj.weight.clone()
-        model.soft_projection.proj.weight.zero_()
-        try:  # a zero projection: the soft path is exactly the code embeddings
+        saved = [projection.proj.weight.clone(), projection.summary.weight.clone()]
+        projection.proj.weight.zero_()
+        try:  # only the summary reads the values: the scan changes the start marker alone
+            only_summary = model(**batch).logits
+            start = int((batch["input_ids"][0] == model.processor.ids.start_id).nonzero()[0])
+            torch.testing.assert_close(only_summary[0, :start], plain[0, :start])
+            assert not torch.allclose(only_summary[0, start:], plain[0, start:])
+            projection.summary.weight.zero_()  # zero projections: exactly the code embeddings
             torch.testing.assert_close(model(**batch).logits, plain)
         finally:
-            model.soft_projection.proj.weight.copy_(saved)
+            projection.proj.weight.copy_(saved[0])
+            projection.summary.weight.copy_(saved[1])
 
 
 def test_discrete_only_models_emit_no_values(fitted):
@@ -171,6 +185,12 @@ def test_discrete_only_models_emit_no_values(fitted):
     batch = discrete.processor(_messages(), [scans[0]])
     assert "connectome_values" not in batch and discrete.soft_projection is None
     assert discrete.processor.ids.is_connectome(batch["input_ids"]).sum() == SMALL.num_tokens
+    llm, text_tokenizer = tiny_causal_lm()
+    groups_only = FmriLM.from_base(llm, host, tokenizer=text_tokenizer, scan_summary=False)
+    batch = groups_only.processor(_messages(), [scans[0]])
+    assert groups_only.soft_projection.summary is None
+    start = int((batch["input_ids"][0] == groups_only.processor.ids.start_id).nonzero()[0])
+    assert not batch["connectome_values"][0, start].any()
 
 
 def test_save_load_gives_identical_answers_and_generation_keeps_the_prompt(model, fitted, tmp_path):
@@ -179,6 +199,7 @@ def test_save_load_gives_identical_answers_and_generation_keeps_the_prompt(model
     _, scans = fitted
     with torch.no_grad():
         model.soft_projection.proj.weight.mul_(3.0)  # trained-looking, not the initial values
+        model.soft_projection.summary.weight.mul_(3.0)
     model.save_pretrained(tmp_path / "m")
     again = FmriLM.from_pretrained(tmp_path / "m")
     batch = model.processor(_messages(), [scans[2]])
@@ -210,6 +231,7 @@ def test_stage3_examples_carry_the_connectome_values(model, fitted):
     loss = model(**model.processor.pad([example]), loss_reduction="example").loss
     loss.backward()
     assert model.soft_projection.proj.weight.grad.abs().sum() > 0  # the projection learns
+    assert model.soft_projection.summary.weight.grad.abs().sum() > 0  # and the scan summary
     model.zero_grad()
 
 

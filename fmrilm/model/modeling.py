@@ -80,9 +80,10 @@ class FmriLM(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         if connectome_values is None or self.soft_projection is None:
             return embeds
-        mask = self.processor.ids.is_connectome(input_ids)[..., None]
-        soft = self.soft_projection(connectome_values.to(device=embeds.device, dtype=embeds.dtype))
-        return embeds + soft * mask.to(embeds.dtype)
+        ids = self.processor.ids
+        values = connectome_values.to(device=embeds.device, dtype=embeds.dtype)
+        summary = (input_ids == ids.start_id) if self.soft_projection.summary is not None else None
+        return embeds + self.soft_projection(values, ids.is_connectome(input_ids), summary)
 
     def _with_soft_tokens(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` with ``connectome_values`` turned into ``inputs_embeds`` (ids kept for generation)."""
@@ -110,6 +111,7 @@ class FmriLM(nn.Module):
         descriptor_reference: Any = None,
         seed: int = 0,
         soft_tokens: bool = True,
+        scan_summary: bool = True,
     ) -> FmriLM:
         """A new fMRI-LM on a base LM: brain tokens added, their rows initialised from the codebook.
 
@@ -117,6 +119,8 @@ class FmriLM(nn.Module):
         transformers model (then pass its ``tokenizer``). ``fmri_tokenizer`` is a trained
         `FmriTokenizerModel`; without it, ``codebook_size`` and ``num_latents`` size the vocabulary and the
         brain rows start random (tests, or codes computed elsewhere). ``lora`` adds adapters right away.
+        ``soft_tokens`` / ``scan_summary``: connectome positions (and the start marker) read the continuous
+        values as well as the codes (see `SoftBrainProjection`).
         """
         from fmrilm.model.base_model import load_base_model
 
@@ -135,6 +139,7 @@ class FmriLM(nn.Module):
         if fmri_tokenizer is not None:
             config = _config_from_fmri_tokenizer(fmri_tokenizer)
             config.soft_tokens = bool(soft_tokens)
+            config.scan_summary = bool(scan_summary)
         else:
             config = FmriProcessorConfig(
                 codebook_size=int(codebook_size or 512), num_latents=int(num_latents or 32)
@@ -490,16 +495,25 @@ class FmriLM(nn.Module):
 
 
 class SoftBrainProjection(nn.Module):
-    """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``: one linear map whose
-    block-sparse input (see `FmriLMProcessor.pad`) makes it one projection per connectome token."""
+    """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``.
+
+    ``proj``, one linear map whose block-sparse input (see `FmriLMProcessor.pad`) makes it one projection per
+    connectome token; ``summary`` (with a scan summary), a second map of the whole component vector, added
+    at the part's start marker: one position that holds the whole scan.
+    """
 
     WEIGHTS_NAME = "fmri_soft_tokens.safetensors"
 
-    def __init__(self, components: int, hidden: int, group_dim: int, scale: float = 0.02) -> None:
+    def __init__(
+        self, components: int, hidden: int, group_dim: int, scale: float = 0.02, summary: bool = False
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(components, hidden, bias=False)
+        self.summary = nn.Linear(components, hidden, bias=False) if summary else None
         with torch.no_grad():  # offsets start at the size of the LLM's own embeddings, not larger
             self.proj.weight.normal_(0.0, scale / max(group_dim, 1) ** 0.5)
+            if self.summary is not None:
+                self.summary.weight.normal_(0.0, scale / max(components, 1) ** 0.5)
 
     @classmethod
     def for_llm(cls, llm: Any, config: FmriProcessorConfig) -> SoftBrainProjection:
@@ -509,11 +523,21 @@ class SoftBrainProjection(nn.Module):
             table.shape[1],
             config.connectome_group_dim,
             scale=float(table.detach()[: min(len(table), 4096)].float().std()),
+            summary=config.uses_scan_summary,
         )
         return module.to(device=table.device, dtype=table.dtype if table.is_floating_point() else None)
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        return self.proj(values)
+    def forward(
+        self,
+        values: torch.Tensor,
+        connectome_mask: torch.Tensor,
+        summary_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Offsets at connectome positions (``connectome_mask``) and, with a summary, at ``summary_mask``."""
+        offsets = self.proj(values) * connectome_mask[..., None].to(values.dtype)
+        if self.summary is not None and summary_mask is not None:
+            offsets = offsets + self.summary(values) * summary_mask[..., None].to(values.dtype)
+        return offsets
 
     def save(self, directory: str | os.PathLike) -> None:
         from safetensors.torch import save_file

@@ -57,6 +57,10 @@ class FmriProcessorConfig:
     connectome_codebook_size: int = 0
     connectome_components: int = 0
     soft_tokens: bool = True
+    #: the start marker of a part with connectome tokens also reads all of the scan's components at once
+    #: (one projection of the whole vector: the LLM learns a scan-level trait from one position far faster
+    #: than from 32 group positions; see BENCHMARKS.md, "scan summary")
+    scan_summary: bool = False
     fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
     adapters_subfolder: str = ADAPTERS_SUBFOLDER
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +78,11 @@ class FmriProcessorConfig:
     def uses_soft_tokens(self) -> bool:
         """Whether connectome-token positions get the projection of their continuous values."""
         return bool(self.soft_tokens and self.connectome_tokens)
+
+    @property
+    def uses_scan_summary(self) -> bool:
+        """Whether the start marker of a part with connectome tokens gets the projection of all its values."""
+        return bool(self.uses_soft_tokens and self.scan_summary)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -154,7 +163,7 @@ class FmriLMProcessor:
                 fix="encode scans with the fMRI tokenizer saved with this model",
             )
         if limit and self.config.max_windows is not None and len(codes) > self.config.max_windows:
-            codes = codes[-self.config.max_windows :]
+            codes = codes[len(codes) - self.config.max_windows :]  # 0 keeps none: connectome tokens only
         return codes
 
     def _encode_with_tokenizer(self, scan: Any) -> np.ndarray:
@@ -417,6 +426,7 @@ class FmriLMProcessor:
 
         The k-th connectome token of a part is group ``k`` of that scan's components: its values go in that
         group's block of columns, so one linear map of the block-sparse row is one projection per group.
+        With a scan summary, the start marker just before a part's connectome tokens holds all of them.
         """
         if not any(len(e.get("connectome_values", ())) for e in examples):
             return None
@@ -435,6 +445,15 @@ class FmriLMProcessor:
             for k, pos in enumerate(positions):
                 g = k % m
                 out[b, pos, g * d : (g + 1) * d] = rows[k]
+            if cfg.uses_scan_summary:
+                for first in range(0, len(positions), m):
+                    start = positions[first] - 1
+                    if start < 0 or ids[b, start] != self.ids.start_id:
+                        raise FmriInputError(
+                            "A part's connectome tokens do not follow its start marker",
+                            fix="build inputs with the processor, which keeps tokens and values together",
+                        )
+                    out[b, start] = rows[first : first + m].reshape(-1)
         return out
 
     # ---------------------------------------------------------------------------------------- decoding
