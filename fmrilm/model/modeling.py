@@ -393,9 +393,9 @@ class FmriLM(nn.Module):
             raise FmriInputError("windows must be at least 1", fix="ask for one or more windows")
         proc = self.processor
         k = proc.config.num_latents
-        context = proc.encode_scan(scan)
-        if context_windows is None:
-            context_windows = proc.config.forecast_context_windows
+        context = proc.encode_scan(scan, limit=False)
+        if context_windows is None:  # as Stage 2 trained; else the windows a whole-scan part shows
+            context_windows = proc.config.forecast_context_windows or proc.config.max_windows or None
         restrict = LogitsProcessorList([BrainCodesOnly(proc.ids.first_code_id, proc.config.codebook_size)])
         produced = []
         for _ in range(windows):
@@ -403,7 +403,14 @@ class FmriLM(nn.Module):
             messages = [
                 {
                     "role": "user",
-                    "content": [{"type": "fmri", "codes": ctx}, {"type": "text", "text": FORECAST_PROMPT}],
+                    "content": [
+                        {
+                            "type": "fmri",
+                            "codes": ctx,
+                            "windows": slice(None),
+                        },  # all of ctx, whatever max_windows
+                        {"type": "text", "text": FORECAST_PROMPT},
+                    ],
                 }
             ]
             inputs = proc(messages, add_generation_prompt=True)
