@@ -11,7 +11,8 @@ brain-token positions:
   (a short last window is dropped and only the last ``max_windows`` are kept, exactly as in every prompt).
 
 Prompts of a batch are left-padded with explicit position ids, so a scan's embedding does not depend on what
-it is batched with.
+it is batched with. The LLM is causal, so the prompt is cut after the last position averaged: what follows
+cannot change those hidden states (half the tokens for scan embeddings), only the time it takes.
 """
 
 from __future__ import annotations
@@ -71,13 +72,26 @@ def embed_batch(model: Any, scans: Sequence[Any], *, windows: bool = False) -> l
         model.device
     )
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    lo = ids_info.first_code_id
+    window_mask = (ids >= lo) & (ids < lo + processor.config.codebook_size)
+    connectome_mask = ids_info.is_connectome(ids) if processor.config.connectome_tokens else None
+    if windows or connectome_mask is None:
+        needed = window_mask
+    else:  # per scan: its connectome tokens, or its window tokens when it has none
+        has = connectome_mask.any(-1, keepdim=True)
+        needed = torch.where(has, connectome_mask, window_mask)
+    used = needed.any(0).nonzero()
+    stop = int(used.max()) + 1 if len(used) else ids.shape[1]  # causal LM: later tokens change nothing here
+    values = batch.get("connectome_values")
+    ids, mask = ids[:, :stop], mask[:, :stop]
+    values = None if values is None else values[:, :stop]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     llm = model.llm
     was_training = llm.training
     llm.eval()
     try:
         with torch.no_grad():
-            embeds = model.embed_inputs(ids, batch.get("connectome_values"))
+            embeds = model.embed_inputs(ids, values)
             out = llm(
                 inputs_embeds=embeds,
                 attention_mask=mask,
@@ -89,10 +103,8 @@ def embed_batch(model: Any, scans: Sequence[Any], *, windows: bool = False) -> l
     finally:
         llm.train(was_training)
     hidden = out.hidden_states[-1].float().cpu()
-    ids = ids.cpu()
-    lo = ids_info.first_code_id
-    window_mask = (ids >= lo) & (ids < lo + processor.config.codebook_size)
-    connectome_mask = ids_info.is_connectome(ids) if processor.config.connectome_tokens else None
+    window_mask = window_mask[:, :stop].cpu()
+    connectome_mask = None if connectome_mask is None else connectome_mask[:, :stop].cpu()
     results = []
     for b in range(len(scans)):
         if windows:
