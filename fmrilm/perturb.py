@@ -34,6 +34,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -172,8 +173,12 @@ def select_regions(atlas: Any, regions: Any = None, network: Any = None) -> np.n
 def _match(name: str, known: Sequence[str]) -> str | None:
     if name in known:
         return name
-    lowered = {k.lower(): k for k in known}
-    return lowered.get(name.strip().lower())
+
+    def key(text: str) -> str:  # "default mode", "default-mode" and "DefaultMode" name one network
+        return re.sub(r"[^0-9a-z]", "", text.lower())
+
+    loose = {key(k): k for k in known}
+    return loose.get(key(name))
 
 
 def _close(name: str, known: Sequence[str]) -> str:

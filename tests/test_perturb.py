@@ -240,6 +240,14 @@ def test_change_strings_round_trip():
     assert str(Change.parse("couple:0.3")) == "couple:+0.3" and Change.parse("Scale: 1").identity
 
 
+def test_a_network_is_found_by_its_name_in_words():
+    """Atlases whose networks come from Seitzman-300 say "DefaultMode"; the README writes "default mode"."""
+    seitzman = Atlas.builtin("seitzman300")
+    expected = np.flatnonzero(np.asarray(seitzman.networks) == "DefaultMode")
+    for name in ("default mode", "Default-Mode", "DefaultMode"):
+        np.testing.assert_array_equal(select_regions(seitzman, network=name), expected)
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 @pytest.fixture(scope="module")
 def saved(model, scan, tmp_path_factory):
