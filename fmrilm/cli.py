@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fmrilm.perturb_cli",
         "What-if answers for a scan with regions or a network perturbed; rank networks by their effect.",
     ),
+    "networks": (
+        "fmrilm.networks_cli",
+        "Group a cohort's regions into K networks from the model alone; compare with the atlas and raw FC.",
+    ),
     "demo": ("fmrilm.eval.demo", "Run the whole pipeline end to end, offline, on the built-in defaults."),
     "bench": ("fmrilm.eval.bench", "Run the speed and accuracy benchmarks under eval/ (see BENCHMARKS.md)."),
 }

@@ -500,6 +500,13 @@ class FmriLM(nn.Module):
 
         return attribute(self, scan, task, by, **kwargs)
 
+    def networks(self, scan_or_cohort: Any, n_networks: int = 7, **kwargs: Any):
+        """Every region assigned to one of ``n_networks`` networks from the model alone (no network labels):
+        a DataFrame ``region, x, y, z, network, usable, atlas_network``; see `fmrilm.networks`."""
+        from fmrilm.networks import discover_networks
+
+        return discover_networks(self, scan_or_cohort, n_networks, **kwargs)
+
 
 class SoftBrainProjection(nn.Module):
     """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``.
