@@ -17,6 +17,11 @@ multi-GPU / mixed precision / DeepSpeed work unchanged and no stage re-implement
             if state.step % cfg.save_every == 0:
                 save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
 
+Under ``accelerate launch`` (several GPUs, or CPU processes over gloo) every process draws the same global batch
+of ``--batch-size`` examples (a function of seed and step) and trains on its share (`BatchShards`), so a run
+reaches the losses of one process with the same batch; only the main process writes metrics, checkpoint
+metadata and the finished model (``tests/test_scale_out.py``).
+
 Every stage config subclasses `LoopSettings` (the loop's fields, their resume rule and ``to_dict``) and
 overrides only its defaults; every stage CLI takes the loop's flags from `add_loop_arguments` / `loop_kwargs`.
 
@@ -122,16 +127,22 @@ def prepare_out_dir(
     from fmrilm.safety import check_run_folder
 
     out_dir = Path(out_dir)
+    # Under `accelerate launch` every process checks the folder before any of them writes (so none takes the
+    # main process's fresh train_config.json for an earlier run), and only the main process writes.
+    processes = process_state()
     earlier = check_run_folder(
         out_dir, (TRAIN_CONFIG, CHECKPOINTS_DIR), "training run", resume=resume, overwrite=overwrite
     )
     if earlier and resume:
         check_resume_config(cfg, out_dir)
-    elif earlier:  # --overwrite: old checkpoints would be taken for the new run's and pruned against them
-        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not (resume and (out_dir / TRAIN_CONFIG).exists()):
-        write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        if earlier and not resume:  # --overwrite: old checkpoints would be taken for the new run's
+            shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (out_dir / TRAIN_CONFIG).exists()):
+            write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+    processes.wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -306,6 +317,43 @@ def lora_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ accelerate
+def runs_on_cpu() -> bool:
+    """Whether the processes of this run use the CPU: ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU``), or
+    several processes started (``accelerate launch --multi_gpu``, ``torchrun``) on a machine with no GPU, which
+    accelerate alone would take for independent single-process runs all writing the same folder."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return not (accelerator.is_available() if accelerator is not None else torch.cuda.is_available())
+
+
+def process_state():
+    """accelerate's `PartialState` of this process (rank, world size, barriers), on the device `make_accelerator`
+    will use; usable before the accelerator exists."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=runs_on_cpu())
+
+
+def _warn_if_one_cpu_process() -> None:
+    """``accelerate launch --cpu --num_processes N`` starts N processes only through MPI (``--mpirun_hostfile``);
+    without it accelerate starts one process and says nothing, so say it here."""
+    env = os.environ
+    mpi = any(k in env for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if "MASTER_PORT" in env and "WORLD_SIZE" not in env and not mpi and runs_on_cpu():
+        logger.warning(
+            "accelerate launch --cpu started ONE process (several CPU processes need MPI: --mpirun_hostfile); "
+            "for several CPU processes without MPI use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N` or torchrun (see the README's Scaling section)"
+        )
+
+
 def make_accelerator(
     out_dir: str | os.PathLike,
     *,
@@ -316,21 +364,94 @@ def make_accelerator(
 ):
     """An `accelerate.Accelerator` writing under ``out_dir``, with every RNG seeded.
 
-    ``mixed_precision`` is None/"no", "fp16" or "bf16"; ``cpu`` forces the CPU even when a GPU is present.
+    ``mixed_precision`` is None/"no", "fp16" or "bf16"; ``cpu`` forces the CPU even when a GPU is present (as
+    `runs_on_cpu` does for a launch on the CPU). Under ``accelerate launch`` (or ``torchrun``) the model is
+    wrapped in DDP by ``prepare``; a stage shares each global batch between the processes with `BatchShards`.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _warn_if_one_cpu_process()
     accelerator = Accelerator(
-        cpu=cpu,
+        cpu=cpu or runs_on_cpu(),
         mixed_precision=mixed_precision or "no",
         gradient_accumulation_steps=gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out_dir), automatic_checkpoint_naming=False),
+        # --batch-size is the GLOBAL batch, shared by the processes: one optimizer step is one scheduler step
+        # (by default accelerate steps the schedule once per process, as if each process had a batch of its own)
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     set_seed(seed)
     return accelerator
+
+
+class BatchShards:
+    """The global batch of a step split over the processes of a run (`accelerate launch --num_processes N`).
+
+    Every process draws the same global batch (a function of seed and step), takes its own contiguous share
+    (`take`) and back-propagates `loss`: the sum of its examples' losses scaled so that DDP's gradient average
+    over processes is the gradient of the mean loss over the whole global batch, as one process would compute
+    it. `gather` collects per-example records of every process (in batch order) for the metrics. With one
+    process every method is the identity, so single-process runs are unchanged.
+    """
+
+    def __init__(self, accelerator: Any, batch_size: int) -> None:
+        self.accelerator = accelerator
+        self.rank = int(accelerator.process_index)
+        self.world = int(accelerator.num_processes)
+        if batch_size < self.world:
+            raise FmriInputError(
+                f"--batch-size {batch_size} is smaller than the {self.world} processes of this run, so some "
+                "would have no example",
+                fix=f"give --batch-size {self.world} or more (it is the global batch, shared by the processes)",
+            )
+
+    def take(self, items: Sequence[Any]) -> list[Any]:
+        """This process's contiguous share of ``items`` (sizes differ by at most one)."""
+        if self.world == 1:
+            return list(items)
+        bounds = np.linspace(0, len(items), self.world + 1).round().astype(int)
+        return list(items[bounds[self.rank] : bounds[self.rank + 1]])
+
+    def loss(self, out: Any, labels: Any, answered: int, params: Sequence[Any] = ()) -> Any:
+        """What this process back-propagates: ``out.loss`` alone, or with several processes its examples'
+        summed losses times ``world / answered`` (``answered``: examples of the GLOBAL batch with a learned
+        token), so the averaged gradient is that of the global batch's mean example loss.
+
+        With several processes, zero times every trainable tensor in ``params`` is added: a share of a batch
+        may leave a tensor out of the graph (no scan in it: the soft-token projection), and DDP waits for a
+        gradient of every parameter (``find_unused_parameters`` would instead search the graph at every step).
+        """
+        if self.world == 1:
+            return out.loss
+        from fmrilm.model.processing import IGNORE_INDEX
+
+        has_answer = (labels[:, 1:] != IGNORE_INDEX).any(dim=1)
+        loss = out.example_losses[has_answer].sum() * (self.world / max(int(answered), 1))
+        for p in params:
+            loss = loss + 0.0 * p.sum()
+        return loss
+
+    def gather(self, records: list[Any]) -> list[Any]:
+        """``records`` of every process, in batch order (one process: unchanged)."""
+        if self.world == 1:
+            return records
+        from accelerate.utils import gather_object
+
+        return gather_object(records)
+
+    def evaluation_share(self, batches: Sequence[Any]) -> list[Any]:
+        """Held-out batches this process evaluates (every ``world``-th); their results are `gather`-ed."""
+        return list(batches[self.rank :: self.world])
+
+
+def has_answer(example: dict[str, Any]) -> bool:
+    """Whether a training example (``labels`` list) has a learned token the loss can use."""
+    from fmrilm.model.processing import IGNORE_INDEX
+
+    return any(int(label) != IGNORE_INDEX for label in list(example["labels"])[1:])
 
 
 def setup_logging(verbose: bool = True) -> None:
@@ -472,8 +593,16 @@ class MetricsLog:
     ``resume=True`` an existing file is continued, dropping entries past the resumed step.
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resume: bool = False,
+        resume_step: int | None = None,
+        *,
+        write: bool = True,
+    ) -> None:
         self.path = Path(path)
+        self.write = write  # False: kept in memory only (the processes of a run other than the main one)
         self.data: dict[str, Any] = {}
         if resume and self.path.exists():
             self.data = json.loads(self.path.read_text())
@@ -491,7 +620,8 @@ class MetricsLog:
         self.flush()
 
     def flush(self) -> None:
-        write_json(self.path, self.data)
+        if self.write:
+            write_json(self.path, self.data)
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "training", disable: bool | None = None):

@@ -228,8 +228,9 @@ def _finetune(cfg: FinetuneConfig, resume: bool, overwrite: bool = False) -> Pat
         "test_subjects": sorted(test_subjects),
         "scan_ids": {p: [all_scan_ids[i] for i in idx] for p, idx in parts.items()},
     }
-    write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
-    write_json(out_dir / SPLIT_FILE, split_record)
+    if is_main_process():
+        write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+        write_json(out_dir / SPLIT_FILE, split_record)
     logger.info(
         "fine-tuning %s on %d subjects (%s shots per class), %d held-out test subjects",
         spec.name,

@@ -284,12 +284,19 @@ def reference_from_corpus(corpus_dirs: list[str]) -> dict[str, Any] | None:
 # -------------------------------------------------------------------------------------------------- training
 def _trainable_only_checkpoints(accelerator: Any) -> None:
     """Checkpoints hold the trainable tensors only: the frozen LLM is rebuilt from its source on resume."""
+    from accelerate.utils import DistributedType
     from safetensors.torch import load_file
+
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        return  # those engines save (sharded) model states their own way; checkpoints hold the whole model
 
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
             names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-            weights[i] = {k: v for k, v in weights[i].items() if k in names}
+            # under DDP the state dict is the wrapper's ("module." before every name, which matched no
+            # trainable name, so checkpoints were empty): saved under the model's own names, as with one process
+            plain = {_unwrapped_name(k): v for k, v in weights[i].items()}
+            weights[i] = {k: v for k, v in plain.items() if k in names}
 
     def load_hook(models, input_dir):
         for i, model in enumerate(models):
@@ -308,6 +315,11 @@ def _trainable_only_checkpoints(accelerator: Any) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _unwrapped_name(key: str) -> str:
+    """A state-dict key without the DDP wrapper's prefix."""
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 def _dtype(name: str | None):
@@ -360,8 +372,10 @@ def train_align(cfg: Stage2Config, resume: bool = False, overwrite: bool = False
 def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Path:
     import torch
     from fmrilm.train.common import (
+        BatchShards,
         MetricsLog,
         TrainState,
+        has_answer,
         load_checkpoint,
         make_accelerator,
         optimizer_step,
@@ -394,6 +408,7 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
     prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     _trainable_only_checkpoints(accelerator)
+    shards = BatchShards(accelerator, cfg.batch_size)  # under `accelerate launch`: each process's share
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
 
     # ---- data
@@ -412,7 +427,8 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
             + [str(Path(c).resolve()) for c in cfg.cohorts]
         ).encode()
     ).hexdigest()[:12]
-    data = encode_cohorts(cohorts, fmri_tokenizer, out_dir / f"codes-{tag}.npz", progress=bool(show))
+    with accelerator.main_process_first():  # the main process writes the codes cache, the others read it
+        data = encode_cohorts(cohorts, fmri_tokenizer, out_dir / f"codes-{tag}.npz", progress=bool(show))
     texts: dict[tuple[str, int], str] = {}
     for corpus in cfg.corpus:
         texts.update(
@@ -466,10 +482,13 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
     if accelerator.is_main_process:
         write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
         write_json(out_dir / SPLIT_FILE, split_info)
-    metrics = MetricsLog(out_dir / METRICS_FILE, resume=resume, resume_step=state.step)
+    metrics = MetricsLog(
+        out_dir / METRICS_FILE, resume=resume, resume_step=state.step, write=accelerator.is_main_process
+    )
     metrics.set(
         "setup",
         {
+            "processes": accelerator.num_processes,
             "tasks": {t: float(p) for t, p in zip(active, probs, strict=True)},
             "trainable_parameters": sum(p.numel() for p in trainable),
             "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).llm.parameters()),
@@ -484,6 +503,9 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
     )
 
     def batch_for(step: int):
+        """This process's share of step ``step``'s global batch (drawn whole by every process, so the draws
+        do not depend on the number of processes), its task names and the global count of examples with
+        a learned token."""
         rng = np.random.default_rng([cfg.seed, step])
         tasks = rng.choice(len(active), size=cfg.batch_size, p=probs)
         examples, names = [], []
@@ -492,34 +514,43 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
             item = train_items[task][int(rng.integers(len(train_items[task])))]
             examples.append(make_example(processor, task, item, data, cfg, rng))
             names.append(task)
-        return processor.pad(examples), names
+        answered = sum(has_answer(e) for e in examples)
+        examples, names = shards.take(examples), shards.take(names)
+        return processor.pad(examples), names, [has_answer(e) for e in examples], answered
 
     val_batches = _validation_batches(processor, val_items, data, cfg)
 
     def evaluate() -> dict[str, float]:
-        model.eval()
-        sums: dict[str, list[float]] = {}
+        inner = accelerator.unwrap_model(model)  # no DDP collective: processes evaluate different batches
+        inner.eval()
+        records = []
         with torch.no_grad():
-            for batch, names in val_batches:
-                out = model(**{k: v.to(device) for k, v in batch.items()}, loss_reduction="example")
-                for name, loss in zip(names, out.example_losses.tolist(), strict=True):
-                    sums.setdefault(name, []).append(loss)
-        model.train()
-        return {f"val_loss_{k}": float(np.mean(v)) for k, v in sums.items()}
+            for batch, names in shards.evaluation_share(val_batches):
+                out = inner(**{k: v.to(device) for k, v in batch.items()}, loss_reduction="example")
+                records += list(zip(names, out.example_losses.tolist(), strict=True))
+        inner.train()
+        sums: dict[str, list[float]] = {}
+        for name, loss in shards.gather(records):
+            sums.setdefault(name, []).append(loss)
+        return {f"val_loss_{k}": float(np.mean(sums[k])) for k in TASKS if k in sums}
 
     running: dict[str, list[float]] = {}
     with progress_bar(
         total=cfg.steps, initial=state.step, desc="align", disable=None if show is None else not show
     ) as bar:
         while state.step < cfg.steps:
-            batch, names = batch_for(state.step)
-            out = model(**{k: v.to(device) for k, v in batch.items()}, loss_reduction="example")
-            optimizer_step(accelerator, out.loss, trainable, optimizer, scheduler, cfg.grad_clip)
+            batch, names, answers, answered = batch_for(state.step)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch, loss_reduction="example")
+            loss = shards.loss(out, batch["labels"], answered, trainable)
+            optimizer_step(accelerator, loss, trainable, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
             bar.update(1)
-            for name, loss in zip(names, out.example_losses.detach().tolist(), strict=True):
-                running.setdefault(name, []).append(loss)
-            running.setdefault("all", []).append(float(out.loss.detach()))
+            losses = out.example_losses.detach().tolist()
+            records = shards.gather(list(zip(names, losses, answers, strict=True)))
+            for name, x, _ in records:
+                running.setdefault(name, []).append(x)
+            running.setdefault("all", []).append(float(np.mean([x for _, x, a in records if a] or [0.0])))
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 entry = {f"loss_{k}": float(np.mean(v)) for k, v in running.items()}
                 metrics.log("train", step=state.step, lr=scheduler.get_last_lr()[0], **entry)

@@ -336,8 +336,10 @@ def fit(
     """
     import torch
     from fmrilm.train.common import (
+        BatchShards,
         MetricsLog,
         TrainState,
+        has_answer,
         load_checkpoint,
         make_accelerator,
         optimizer_step,
@@ -353,6 +355,7 @@ def fit(
         )
     accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     _trainable_only_checkpoints(accelerator)
+    shards = BatchShards(accelerator, cfg.batch_size)  # under `accelerate launch`: each process's share
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
     processor = model.processor
     model.llm.train()
@@ -367,10 +370,13 @@ def fit(
     state = TrainState()
     if resume:
         state = load_checkpoint(accelerator, out_dir) or state
-    metrics = MetricsLog(out_dir / METRICS_FILE, resume=resume, resume_step=state.step)
+    metrics = MetricsLog(
+        out_dir / METRICS_FILE, resume=resume, resume_step=state.step, write=accelerator.is_main_process
+    )
     metrics.set(
         "setup",
         {
+            "processes": accelerator.num_processes,
             "train_examples": dict(Counter(e["task"] for e in train)),
             "val_examples": dict(Counter(e["task"] for e in val)),
             "trainable_parameters": sum(p.numel() for p in trainable),
@@ -388,14 +394,17 @@ def fit(
         return {k: v.to(device) for k, v in batch.items()}
 
     def evaluate() -> dict[str, float]:
-        model.eval()
-        losses: dict[str, list[float]] = {}
+        inner = accelerator.unwrap_model(model)  # no DDP collective: processes evaluate different batches
+        inner.eval()
+        records = []
         with torch.no_grad():
-            for part in val_batches:
-                out = model(**collate(part), loss_reduction="example")
-                for e, loss in zip(part, out.example_losses.tolist(), strict=True):
-                    losses.setdefault(e["task"], []).append(loss)
-        accelerator.unwrap_model(model).llm.train()
+            for part in shards.evaluation_share(val_batches):
+                out = inner(**collate(part), loss_reduction="example")
+                records += [(e["task"], x) for e, x in zip(part, out.example_losses.tolist(), strict=True)]
+        inner.llm.train()
+        losses: dict[str, list[float]] = {}
+        for task, loss in shards.gather(records):
+            losses.setdefault(task, []).append(loss)
         scores = {f"val_loss_{k}": float(np.mean(v)) for k, v in sorted(losses.items())}
         scores["val_loss"] = float(np.mean([x for v in losses.values() for x in v]))
         return scores
@@ -410,14 +419,21 @@ def fit(
                 rows = balanced_batch_rows(weights, cfg.batch_size, cfg.seed, state.step)
             else:
                 rows = batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)
-            part = [train[i] for i in rows]
-            out = model(**collate(part), loss_reduction="example")
-            optimizer_step(accelerator, out.loss, trainable, optimizer, scheduler, cfg.grad_clip)
+            answered = sum(has_answer(train[i]) for i in rows)
+            part = shards.take([train[i] for i in rows])
+            batch = collate(part)
+            out = model(**batch, loss_reduction="example")
+            loss = shards.loss(out, batch["labels"], answered, trainable)
+            optimizer_step(accelerator, loss, trainable, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
             bar.update(1)
-            for e, loss in zip(part, out.example_losses.detach().tolist(), strict=True):
-                running.setdefault(e["task"], []).append(loss)
-            running.setdefault("all", []).append(float(out.loss.detach()))
+            losses = out.example_losses.detach().tolist()
+            records = shards.gather(
+                [(e["task"], x, has_answer(e)) for e, x in zip(part, losses, strict=True)]
+            )
+            for task, x, _ in records:
+                running.setdefault(task, []).append(x)
+            running.setdefault("all", []).append(float(np.mean([x for _, x, a in records if a] or [0.0])))
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 entry = {f"loss_{k}": float(np.mean(v)) for k, v in sorted(running.items())}
                 rate = (state.step - first_step) / max(time.time() - started, 1e-9)
@@ -510,8 +526,9 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
                 cfg.max_length,
             )
     cards = task_cards(sources)
-    write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
-    write_json(out_dir / DATA_FILE, {"sets": info, "tasks": [c.to_dict() for c in cards]})
+    if is_main_process():
+        write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
+        write_json(out_dir / DATA_FILE, {"sets": info, "tasks": [c.to_dict() for c in cards]})
     logger.info("Stage 3: %d training and %d validation examples", len(train), len(val))
 
     model, state = fit(model, train, val, cfg, out_dir, resume=resume, desc="instruct", setup={"sets": info})
@@ -523,9 +540,9 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
+    from fmrilm.train.common import process_state
 
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
