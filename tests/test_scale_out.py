@@ -137,6 +137,9 @@ def test_two_processes_reach_the_losses_of_one_and_save_one_model(inputs, tmp_pa
     two = tmp_path / "two"
     result = launch_two(inputs, two)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count(" written to ") == 3, (
+        result.stdout
+    )  # each run reported once, by the main process
 
     for run in ("align", "instruct", "finetune"):
         m1 = json.loads((one / run / "metrics.json").read_text())

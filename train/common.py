@@ -455,14 +455,24 @@ def has_answer(example: dict[str, Any]) -> bool:
 
 
 def setup_logging(verbose: bool = True) -> None:
-    """Log fmrilm.* messages to stderr once (the CLI's way to say what a run is doing)."""
+    """Log fmrilm.* messages to stderr once (the CLI's way to say what a run is doing); under a launcher only
+    the main process says what the run is doing (the others report warnings)."""
     root = logging.getLogger("fmrilm")
     if not any(getattr(h, "_fmrilm", False) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._fmrilm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.setLevel(logging.INFO if verbose and is_main_rank() else logging.WARNING)
+
+
+def is_main_rank() -> bool:
+    """Whether this process is the main one of a launched run (torchrun / accelerate launch / MPI), from the
+    launcher's environment alone (no process group needed): what the CLI prints once, not once per process."""
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
 
 
 class _StderrHandler(logging.StreamHandler):

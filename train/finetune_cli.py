@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmrilm.train.common import setup_logging
     from fmrilm.train.finetune import FinetuneConfig, finetune
-    from fmrilm.train.stage3 import tuning_kwargs
+    from fmrilm.train.stage3 import is_main_process, tuning_kwargs
 
     setup_logging()
     cfg = FinetuneConfig(
@@ -54,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
         **tuning_kwargs(args),
     )
     out = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"fine-tuned adapters written to {out} (load with fmrilm.train.finetune.load_finetuned)")
+    if is_main_process():  # under a launcher, said once
+        print(f"fine-tuned adapters written to {out} (load with fmrilm.train.finetune.load_finetuned)")
     return 0

@@ -674,10 +674,12 @@ def config_from_args(args: argparse.Namespace) -> Stage2Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.train.common import setup_logging
+    from fmrilm.train.common import process_state, setup_logging
 
     setup_logging()
     out = train_align(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    if not process_state().is_main_process:  # the main process reports the run (and alone writes its metrics)
+        return 0
     summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
     print(f"aligned model written to {out} (best held-out loss {summary.get('best_val_loss')})")
     return 0

@@ -612,6 +612,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     out = train_instruct(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # the main process reports the run (and alone writes its metrics)
+        return 0
     summary = json.loads((Path(args.out) / METRICS_FILE).read_text()).get("summary", {})
     best = summary.get("best_val_loss")
     held_out = "no validation rows in the sets" if best is None else f"best held-out loss {best:.4f}"
