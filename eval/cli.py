@@ -3,6 +3,8 @@
 Scores a trained model zero-shot, after few-shot LoRA fine-tuning (k labelled subjects per class, several seeds)
 and optionally after full fine-tuning, next to FC, code-probe, demographics and floor baselines on the same
 subject-level split; writes ``report.json``, ``report.md`` and ``plots/`` (see `fmrilm.eval.evaluate`).
+``--few-shot-from test`` draws the few-shot subjects from the test part instead and scores every method on the
+test subjects each draw leaves (a new cohort's protocol).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, EvalConfig
+    from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, FEW_SHOT_FROM, EvalConfig
 
     from fmrilm.safety import fraction, nonnegative_int, positive_float, positive_int, probability
 
@@ -67,6 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=positive_int, default=d.seeds, help="few-shot draws (and adapters) per k")
     p.add_argument(
         "--seed", type=nonnegative_int, default=d.seed, help="first seed (split draw, k-shot draws)"
+    )
+    p.add_argument(
+        "--few-shot-from",
+        choices=FEW_SHOT_FROM,
+        default=d.few_shot_from,
+        help="where the k labelled subjects per class come from: 'train' (default) draws them from the train "
+        "part and scores every method on the whole test part; 'test' draws them from the test part (the "
+        "test sites: a new cohort with a few labels) and scores the fine-tuned model, the zero-shot model, "
+        "the few-shot probes and the train-part baselines on the test subjects each draw leaves",
     )
     p.add_argument("--full", action="store_true", help="also fine-tune on every train subject (slow)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps of each few-shot run")
@@ -131,6 +142,7 @@ def config_from_args(args: argparse.Namespace):
         shots=None if args.shots is None else _int_list(args.shots, "--shots"),
         seeds=args.seeds,
         seed=args.seed,
+        few_shot_from=args.few_shot_from,
         full=bool(args.full),
         steps=args.steps,
         full_steps=args.full_steps,
@@ -184,12 +196,25 @@ def update_card(cfg, table: str, report: str | None = None):
 
     from fmrilm.model.model_card import add_evaluation
 
-    rows = [line for line in table.splitlines() if line.startswith("|")]
+    # the table rows; with several protocols, each table under its protocol in bold (a card's results
+    # section keeps its own ### headings)
+    rows = []
+    for line in table.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+        elif line.startswith("Protocol `") and "###" in table:
+            rows += ([""] if rows else []) + [f"**{line}**", ""]
     cohort = Path(cfg.cohort).resolve().name
     title = f"{Path(str(cfg.task)).stem} on {cohort} ({Path(str(cfg.split)).stem} split)"
+    same = (
+        "every method on the same test subjects"
+        if getattr(cfg, "few_shot_from", "train") == "train"
+        else "few-shot subjects drawn from the test part: each method of one k and seed scored on the test "
+        "subjects that draw left"
+    )
     note = (
         "`fmrilm eval` on subjects (and, for leave-sites-out, sites) this model was not trained on; mean over "
-        "seeds with 95% intervals, every method on the same test subjects"
+        f"seeds with 95% intervals, {same}"
         + (f" (full report: `{Path(report).name}` of that run)." if report else ".")
     )
-    return add_evaluation(_model_dir(cfg.model), title, "\n".join(rows), note)
+    return add_evaluation(_model_dir(cfg.model), title, "\n".join(rows).strip(), note)

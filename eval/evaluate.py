@@ -5,7 +5,8 @@ Every method is scored on the same test rows of the same subject-level split (si
 - ``fmrilm_zero_shot`` (shots 0): the model as it is, asked the task's question; answers are scored (the
   probability of each allowed answer, `fmrilm.model.scoring`), never parsed;
 - ``fmrilm_few_shot`` (shots k, one run per seed): fresh LoRA adapters trained by `fmrilm.train.finetune` on k
-  labelled subjects per class drawn from the TRAIN part (`sample_k_shot`, seeded), then scored;
+  labelled subjects per class drawn from the TRAIN part (`sample_k_shot`, seeded), then scored (or, with
+  ``few_shot_from="test"``, drawn from the TEST part: see below);
 - ``fmrilm_full`` (``full=True``): the same fine-tuning on every train subject;
 - baselines fitted on the train part (`fmrilm.eval.baselines`): ``fc_linear`` (Fisher-z FC + logistic
   regression / ridge), ``code_probe`` (the same linear model on the model's own tokenizer codes, pooled per scan:
@@ -13,8 +14,18 @@ Every method is scored on the same test rows of the same subject-level split (si
   (``prior`` / ``train_mean``); and, for a like-for-like few-shot curve, ``fc_linear_few_shot`` and
   ``code_probe_few_shot`` fitted on exactly the k-shot subjects of each seed.
 
-Nothing is fitted on a test row: FC and code features are per-scan transforms, every scaler, imputer and
-hyperparameter search lives inside the train part, and prompts carry no phenotype. Metrics and intervals come
+Few-shot from the test sites (``few_shot_from="test"``, ``--few-shot-from test``): the protocol a lab meets when it
+brings a new cohort. For each k and seed, k labelled subjects per class are drawn from the test part (seeded, by
+subject: every scan of a drawn subject is trained on), `fmrilm finetune` trains on them from the evaluated model,
+and the fine-tuned model, the zero-shot model, the few-shot probes (fitted on the same subjects) and every method
+fitted on the train part are all scored on the test subjects that draw left, so every result of one (k, seed) has
+the same test subjects. These results carry ``protocol="few-shot-from-test"`` and ``shots=k`` (the draw they are
+scored on; ``info["own_shots"]`` keeps a reference method's own); the zero-shot model and the train-part baselines
+are also reported on the whole test part (``protocol="whole-test-part"``, as in the default protocol). The
+report never averages over the two (`fmrilm.eval.report.by_protocol`).
+
+Nothing is fitted on a test row that is scored: FC and code features are per-scan transforms, every scaler,
+imputer and hyperparameter search lives inside the rows a method is fitted on, and prompts carry no phenotype. Metrics and intervals come
 from `fmrilm.eval.report` (bootstrap over test subjects for one run, Student-t over seeds for repeated runs),
 which writes ``report.json``, ``report.md`` and ``plots/`` into the output folder.
 
@@ -43,6 +54,8 @@ from fmrilm.errors import FmriInputError
 logger = logging.getLogger("fmrilm.eval")
 
 SPLIT_KINDS = ("leave-sites-out", "stratified")
+#: where few-shot subjects are drawn from: the train part (default) or the test part (scored on the rest)
+FEW_SHOT_FROM = ("train", "test")
 CODE_FEATURES = ("latents", "histogram")
 DEFAULT_SHOTS = (0, 2, 4, 8, 16)
 #: Settings that do not change any number in the report (a resumed run may differ in them).
@@ -69,6 +82,9 @@ class EvalConfig:
     )
     seeds: int = 3
     seed: int = 0
+    #: "train": few-shot subjects from the train part, all scored on the whole test part; "test": drawn from
+    #: the test part, every method scored on the test subjects each draw leaves
+    few_shot_from: str = "train"
     full: bool = False
     # fine-tuning (few-shot runs are kept cheap by default: a few steps on a CPU)
     steps: int = 20
@@ -378,6 +394,117 @@ def shot_plan(
     return kept, plan, skipped
 
 
+def test_draw_plan(
+    cfg: EvalConfig, table: Any, spec: Any, split: dict[str, list[int]], test_rows: list[int]
+) -> tuple[list[int], dict[tuple[int, int], dict[str, list]], list[dict[str, Any]]]:
+    """Few-shot from the test sites: ``(k values, {(k, seed): draw}, skipped)``, all drawn before any training.
+
+    Each draw is k labelled subjects per class from the test part (`sample_k_shot`, seeded, as `fmrilm
+    finetune` draws from a train part); ``draw["train"]`` is every labelled test-part scan of those subjects,
+    ``draw["scored"]`` the labelled test rows of the other subjects (in ``test_rows`` order), and
+    ``draw["subjects"]`` the drawn subjects. A k that leaves no subject of some class to score (or fewer than
+    two for a regression) is an error naming the task, k and the fix when asked for explicitly, and is dropped
+    (and reported) from the default list.
+    """
+    from fmrilm.instructions.fewshot import sample_k_shot
+
+    explicit = cfg.shots is not None
+    shots = sorted({int(k) for k in (cfg.shots if explicit else DEFAULT_SHOTS)})
+    if any(k < 0 for k in shots):
+        raise FmriInputError(f"--shots must be 0 or more, got {shots}", fix="give e.g. --shots 0,2,4,8")
+    if int(cfg.seeds) < 1:
+        raise FmriInputError(f"--seeds must be at least 1, got {cfg.seeds}", fix="give e.g. --seeds 3")
+    subjects = table["subject_id"].astype(str).to_numpy()
+    train_subjects = {subjects[i] for i in split["train"]}
+    regression = spec.type == "regression"
+    bins = spec.number.bins if regression else None
+    values = table[spec.target].to_numpy()
+    classes = {str(values[i]) for i in test_rows}
+    per_class: dict[str, set[str]] = {}
+    for i in test_rows:
+        per_class.setdefault(str(values[i]), set()).add(subjects[i])
+    most = (min(len(v) for v in per_class.values()) - 1) if per_class and not regression else None
+
+    def refuse(k: int, problem: str) -> FmriInputError:
+        hint = f"at most {most} here" if most is not None else "fewer"
+        return FmriInputError(
+            f"Task '{spec.name}': k={k} labelled subjects per class cannot be drawn from the test part and "
+            f"leave test subjects to score ({problem})",
+            fix=f"lower --shots ({hint}), add test subjects (more --test-sites / --n-test-sites, a larger "
+            "--test-size), or use --few-shot-from train",
+        )
+
+    plan: dict[tuple[int, int], dict[str, list]] = {}
+    kept, skipped = [], []
+    for k in shots:
+        if k == 0:
+            kept.append(0)
+            continue
+        try:
+            for s in seeds_of(cfg):
+                try:
+                    picked = sample_k_shot(
+                        table,
+                        spec.target,
+                        k,
+                        s,
+                        exclude_subjects=train_subjects,
+                        candidates=test_rows,
+                        bins=bins,
+                    )
+                except FmriInputError as exc:
+                    raise refuse(k, exc.problem) from None
+                drawn = {subjects[i] for i in picked}
+                scored = [i for i in test_rows if subjects[i] not in drawn]
+                left = {str(values[i]) for i in scored}
+                if not regression and left != classes:
+                    missing = ", ".join(sorted(classes - left))
+                    raise refuse(k, f"seed {s}'s draw leaves no '{missing}' subject to score")
+                if regression and len({subjects[i] for i in scored}) < 2:
+                    raise refuse(k, f"seed {s}'s draw leaves fewer than two subjects to score")
+                plan[(k, s)] = {
+                    "train": [i for i in test_rows if subjects[i] in drawn],
+                    "scored": scored,
+                    "subjects": sorted(drawn),
+                }
+        except FmriInputError as exc:
+            if explicit:
+                raise
+            plan = {key: v for key, v in plan.items() if key[0] != k}
+            skipped.append({"shots": k, "reason": exc.problem})
+            logger.info("skipping %d-shot draws from the test part: %s", k, exc.problem)
+            continue
+        kept.append(k)
+    return kept, plan, skipped
+
+
+def restrict(result: Any, rows: list[int], test_rows: list[int], shots: int, seed: int) -> Any:
+    """A whole-test-part result scored on some of its rows only (the test subjects a draw left): the same
+    predictions, labelled ``protocol="few-shot-from-test"`` with the draw's ``shots`` and ``seed``."""
+    from fmrilm.eval.report import FROM_TEST, MethodResult
+
+    if result.n != len(test_rows):
+        raise RuntimeError(f"{result.method} was scored on other test rows than the rest")
+    where = {row: p for p, row in enumerate(test_rows)}
+    pos = [where[i] for i in rows]
+    score = None if result.y_score is None else np.asarray(result.y_score)[pos]
+    return MethodResult(
+        method=result.method,
+        task=result.task,
+        task_type=result.task_type,
+        y_true=[result.y_true[p] for p in pos],
+        y_pred=[result.y_pred[p] for p in pos],
+        y_score=score,
+        classes=result.classes,
+        part=result.part,
+        subject_ids=None if result.subject_ids is None else [result.subject_ids[p] for p in pos],
+        shots=shots,
+        seed=seed,
+        info={**result.info, "own_shots": result.shots, "own_seed": result.seed},
+        protocol=FROM_TEST,
+    )
+
+
 def seeds_of(cfg: EvalConfig) -> list[int]:
     return [int(cfg.seed) + i for i in range(int(cfg.seeds))]
 
@@ -391,8 +518,12 @@ def finetune_and_score(
     cohort: Any,
     card: Any,
     rows: list[int],
+    *,
+    steps: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train adapters with `fmrilm finetune` (k shots, or all train subjects) and score the test rows."""
+    """Train adapters with `fmrilm finetune` (k shots, or all train subjects) and score the test rows.
+
+    ``steps`` overrides the step count (default: ``cfg.steps`` for k shots, ``cfg.full_steps`` for all)."""
     import torch
     from fmrilm.train.finetune import FINETUNE_FILE, FinetuneConfig, finetune, load_finetuned
 
@@ -407,7 +538,7 @@ def finetune_and_score(
         out=str(run_dir),
         shots=shots,
         split=str(split_file),
-        steps=int(cfg.steps if shots else cfg.full_steps),
+        steps=int(steps or (cfg.steps if shots else cfg.full_steps)),
         batch_size=int(cfg.batch_size),
         lr=float(cfg.lr),
         warmup_steps=int(cfg.warmup_steps),
@@ -422,7 +553,7 @@ def finetune_and_score(
         progress=False,
         eval_every=10**9,
         save_every=10**9,
-        log_every=max(1, int(cfg.steps if shots else cfg.full_steps)),
+        log_every=max(1, int(steps or (cfg.steps if shots else cfg.full_steps))),
     )
     torch.manual_seed(int(seed))  # the fresh adapters' initialisation is drawn before training seeds its RNGs
     finetune(ft)
@@ -483,6 +614,11 @@ def evaluate(
         raise FmriInputError(
             f"Unknown code features '{cfg.code_features}'", fix=f"use one of {', '.join(CODE_FEATURES)}"
         )
+    if cfg.few_shot_from not in FEW_SHOT_FROM:
+        raise FmriInputError(
+            f"Unknown --few-shot-from '{cfg.few_shot_from}'", fix=f"use one of {', '.join(FEW_SHOT_FROM)}"
+        )
+    from_test = cfg.few_shot_from == "test"
     out_dir = Path(cfg.out)
     _check_out_dir(out_dir)
     model_dir = _model_dir(cfg.model)
@@ -497,7 +633,12 @@ def evaluate(
             f"No test subject has a '{spec.target}' value",
             fix="choose test sites or a split with labelled subjects",
         )
-    shots, plan, skipped = shot_plan(cfg, table, spec, split)
+    if from_test:
+        shots, draws, skipped = test_draw_plan(cfg, table, spec, split, test_rows)
+        plan: dict[tuple[int, int], list[int]] = {}
+    else:
+        shots, plan, skipped = shot_plan(cfg, table, spec, split)
+        draws = {}
     target = (y, classes, ttype)
     subjects = table["subject_id"].astype(str).to_numpy()
     test_subjects = sorted({subjects[i] for i in test_rows})
@@ -514,7 +655,8 @@ def evaluate(
     # ---- the model as it is, and the features of its tokenizer
     model = FmriLM.from_pretrained(model_dir).to(_device(cfg.device))
     task_known = spec.name in stored_tasks(model)
-    if 0 in shots:
+    zero = None
+    if 0 in shots or draws:  # the draws from the test part score the zero-shot model on what each leaves
         zero = _cached(work, "fmrilm_zero_shot-k0")
         if zero is None:
             logger.info("zero-shot: scoring %d test scans", len(test_rows))
@@ -532,7 +674,8 @@ def evaluate(
                 info={"task_stored_in_model": task_known, "options": list(card.options)},
             )  # fmt: skip
             _store(work, "fmrilm_zero_shot-k0", zero)
-        results.append(zero)
+        if 0 in shots:
+            results.append(zero)
     if codes is None:
         codes = code_features(model.fmri_tokenizer, cohort, cfg.code_features, progress=cfg.progress)
     _check_rows(codes, cohort, "codes")
@@ -561,7 +704,7 @@ def evaluate(
     results += floor_baseline(table, spec, split)
 
     # ---- few-shot and full fine-tuning
-    runs = [(k, s) for k in shots if k > 0 for s in seeds_of(cfg)]
+    runs = [] if from_test else [(k, s) for k in shots if k > 0 for s in seeds_of(cfg)]
     if cfg.full:
         runs.append((None, cfg.seed))
     for k, s in show_progress(
@@ -590,6 +733,13 @@ def evaluate(
         if sorted(set(r.subject_ids)) != test_subjects or r.n != len(test_rows):
             raise RuntimeError(f"{r.method} was scored on other test rows than the rest")
 
+    # ---- few-shot from the test sites: every method of one draw scored on the test subjects it left
+    if draws:
+        results += _test_draw_runs(
+            cfg, draws, results, zero, work, cohort, card, spec, target, table, test_rows, split["test"], fc,
+            codes, ttype,
+        )  # fmt: skip
+
     context = {
         "task": {"name": spec.name, "type": ttype, "target": spec.target, "options": list(card.options)},
         "cohort": {
@@ -608,6 +758,7 @@ def evaluate(
         },
         "shots": shots,
         "seeds": seeds_of(cfg),
+        "few_shot_from": cfg.few_shot_from,
         "skipped": skipped,
         "config": cfg.to_dict(),
         "command": command or command_line(cfg),
@@ -626,54 +777,151 @@ def evaluate(
     return EvalRun(results=results, split=split, test_rows=test_rows, paths=paths, context=context)
 
 
+def _test_draw_runs(
+    cfg, draws, whole, zero, work, cohort, card, spec, target, table, test_rows, test_part, fc, codes, ttype
+) -> list[Any]:
+    """For each (k, seed) draw from the test part: fine-tune on the drawn subjects, score the rest, fit the
+    few-shot probes on the same subjects, and score every whole-test-part method (and the zero-shot model) on
+    the same remaining rows. Checks that no scored subject was trained on and that every result of a draw has
+    the same subjects, in the same order."""
+    from fmrilm.eval.report import FROM_TEST
+
+    from fmrilm.progress import progress as show_progress
+
+    subjects = table["subject_id"].astype(str).to_numpy()
+    references = list(whole)
+    if zero is not None and all(r.method != zero.method for r in references):
+        references.insert(0, zero)
+    out: list[Any] = []
+    for (k, s), draw in show_progress(
+        list(draws.items()), desc="test-part draws", disable=not cfg.progress, unit="run"
+    ):
+        scored, drawn = draw["scored"], set(draw["subjects"])
+        refs = [restrict(r, scored, test_rows, k, s) for r in references]
+        key = f"fmrilm_few_shot-test-k{k}-s{s}"
+        result = _cached(work, key)
+        if result is None:
+            logger.info("fmrilm_few_shot from the test part: k=%d seed=%d", k, s)
+            split_file = work / "draws" / f"{key}.json"
+            rest = [i for i in test_part if subjects[i] not in drawn]  # held out, labelled or not
+            how = {"kind": "few-shot-from-test", "shots": k, "seed": s, "subjects": sorted(drawn)}
+            write_split_file(split_file, cohort, {"train": draw["train"], "test": rest}, how)
+            frame, info = finetune_and_score(
+                cfg, None, s, split_file, work / "runs" / key, cohort, card, scored, steps=cfg.steps
+            )
+            if set(info["train_subjects"]) != drawn:  # finetune must train on exactly the drawn subjects
+                raise RuntimeError(f"fine-tuned on {info['train_subjects'][:5]}, not the drawn subjects")
+            info["drawn_from"] = "test"
+            result = model_result(
+                frame, "fmrilm_few_shot", spec, target, scored, table, shots=k, seed=s, info=info
+            )
+            result.protocol = FROM_TEST
+            _store(work, key, result)
+            shutil.rmtree(work / "runs" / key, ignore_errors=True)
+        # the reports list them in this order: the model zero-shot and fine-tuned, the probes on the same
+        # subjects, then the methods fitted on the train part
+        zero_first = [r for r in refs if r.method == "fmrilm_zero_shot"]
+        mine = [*zero_first, result]
+        if cfg.few_shot_baselines:
+            mine += _few_shot_baselines(fc, codes, table, spec, draw["train"], scored, k, s, ttype, cfg)
+        mine += [r for r in refs if r.method != "fmrilm_zero_shot"]
+        scored_subjects = [subjects[i] for i in scored]
+        for r in mine:
+            r.protocol = FROM_TEST
+            r.info["scored_on"] = f"test subjects left by the {k}-per-class draw of seed {s}"
+            if r.subject_ids != scored_subjects:
+                raise RuntimeError(
+                    f"{r.method} (k={k}, seed {s}) was scored on other rows than the draw left"
+                )
+            leaked = sorted(drawn & set(r.subject_ids))
+            if leaked:  # a drawn subject is trained on; scoring it would flatter every few-shot method
+                raise RuntimeError(f"drawn subjects {leaked[:5]} were scored")
+            trained = set(r.info.get("train_subjects") or [])
+            if trained & set(r.subject_ids):
+                raise RuntimeError(f"{r.method} was scored on subjects it was trained on")
+        out += mine
+    return out
+
+
 def _few_shot_baselines(fc, codes, table, spec, rows, test_rows, k, seed, ttype, cfg) -> list[Any]:
-    """FC and code probes fitted on exactly the k-shot subjects of this seed (one scan each)."""
+    """FC and code probes fitted on exactly the k-shot subjects of this seed (their scans in ``rows``: one
+    each when drawn from the train part, all of them when drawn from the test part)."""
     from fmrilm.eval.baselines import linear_probe
 
     if ttype != "regression" and k < 2:
         return []  # one example per class leaves no inner cross-validation to choose the penalty
     part = {"train": list(rows), "test": list(test_rows)}
+    subjects = table["subject_id"].astype(str).to_numpy()[list(rows)]
+    # several scans of one subject: the inner CV keeps them in one fold (one scan each: plain folds)
+    inner = "subject_id" if len(set(subjects)) < len(subjects) else None
     out = []
     for features, method in ((fc, "fc_linear_few_shot"), (codes, "code_probe_few_shot")):
-        for r in linear_probe(features, table, spec, part, method=method, inner_groups=None, seed=seed):
+        for r in linear_probe(features, table, spec, part, method=method, inner_groups=inner, seed=seed):
             r.shots, r.seed = k, seed
+            r.info["train_subjects"] = sorted(set(subjects))
             out.append(r)
     return out
 
 
 def summary_table(results: list[Any]) -> str:
-    """Markdown table of the headline: each method (and k) with its main metrics, means over seeds."""
-    from fmrilm.eval.report import aggregate_seeds
+    """Markdown table of the headline: each method (and k) with its main metrics, means over seeds.
+
+    One table per protocol (`fmrilm.eval.report.by_protocol`), each saying which test subjects its numbers are
+    scored on; numbers of different protocols are never averaged together. For few-shot draws from the test
+    part, a row is the mean over seeds of each seed's metric on the test subjects that seed's draw left (the
+    zero-shot model and the train-part baselines averaged the same way, on the same remainders).
+    """
+    from fmrilm.eval.report import PROTOCOL_TITLES, PROTOCOLS, WHOLE_TEST, aggregate_seeds, by_protocol
 
     for r in results:
         if not r.metrics:
             r.score()
-    agg = aggregate_seeds(results)
     ttype = results[0].task_type
     names = ("mae", "pearson_r") if ttype == "regression" else ("balanced_accuracy", "auc", "f1")
-    lines = [
-        "## Summary",
-        "",
-        "Mean over seeds [95% interval: Student-t over seeds for repeated runs, bootstrap over test subjects "
-        "for single runs]; every method is scored on the same test subjects.",
-        "",
-        "| method | shots | runs | " + " | ".join(names) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
-    ]
-    order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in results))}
-    for (_, method, shots), v in sorted(
-        agg.items(), key=lambda kv: (order[kv[0][1]], -1 if kv[0][2] is None else kv[0][2])
-    ):
-        cells = []
-        for m in names:
-            if v["n_seeds"] > 1:
-                cells.append(f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]")
-            else:
-                single = next(r for r in results if r.method == method and r.shots == shots).metrics[m]
-                cells.append(f"{_fmt(single['value'])} [{_fmt(single['low'])}, {_fmt(single['high'])}]")
-        k = "all" if shots is None else str(shots)
-        lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    groups = by_protocol(results)
+    lines = ["## Summary", ""]
+    for protocol, group in groups.items():
+        whole = protocol == WHOLE_TEST
+        if len(groups) > 1:
+            lines += [f"### {PROTOCOL_TITLES.get(protocol, protocol)}", ""]
+        lines.append(f"Protocol `{protocol}`: {PROTOCOLS.get(protocol, protocol)}.")
+        if whole:
+            lines.append(
+                "Mean over seeds [95% interval: Student-t over seeds for repeated runs, bootstrap over test "
+                "subjects for single runs]; every method is scored on the same test subjects."
+            )
+        else:
+            lines.append(
+                "Each row: the mean over seeds of each seed's metric on the test subjects that seed's draw of k "
+                "per class left [95% interval: Student-t over seeds; bootstrap over test subjects for one seed]. "
+                "Within one k and seed every method is scored on the same subjects; rows of different k are "
+                "scored on different subjects, and none of them on the whole test part."
+            )
+        lines += [
+            "",
+            f"| method | {'shots' if whole else 'k drawn'} | runs | " + " | ".join(names) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+        ]
+        agg = aggregate_seeds(group)
+        order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in group))}
+
+        def row_order(item: tuple, whole: bool = whole, order: dict = order) -> tuple:
+            (_, method, shots), _ = item
+            k = -1 if shots is None else shots
+            return (order[method], k) if whole else (k, order[method])  # draws: rows of one k together
+
+        for (_, method, shots), v in sorted(agg.items(), key=row_order):
+            cells = []
+            for m in names:
+                if v["n_seeds"] > 1:
+                    cells.append(f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]")
+                else:
+                    single = next(r for r in group if r.method == method and r.shots == shots).metrics[m]
+                    cells.append(f"{_fmt(single['value'])} [{_fmt(single['low'])}, {_fmt(single['high'])}]")
+            k = "all" if shots is None else str(shots)
+            lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _fmt(v: float) -> str:

@@ -24,6 +24,28 @@ from fmrilm.eval.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, eval
 #: The headline metric of each task type (few-shot curves, summary lines).
 MAIN_METRIC = {"binary": "balanced_accuracy", "multiclass": "balanced_accuracy", "regression": "mae"}
 
+#: Which test subjects a result was scored on (`MethodResult.protocol`), in the words the reports use.
+WHOLE_TEST = "whole-test-part"
+FROM_TEST = "few-shot-from-test"
+PROTOCOLS = {
+    WHOLE_TEST: "every method scored on the whole test part (few-shot subjects, if any, drawn from the train "
+    "part)",
+    FROM_TEST: "few-shot from the test sites: k subjects per class drawn from the test part, scored on the rest "
+    "(per seed, every method on the same remaining test subjects)",
+}
+#: Short headings of the protocols (summary sections, plot legends).
+PROTOCOL_TITLES = {WHOLE_TEST: "Whole test part", FROM_TEST: "Few-shot from the test sites"}
+
+
+def by_protocol(results: list[MethodResult]) -> dict[str, list[MethodResult]]:
+    """The results grouped by protocol, in the order of `PROTOCOLS` (unknown names last): numbers of different
+    protocols are scored on different test subjects and are never averaged together."""
+    groups: dict[str, list[MethodResult]] = defaultdict(list)
+    for r in results:
+        groups[r.protocol].append(r)
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
+    return dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))))
+
 
 @dataclass
 class MethodResult:
@@ -31,7 +53,9 @@ class MethodResult:
 
     ``y_score`` is ``(n, len(classes))`` class probabilities (classification); ``y_pred`` the predicted class
     or number. For binary tasks ``classes[1]`` is the positive class (ROC, F1). ``subject_ids`` lets the
-    bootstrap resample whole subjects.
+    bootstrap resample whole subjects. ``protocol`` says which test subjects were scored (`PROTOCOLS`): the
+    whole test part, or, for few-shot draws from the test part, the test subjects left by the draw of
+    ``shots`` and ``seed``.
     """
 
     method: str
@@ -47,6 +71,7 @@ class MethodResult:
     seed: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    protocol: str = WHOLE_TEST
 
     @classmethod
     def pooled(cls, runs: list[MethodResult]) -> MethodResult:
@@ -68,6 +93,7 @@ class MethodResult:
             shots=first.shots,
             seed=first.seed,
             info={"folds": len(runs)},
+            protocol=first.protocol,
         )
 
     @property
@@ -94,6 +120,7 @@ class MethodResult:
             "task": self.task,
             "task_type": self.task_type,
             "part": self.part,
+            "protocol": self.protocol,
             "shots": self.shots,
             "seed": self.seed,
             "n": self.n,
@@ -110,7 +137,10 @@ class MethodResult:
 
 
 def aggregate_seeds(results: list[MethodResult]) -> dict[tuple[str, str, int | None], dict[str, Any]]:
-    """Group runs by (task, method, shots) and give each metric's mean and Student-t interval over seeds."""
+    """Group runs by (task, method, shots) and give each metric's mean and Student-t interval over seeds.
+
+    Give it the results of one protocol (`by_protocol`): runs of different protocols are not comparable.
+    """
     groups: dict[tuple[str, str, int | None], list[MethodResult]] = defaultdict(list)
     for r in results:
         groups[(r.task, r.method, r.shots)].append(r)
@@ -163,19 +193,22 @@ def write_report(
     try:
         (tmp / "plots").mkdir()
         plots = _plots(results, tmp / "plots")
-        agg = aggregate_seeds(results)
+        groups = by_protocol(results)
+        aggs = {p: aggregate_seeds(runs) for p, runs in groups.items()}
         record = {
             "title": title,
             "context": context or {},
+            "protocols": {p: PROTOCOLS.get(p, p) for p in groups},
             "results": [r.to_dict(predictions=predictions) for r in results],
             "over_seeds": [
-                {"task": t, "method": m, "shots": k, **v}
+                {"task": t, "method": m, "shots": k, "protocol": p, **v}
+                for p, agg in aggs.items()
                 for (t, m, k), v in sorted(agg.items(), key=_agg_key)
             ],
             "plots": {k: [str(Path("plots") / p.name) for p in v] for k, v in plots.items()},
         }
         (tmp / "report.json").write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=True))
-        (tmp / "report.md").write_text(_markdown(title, context or {}, results, agg, plots))
+        (tmp / "report.md").write_text(_markdown(title, context or {}, results, aggs, plots))
         # An earlier report is moved aside and removed only after this one is in place; a folder holding
         # anything a report does not is refused, never deleted (fmrilm.safety).
         publish(tmp, out_dir, REPORT_OUTPUT, overwrite=True, flag="the report folder")
@@ -202,7 +235,7 @@ def _markdown(
     title: str,
     context: dict[str, Any],
     results: list[MethodResult],
-    agg: dict,
+    aggs: dict[str, dict],
     plots: dict[str, list[Path]],
 ) -> str:
     lines = [f"# {title}", ""]
@@ -211,6 +244,9 @@ def _markdown(
         lines.append(f"- **{key}**: {text}")
     if context:
         lines.append("")
+    for protocol in aggs:
+        lines.append(f"Protocol `{protocol}`: {PROTOCOLS.get(protocol, protocol)}.")
+    lines.append("")
     lines.append(
         "Intervals: 95% bootstrap over test subjects for single runs; Student-t over seeds for repeated runs."
     )
@@ -222,8 +258,8 @@ def _markdown(
         ttype = runs[0].task_type
         names = REGRESSION_METRICS if ttype == "regression" else CLASSIFICATION_METRICS
         lines += [f"## {task} ({ttype})", ""]
-        lines.append("| method | part | shots | seed | n | " + " | ".join(names) + " |")
-        lines.append("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+        lines.append("| method | protocol | part | shots | seed | n | " + " | ".join(names) + " |")
+        lines.append("| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
         for r in runs:
             cells = [
                 f"{_fmt(r.metrics[m]['value'])} [{_fmt(r.metrics[m]['low'])}, {_fmt(r.metrics[m]['high'])}]"
@@ -231,20 +267,30 @@ def _markdown(
             ]
             shots = "—" if r.shots is None else str(r.shots)
             seed = "—" if r.seed is None else str(r.seed)
-            lines.append(f"| {r.method} | {r.part} | {shots} | {seed} | {r.n} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {r.method} | {r.protocol} | {r.part} | {shots} | {seed} | {r.n} | "
+                + " | ".join(cells)
+                + " |"
+            )
         lines.append("")
-        repeated = {k: v for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1}
+        repeated = {
+            (p, k): v for p, agg in aggs.items() for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1
+        }
         if repeated:
-            lines += ["Over seeds (mean [95% CI]):", ""]
-            lines.append("| method | shots | seeds | " + " | ".join(names) + " |")
-            lines.append("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
-            for (_, method, shots), v in sorted(repeated.items(), key=_agg_key):
-                cells = [f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]" for m in names]
-                lines.append(
-                    f"| {method} | {'—' if shots is None else shots} | {v['n_seeds']} | "
-                    + " | ".join(cells)
-                    + " |"
-                )
+            lines += ["Over seeds (mean [95% CI]; each protocol on its own):", ""]
+            lines.append("| method | protocol | shots | seeds | " + " | ".join(names) + " |")
+            lines.append("| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+            for p in aggs:
+                mine = {k: v for (q, k), v in repeated.items() if q == p}
+                for (_, method, shots), v in sorted(mine.items(), key=_agg_key):
+                    cells = [
+                        f"{_fmt(v[m]['mean'])} [{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]" for m in names
+                    ]
+                    lines.append(
+                        f"| {method} | {p} | {'—' if shots is None else shots} | {v['n_seeds']} | "
+                        + " | ".join(cells)
+                        + " |"
+                    )
             lines.append("")
         for p in plots.get(task, []):
             lines.append(f"![{p.stem}](plots/{p.name})")
@@ -258,7 +304,13 @@ def _slug(text: str) -> str:
 
 
 def _label(r: MethodResult) -> str:
-    return r.method + ("" if r.shots is None else f" ({r.shots}-shot)")
+    shots = "" if r.shots is None else f" ({r.shots}-shot)"
+    return r.method + shots + ("" if r.protocol == WHOLE_TEST else " from test")
+
+
+def _suffix(protocol: str) -> str:
+    """The plot file name's mark of a protocol (none for the whole test part, as before protocols existed)."""
+    return "" if protocol == WHOLE_TEST else "_" + _slug(protocol)
 
 
 def _plots(results: list[MethodResult], folder: Path) -> dict[str, list[Path]]:
@@ -271,9 +323,15 @@ def _plots(results: list[MethodResult], folder: Path) -> dict[str, list[Path]]:
         by_task[r.task].append(r)
     for task, runs in by_task.items():
         # One curve per (method, shots): the first seed stands for the others in ROC/calibration/confusion.
-        first: dict[tuple[str, int | None], MethodResult] = {}
-        for r in runs:
-            first.setdefault((r.method, r.shots), r)
+        # Of a protocol after the first, only the methods it adds are shown (the others are the same
+        # predictions, scored on fewer subjects).
+        first: dict[tuple[str, str, int | None], MethodResult] = {}
+        seen: set[str] = set()
+        for protocol, group in by_protocol(runs).items():
+            for r in group:
+                if r.method not in seen:
+                    first.setdefault((protocol, r.method, r.shots), r)
+            seen |= {r.method for r in group}
         shown = list(first.values())
         binary = [
             r for r in shown if r.task_type == "binary" and r.y_score is not None and len(set(r.y_true)) == 2
@@ -284,9 +342,10 @@ def _plots(results: list[MethodResult], folder: Path) -> dict[str, list[Path]]:
         for r in shown:
             if r.task_type != "regression" and r.classes:
                 out[task].append(_confusion_plot(task, r, folder, plt))
-        curve = _fewshot_plot(task, runs, folder, plt)
-        if curve is not None:
-            out[task].append(curve)
+        for group in by_protocol(runs).values():
+            curve = _fewshot_plot(task, group, folder, plt)
+            if curve is not None:
+                out[task].append(curve)
     return dict(out)
 
 
@@ -341,11 +400,15 @@ def _confusion_plot(task: str, r: MethodResult, folder: Path, plt) -> Path:
     ax.set_title(f"{task}: {_label(r)}", fontsize=9)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     name = f"confusion_{_slug(task)}_{_slug(r.method)}" + ("" if r.shots is None else f"_{r.shots}shot")
+    name += _suffix(r.protocol)
     return _save(fig, folder / f"{name}.png", plt)
 
 
 def _fewshot_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Path | None:
-    """Main metric against k, mean and over-seed interval per method; reference lines for methods without k."""
+    """Main metric against k, mean and over-seed interval per method; reference lines for methods without k.
+
+    ``runs`` are of one protocol; for few-shot draws from the test part, every method has a point at each k
+    (its mean over seeds on the subjects those draws left)."""
     shot_runs = [r for r in runs if r.shots is not None]
     if len({r.shots for r in shot_runs}) < 2:
         return None
@@ -365,12 +428,16 @@ def _fewshot_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Pat
         mean = agg[(task, method, None)][metric]["mean"]
         ax.axhline(mean, ls="--", lw=1, label=method, color=f"C{colour % 10}")
         colour += 1
+    protocol = runs[0].protocol
+    where = "" if protocol == WHOLE_TEST else f" ({PROTOCOL_TITLES.get(protocol, protocol).lower()})"
     ax.set(
-        xlabel="labelled subjects per class (k)", ylabel=metric.replace("_", " "), title=f"Few-shot: {task}"
+        xlabel="labelled subjects per class (k)",
+        ylabel=metric.replace("_", " "),
+        title=f"Few-shot: {task}{where}",
     )
     ax.set_xscale("symlog", linthresh=1)
     ax.legend(fontsize=7)
-    return _save(fig, folder / f"fewshot_{_slug(task)}.png", plt)
+    return _save(fig, folder / f"fewshot_{_slug(task)}{_suffix(protocol)}.png", plt)
 
 
 def _save(fig, path: Path, plt) -> Path:

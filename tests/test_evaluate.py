@@ -125,6 +125,12 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
     # Markdown with the summary and every plot it links; the model never saw this cohort's atlas.
     md = (out / "report.md").read_text()
     assert "## Summary" in md and all(m in md for m in methods)
+    # The default protocol: few-shot subjects from the train part, every number on the whole test part.
+    assert report["context"]["few_shot_from"] == "train" and "--few-shot-from train" in in_full
+    assert {r["protocol"] for r in results} == {"whole-test-part"} == set(report["protocols"])
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "Protocol `whole-test-part`: every method scored on the whole test part" in summary
+    assert "###" not in summary and "from the test sites" not in md  # one table, one protocol
     links = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     names = {Path(p).name for p in links}
     assert {"roc_diagnosis.png", "calibration_diagnosis.png", "fewshot_diagnosis.png"} <= names
@@ -263,7 +269,7 @@ def test_the_full_command_of_a_report_gives_back_every_setting():
     cfg = EvalConfig(
         model="my models/stage3", cohort="cohorts/sim", task="sex", out="reports/sex", split="stratified",
         test_sites=["site-1", "site-2"], n_test_sites=2, test_size=0.3, shots=[0, 2], seeds=2, seed=5,
-        full=True, steps=3, full_steps=7, batch_size=2, lr=0.01, warmup_steps=1, lora_r=4, lora_alpha=8,
+        few_shot_from="test", full=True, steps=3, full_steps=7, batch_size=2, lr=0.01, warmup_steps=1, lora_r=4, lora_alpha=8,
         lora_dropout=0.1, target_modules="q_proj,v_proj", paraphrases=2, normalize="mean", batch_size_scoring=3,
         code_features="histogram", few_shot_baselines=False, tangent_baseline=False, covariates=["age"],
         n_boot=50, threads=1, device="cpu", progress=False, keep_work=True,
