@@ -436,6 +436,8 @@ def _fewshot_plot(task: str, runs: list[MethodResult], folder: Path, plt) -> Pat
         title=f"Few-shot: {task}{where}",
     )
     ax.set_xscale("symlog", linthresh=1)
+    ks = sorted({r.shots for r in shot_runs})
+    ax.set_xticks(ks, [str(k) for k in ks])  # symlog ticks only at powers of ten: name every k run
     ax.legend(fontsize=7)
     return _save(fig, folder / f"fewshot_{_slug(task)}{_suffix(protocol)}.png", plt)
 
