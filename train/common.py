@@ -232,7 +232,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
             "--mixed-precision",
             choices=["no", "fp16", "bf16"],
             default=defaults.mixed_precision,
-            help="accelerate mixed precision (default: none)",
+            help="accelerate mixed precision (default: the launcher's, else none)",
         )
     if "gradient_checkpointing" in {f.name for f in fields(defaults)}:
         p.add_argument(
@@ -364,7 +364,8 @@ def make_accelerator(
 ):
     """An `accelerate.Accelerator` writing under ``out_dir``, with every RNG seeded.
 
-    ``mixed_precision`` is None/"no", "fp16" or "bf16"; ``cpu`` forces the CPU even when a GPU is present (as
+    ``mixed_precision`` is "no", "fp16", "bf16" or None (what ``accelerate launch`` or its config file says, else
+    "no"); ``cpu`` forces the CPU even when a GPU is present (as
     `runs_on_cpu` does for a launch on the CPU). Under ``accelerate launch`` (or ``torchrun``) the model is
     wrapped in DDP by ``prepare``; a stage shares each global batch between the processes with `BatchShards`.
     """
@@ -376,7 +377,7 @@ def make_accelerator(
     _warn_if_one_cpu_process()
     accelerator = Accelerator(
         cpu=cpu or runs_on_cpu(),
-        mixed_precision=mixed_precision or "no",
+        mixed_precision=mixed_precision,  # None: the launcher's choice (accelerate config / --mixed_precision)
         gradient_accumulation_steps=gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out_dir), automatic_checkpoint_naming=False),
         # --batch-size is the GLOBAL batch, shared by the processes: one optimizer step is one scheduler step
