@@ -24,8 +24,9 @@ def available() -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "names",
-        nargs="*",
-        help=f"benchmarks to run (default: all): {', '.join(available())}",
+        nargs=argparse.REMAINDER,
+        help=f"benchmarks to run (default: all): {', '.join(available())}; options after a single name go "
+        "to that benchmark (`fmrilm bench model --what memory`)",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
 
@@ -37,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(names))
         return 0
-    chosen = args.names or names
+    given = list(args.names or [])
+    first_option = next((i for i, a in enumerate(given) if a.startswith("-")), len(given))
+    chosen, extra = given[:first_option] or names, given[first_option:]
+    if extra and len(chosen) != 1:
+        raise FmriInputError(
+            f"Options {' '.join(extra)} can go to one benchmark only, not to {len(chosen)}",
+            fix="name one benchmark before its options, e.g. `fmrilm bench model --what memory`",
+        )
     unknown = [n for n in chosen if n not in names]
     if unknown:
         raise FmriInputError(
@@ -45,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
         )
     failed = []
     for name in chosen:
-        print(f"\n=== fmrilm bench {name}  (python -m fmrilm.eval.bench_{name})", flush=True)
+        shown = " ".join([f"python -m fmrilm.eval.bench_{name}", *extra])
+        print(f"\n=== fmrilm bench {name}  ({shown})", flush=True)
         start = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", f"fmrilm.eval.bench_{name}"])
+        code = subprocess.call([sys.executable, "-m", f"fmrilm.eval.bench_{name}", *extra])
         print(f"=== {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
         if code != 0:
             failed.append(name)

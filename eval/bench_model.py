@@ -2,6 +2,7 @@
 
     python -m fmrilm.eval.bench_model [--what overhead,chat] [--base smollm2] [--threads 2] [--rounds 5]
     python -m fmrilm.eval.bench_model --what quality --stage2 RUN --cohort DIR --corpus DIR
+    python -m fmrilm.eval.bench_model --what memory [--memory-steps 3] [--work DIR]   (= fmrilm bench model ...)
 
 - **overhead**: one LoRA training step of fmrilm (`FmriLM` with adapters and trainable brain-token rows)
   against plain transformers + peft LoRA on the SAME resized LLM and the SAME token batch (Stage-2 style
@@ -15,6 +16,15 @@
   the true window descriptors, the share of z-bins stated correctly, and forecast R² of the next window against
   repeating the last window and against predicting the scan mean (0 after z-scoring), next to the tokenizer's
   own reconstruction of the true next window (the ceiling of any forecast decoded from brain tokens).
+- **memory**: peak memory (resident set size) of the README's training commands, each run as written (plus
+  ``--steps N``) in a fresh process on the README's data at the README's sizes (a 300-subject simulated cohort,
+  its corpus, a tokenizer of the default preset, the ``main`` split and the diagnosis/sex/age instruction set; a
+  40-subject simulated cohort stands in for ``cohorts/mylab``): ``train align`` (Stage 2), ``train instruct``
+  (Stage 3) and ``finetune``. Each row gives the whole command's peak (``getrusage`` max RSS: data, model,
+  training, saving) and the peak within its training steps (RSS sampled every 5 ms from the first training
+  forward to the last optimizer step), next to one plain transformers + peft LoRA step per recorded batch at
+  the same shapes (same base model resized to the same vocabulary, same LoRA settings, the same number of
+  label positions per row, the standard full-logits loss), also in a fresh process.
 """
 
 from __future__ import annotations
@@ -379,10 +389,265 @@ def _mean_sd(values: list[float]) -> str:
     return f"{arr.mean():.3f} ± {arr.std(ddof=1) if len(arr) > 1 else 0:.3f} (n={len(arr)})"
 
 
+# ---------------------------------------------------------------------------------------------------- memory
+#: The README's training commands (sections "Instruction tuning, ..." and "The fMRI-LM and Stage 2 alignment"),
+#: run from the benchmark's working folder; each measured run adds --steps N.
+MEMORY_COMMANDS: dict[str, list[str]] = {
+    "stage2": ["train", "align", "--cohort", "cohorts/sim", "--corpus", "corpus/sim", "--tokenizer",
+               "runs/tokenizer", "--out", "runs/stage2"],
+    "stage3": ["train", "instruct", "--model", "runs/stage2", "--instructions", "instr/sim", "--out", "runs/stage3"],
+    "finetune": ["finetune", "--model", "runs/stage3", "--cohort", "cohorts/mylab", "--task", "diagnosis",
+                 "--shots", "8", "--out", "runs/mylab"],
+}  # fmt: skip
+#: What the commands read, made once per working folder (skipped when the output is there).
+MEMORY_INPUTS: list[tuple[str, list[str]]] = [
+    ("cohorts/sim/cohort.json", ["simulate", "--subjects", "300", "--out", "cohorts/sim", "--quiet"]),
+    ("corpus/sim/dataset", ["corpus", "build", "cohorts/sim", "--out", "corpus/sim", "--quiet"]),
+    # the README trains 1000 steps; the sizes (and so the memory of later stages) do not depend on it
+    ("runs/tokenizer/config.json", ["train", "tokenizer", "--cohort", "cohorts/sim", "--out", "runs/tokenizer",
+                                    "--steps", "1", "--no-progress"]),
+    ("cohorts/sim/splits/main.json", ["cohort", "split", "cohorts/sim", "--kind", "stratified", "--val-size",
+                                      "0.1", "--name", "main"]),
+    ("instr/sim/dataset", ["instructions", "build", "cohorts/sim", "--tasks", "diagnosis,sex,age", "--split",
+                           "main", "--out", "instr/sim"]),
+    ("cohorts/mylab/cohort.json", ["simulate", "--subjects", "40", "--seed", "1", "--out", "cohorts/mylab",
+                                   "--quiet"]),
+]  # fmt: skip
+
+
+def _rss_mib() -> float:
+    """This process's resident set size now (Linux /proc; 0 where it is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    """This process's peak resident set size so far (getrusage; KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _RssSampler:
+    """Samples the resident set size every ``interval`` s in a thread (torch releases the GIL in its kernels)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), _rss_mib()))
+            self._stop.wait(interval)
+
+    def peak_between(self, start: float, end: float) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return max(inside) if inside else float("nan")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def prepare_memory_inputs(work: Path) -> None:
+    """Make the README's inputs of the measured commands in ``work`` (each skipped when already there)."""
+    from fmrilm.cli import main as cli_main
+
+    for done, argv in MEMORY_INPUTS:
+        if (work / done).exists():
+            continue
+        print(f"$ fmrilm {' '.join(argv)}", flush=True)
+        if cli_main(argv) != 0:
+            raise SystemExit(f"preparing the memory benchmark failed at: fmrilm {' '.join(argv)}")
+
+
+def measure_command(case: str, steps: int) -> dict[str, Any]:
+    """Run one README training command (``--steps steps``) in this process; memory of it and of its steps."""
+    import torch
+
+    from fmrilm.cli import main as cli_main
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.processing import IGNORE_INDEX
+
+    argv = [*MEMORY_COMMANDS[case], "--steps", str(steps), "--overwrite", "--no-progress"]
+    record: dict[str, Any] = {"command": "fmrilm " + " ".join(argv), "batches": []}
+    sampler = _RssSampler()
+    forward = FmriLM.forward
+
+    def recording_forward(self, *args: Any, **kwargs: Any):
+        labels = kwargs.get("labels")
+        if torch.is_grad_enabled() and labels is not None:  # a training step (validation runs without grad)
+            if "step_start" not in record:
+                record["step_start"], record["rss_before_steps"] = time.monotonic(), _rss_mib()
+                record["vocab"] = int(self.llm.get_input_embeddings().weight.shape[0])
+                record["lora"] = getattr(self.llm, "peft_config", {}).get("default")
+            mask = kwargs.get("attention_mask")
+            record["batches"].append(
+                {
+                    "shape": list(labels.shape),
+                    "lengths": (
+                        mask.sum(1) if mask is not None else torch.full_like(labels[:, 0], labels.shape[1])
+                    ).tolist(),
+                    "labels": (labels != IGNORE_INDEX).sum(1).tolist(),
+                }
+            )
+        return forward(self, *args, **kwargs)
+
+    def after_step(*_: Any) -> None:
+        record["step_end"] = time.monotonic()
+
+    FmriLM.forward = recording_forward
+    hook = torch.optim.optimizer.register_optimizer_step_post_hook(after_step)
+    try:
+        code = cli_main(argv)
+    finally:
+        FmriLM.forward = forward
+        hook.remove()
+        sampler.stop()
+    if code != 0:
+        raise SystemExit(f"{record['command']} exited {code}")
+    lora = record.pop("lora", None)
+    targets = getattr(lora, "target_modules", None)
+    record["lora"] = (
+        {
+            "r": lora.r,
+            "alpha": lora.lora_alpha,
+            "dropout": lora.lora_dropout,
+            "targets": targets if isinstance(targets, str) else sorted(targets),
+        }
+        if lora is not None
+        else None
+    )
+    record["peak_steps"] = sampler.peak_between(record.pop("step_start"), record.pop("step_end"))
+    record["peak_command"] = _peak_mib()
+    return record
+
+
+def measure_plain(
+    base: str | None, batches: list[dict[str, Any]], vocab: int, lora: dict[str, Any]
+) -> dict[str, Any]:
+    """Plain transformers + peft LoRA: the same base resized to ``vocab``, one step per recorded batch shape,
+    right-padded rows of the recorded lengths whose last ``labels`` positions are learned (full-logits loss)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from fmrilm.model.base_model import load_base_model
+
+    sampler = _RssSampler()
+    llm, _ = load_base_model(base, dtype=torch.float32)
+    llm.resize_token_embeddings(vocab)
+    targets = lora["targets"]  # "all-linear" or module names
+    llm = get_peft_model(
+        llm,
+        LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], task_type="CAUSAL_LM",
+            target_modules=targets,
+        ),
+    )  # fmt: skip
+    llm.train()
+    optimizer = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad], lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    start, rss_before = time.monotonic(), _rss_mib()
+    for batch in batches:
+        rows, width = batch["shape"]
+        ids = torch.randint(0, vocab, (rows, width), generator=gen)
+        mask = torch.zeros(rows, width, dtype=torch.long)
+        labels = torch.full((rows, width), -100)
+        for i, (length, learned) in enumerate(zip(batch["lengths"], batch["labels"], strict=True)):
+            mask[i, :length] = 1
+            labels[i, length - learned : length] = ids[i, length - learned : length]
+        loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    end = time.monotonic()
+    sampler.stop()
+    return {
+        "rss_before_steps": rss_before,
+        "peak_steps": sampler.peak_between(start, end),
+        "peak_command": _peak_mib(),
+    }
+
+
+def bench_memory(work: Path, steps: int, threads: int, base: str | None) -> dict[str, Any]:
+    """Each case in a fresh process (so no case inherits another's peak); see the module doc."""
+    import json
+    import subprocess
+    import sys
+
+    work.mkdir(parents=True, exist_ok=True)
+    common = [sys.executable, "-m", "fmrilm.eval.bench_model", "--work", str(work), "--threads", str(threads)]
+    common += ["--base", base] if base else []
+
+    def run_case(*extra: str) -> dict[str, Any]:
+        proc = subprocess.run([*common, *extra], capture_output=True, text=True, cwd=work)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("MEMORY ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"memory case {extra} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return json.loads(lines[-1].removeprefix("MEMORY "))
+
+    run_case("--memory-prepare")
+    rows = []
+    for case in MEMORY_COMMANDS:
+        ours = run_case("--memory-case", case, "--memory-steps", str(steps))
+        plain = run_case("--memory-case", "plain", "--memory-shapes", json.dumps(ours))
+        rows.append((case, ours, plain))
+    return {"rows": rows}
+
+
+def _memory_case(args: argparse.Namespace) -> int:
+    """One case of ``--what memory``, run by `bench_memory` in a fresh process: prints ``MEMORY {json}``."""
+    import json
+
+    os.chdir(args.work)
+    if args.memory_prepare:
+        prepare_memory_inputs(Path("."))
+        result: dict[str, Any] = {"prepared": str(Path(".").resolve())}
+    elif args.memory_case == "plain":
+        ours = json.loads(args.memory_shapes)
+        result = measure_plain(args.base, ours["batches"], ours["vocab"], ours["lora"])
+    else:
+        result = measure_command(args.memory_case, args.memory_steps)
+    print("MEMORY " + json.dumps(result), flush=True)
+    return 0
+
+
+def _print_memory(res: dict[str, Any], threads: int) -> None:
+    gib = lambda mib: f"{mib / 1024:.2f}"  # noqa: E731
+    print("\n## peak memory (GiB, resident set size) of the README's training commands, fresh process each")
+    print(
+        "| command | batches (rows x tokens, learned tokens) | whole command | during its steps | "
+        "plain transformers + peft, same shapes: whole / steps |\n| --- | --- | ---: | ---: | ---: |"
+    )
+    for _case, ours, plain in res["rows"]:
+        shapes = ", ".join(f"{b['shape'][0]}x{b['shape'][1]} ({sum(b['labels'])})" for b in ours["batches"])
+        print(
+            f"| `{ours['command']}` | {shapes} | {gib(ours['peak_command'])} | {gib(ours['peak_steps'])} | "
+            f"{gib(plain['peak_command'])} / {gib(plain['peak_steps'])} |"
+        )
+    print(
+        f"({threads} torch threads, float32; RSS before the steps: "
+        + ", ".join(
+            f"{case} {gib(o['rss_before_steps'])} (plain {gib(p['rss_before_steps'])})"
+            for case, o, p in res["rows"]
+        )
+        + ")"
+    )
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--what", default="overhead,chat", help="comma-separated: overhead, chat, quality")
+    parser.add_argument(
+        "--what", default="overhead,chat", help="comma-separated: overhead, chat, quality, memory"
+    )
     parser.add_argument("--base", default=None, help="base LLM (default: SmolLM2-135M-Instruct, offline)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
@@ -398,12 +663,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-windows", type=int, default=60, help="held-out windows to describe (quality)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="description length cap (quality)")
+    parser.add_argument("--memory-steps", type=int, default=3, help="training steps of each command (memory)")
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="folder for the memory benchmark's inputs and runs (default: a temporary one)",
+    )
+    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # one case, in a fresh process
+    parser.add_argument("--memory-shapes", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    if args.memory_case or args.memory_prepare:
+        return _memory_case(args)
     what = {w.strip() for w in args.what.split(",") if w.strip()}
     print(f"# fmrilm model benchmark ({args.threads} torch threads, float32)")
     if "overhead" in what:
@@ -430,6 +706,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n## quality on held-out subjects")
         for key, value in res.items():
             print(f"{key}: {value}")
+    if "memory" in what:
+        if args.work:
+            res = bench_memory(Path(args.work).resolve(), args.memory_steps, args.threads, args.base)
+        else:
+            with tempfile.TemporaryDirectory(prefix="fmrilm-memory-") as tmp:
+                res = bench_memory(Path(tmp), args.memory_steps, args.threads, args.base)
+        _print_memory(res, args.threads)
     return 0
 
 
