@@ -150,6 +150,8 @@ class FmriLMProcessor:
         if _is_codes(scan_or_codes):
             codes = np.asarray(_to_numpy(scan_or_codes), dtype=np.int64)
             codes = codes[None] if codes.ndim == 1 else codes
+        elif limit and self.config.max_windows == 0:  # connectome tokens only: no window is shown
+            codes = np.zeros((0, self.config.num_latents), dtype=np.int64)
         else:
             if self.fmri_tokenizer is None:
                 raise FmriInputError(
@@ -259,6 +261,8 @@ class FmriLMProcessor:
     ) -> str:
         if "codes" in part:
             source = part["codes"]
+            if isinstance(source, (list, tuple)) and not len(source):  # no window shown (max_windows 0)
+                source = np.zeros((0, self.config.num_latents), dtype=np.int64)
         elif "scan" in part:
             source = part["scan"]
         elif queue:
