@@ -10,6 +10,10 @@ context when a later turn attaches another one.
 differ from what the cache already holds (the new message), not over the whole conversation and its brain
 tokens again. Answers are decoded with special tokens skipped, so brain tokens and chat markers never reach the
 user as text.
+
+A few questions are answered by computing instead of generating (`fmrilm.chat_questions`: "which networks drive
+this prediction?", "what if the default mode network were weaker?"): a fixed dispatch on recognised wordings
+that calls `fmrilm.perturb` on the last scan attached and phrases its result; ``tools=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ class ChatSession:
 
     ``session.attach(scan)`` queues a scan (a `Scan`, codes, or a file path loaded with the model's atlas) for
     the next message; ``session.ask(text)`` returns the answer and appends both turns to ``session.history``.
+    With ``tools`` (default), recognised attribution and what-if questions are computed on the last attached
+    scan (`fmrilm.chat_questions`) instead of generated.
     """
 
     def __init__(
@@ -144,11 +150,15 @@ class ChatSession:
         reuse_cache: bool = True,
         max_new_tokens: int = 256,
         do_sample: bool = False,
+        tools: bool = True,
         **generate_kwargs: Any,
     ) -> None:
         self.model = model
         self.history: History = list(history or [])
         self.pending: list[dict[str, Any]] = []
+        #: Scans attached in this session, with their signal (what computed answers perturb).
+        self.scans: list[Any] = []
+        self.tools = bool(tools)
         self.reuse_cache = reuse_cache
         self.generate_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
         self._cache: Any = None
@@ -166,12 +176,15 @@ class ChatSession:
             scan = load_chat_scan(Path(scan), atlas=atlas, tr=tr, model=self.model)
         part = fmri_part(self.processor, scan)
         self.pending.append(part)
+        if hasattr(scan, "timeseries"):
+            self.scans.append(scan)
         return part
 
     def reset(self) -> None:
         """Forget the conversation, the queued scans and the cache."""
         self.history = []
         self.pending = []
+        self.scans = []
         self._cache = self._cache_ids = None
 
     def ask(self, message: str, scans: Any = None, *, stream: Stream = False, **generate_kwargs: Any) -> str:
@@ -188,6 +201,16 @@ class ChatSession:
         if not content:
             raise FmriInputError("The message is empty and no scan is attached", fix="type a question")
         user = {"role": "user", "content": content}
+        computed = self._computed_answer(message) if self.tools else None
+        if computed is not None:
+            _emit(stream, computed)
+            self.history = [
+                *self.history,
+                user,
+                {"role": "assistant", "content": [{"type": "text", "text": computed}]},
+            ]
+            self.pending = []
+            return computed
         answer_ids = self._generate(
             [*self.history, user], stream, {**self.generate_kwargs, **generate_kwargs}
         )
@@ -199,6 +222,17 @@ class ChatSession:
         self.history = [*self.history, user, {"role": "assistant", "content": reply}]
         self.pending = []
         return text
+
+    def _computed_answer(self, message: str) -> str | None:
+        """The computed answer to a recognised question (`fmrilm.chat_questions`), or None for the LLM."""
+        from fmrilm.chat_questions import answer, recognise
+
+        scan = self.scans[-1] if self.scans else None
+        atlas = scan.atlas if scan is not None and scan.atlas is not None else model_atlas(self.model)
+        question = recognise(message, atlas.network_names if atlas is not None else [])
+        if question is None:
+            return None
+        return answer(self.model, question, message, scan, self.history)
 
     # -------------------------------------------------------------------------------------- generation
     def _generate(self, messages: History, stream: Stream, kwargs: dict[str, Any]) -> Any:
@@ -253,6 +287,14 @@ class ChatSession:
         return cache if cache.get_seq_length() == keep else None
 
 
+def _emit(stream: Stream, text: str) -> None:
+    """Hand a computed answer to the stream target (as generated answers are streamed)."""
+    if stream is True:
+        print(text, end="", flush=True)
+    elif callable(stream):
+        stream(text)
+
+
 def _fit_context(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
     """``max_new_tokens`` cut to the model's context; a prompt that does not fit at all is a clear error."""
     config = model.base_llm.config if hasattr(model, "base_llm") else model.llm.config
@@ -277,12 +319,14 @@ def chat(
     stream: Stream = False,
     max_new_tokens: int = 256,
     do_sample: bool = False,
+    tools: bool = True,
     **generate_kwargs: Any,
 ) -> tuple[str, History]:
     """One turn: ``(answer, history)``; pass ``history`` back with the next message to continue.
 
     ``scan`` is a `Scan`, precomputed codes, a file path (loaded with the model's atlas), a list of these, or
-    None to go on talking about the scans already in ``history``.
+    None to go on talking about the scans already in ``history``. ``tools``: recognised attribution and
+    what-if questions are computed on the scans given in this call (`fmrilm.chat_questions`).
     """
     session = ChatSession(
         model,
@@ -290,6 +334,7 @@ def chat(
         reuse_cache=False,
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
+        tools=tools,
         **generate_kwargs,
     )
     answer = session.ask(message, scan, stream=stream)

@@ -27,6 +27,11 @@ in the conversation:
   Ctrl-C                  stop the answer being written (the conversation goes on); at the prompt, clear the line
   arrow keys              edit the line and recall earlier questions (readline)
 
+Computed answers (--no-tools turns them off): "Which networks drive this prediction?" ranks the networks by
+how much silencing each moves the answer (fmrilm.perturb.attribute); "What if the default mode network were
+weaker?" (stronger, silenced) answers every task again with that network perturbed (fmrilm.perturb.perturb).
+Only these wordings and close variants are recognised; everything else is answered by the LLM.
+
 Library warnings (transformers, peft, ...) are kept out of the conversation: --verbose shows them on stderr,
 --log-file FILE appends them to FILE.
 """
@@ -66,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-stream", action="store_true", help="print each answer whole instead of streaming it"
     )
     parser.add_argument(
+        "--no-tools",
+        action="store_true",
+        help="let the LLM answer attribution and what-if questions too, instead of computing them",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
     )
     parser.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
@@ -94,7 +104,9 @@ def _run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
     model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {}
-    session = ChatSession(model, max_new_tokens=args.max_new_tokens, **sampling)
+    session = ChatSession(
+        model, max_new_tokens=args.max_new_tokens, tools=not getattr(args, "no_tools", False), **sampling
+    )
     stream = None if args.no_stream else print_stream
 
     if args.message is not None:
