@@ -241,3 +241,29 @@ def test_cli_refuses_a_folder_that_is_no_model(saved, capsys):
 
     assert main(["networks", "--model", str(saved / "cohort"), "--cohort", str(saved / "cohort")]) == 2
     assert "neither a saved fmrilm model nor an fMRI tokenizer folder" in capsys.readouterr().err
+
+
+def test_bench_networks_runs_at_toy_size_and_is_listed(tmp_path, capsys):
+    import json
+
+    from fmrilm.eval import bench, bench_networks
+
+    assert "networks" in bench.available()
+    out = tmp_path / "bench.json"
+    argv = [
+        "--datasets",
+        "sim",
+        "--sim-scans",
+        "2",
+        "--fit-scans",
+        "10",
+        "--methods",
+        "encoder",
+        "--json",
+        str(out),
+    ]
+    assert bench_networks.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| sim | 6 | encoder | 2 |" in printed and "untrained stand-in" in printed
+    row = json.loads(out.read_text())["results"]["sim"]["rows"][0]
+    assert row["method"] == "encoder" and row["regions_scored"] == 160 and 0.5 < row["fc_ari"] <= 1.0
