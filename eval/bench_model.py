@@ -504,7 +504,9 @@ def measure_command(case: str, steps: int) -> dict[str, Any]:
         record["step_end"] = time.monotonic()
 
     FmriLM.forward = recording_forward
-    hook = torch.optim.optimizer.register_optimizer_step_post_hook(after_step)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(after_step)
     try:
         code = cli_main(argv)
     finally:
