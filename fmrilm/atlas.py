@@ -41,7 +41,8 @@ class Atlas:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.coords = np.asarray(self.coords, dtype=np.float32).reshape(-1, 3)
+        # an own, writable copy: pandas (copy-on-write) hands out read-only arrays, which torch warns about
+        self.coords = np.array(self.coords, dtype=np.float32).reshape(-1, 3)
         self.labels = [str(label) for label in self.labels]
         self.networks = [str(n) for n in self.networks]
         if not (len(self.labels) == len(self.coords) == len(self.networks)):
