@@ -5,8 +5,8 @@ scan attached to the conversation, then phrasing its table as a sentence; every 
 
 - **Attribution**: "Which networks drive this prediction?", "What drives the diagnosis?", "Which regions matter
   most for sex?" -> `attribute` (each network, or region, silenced in turn; ranked by how much the answer
-  moves). The task is the one the message names, else the one whose answer the model gave last in the
-  conversation, else every task the model stores.
+  moves). The task is the one the message names ("diagnosis@abide" names that one, "diagnosis" every task of
+  that name), else the one whose answer the model gave last in the conversation, else every task it stores.
 - **What-if**: "What if the default mode network were weaker?" (also stronger, silenced / switched off /
   removed) -> `perturb` on that network (weaker: ``scale:0.5``, silenced: ``silence``, stronger:
   ``couple:+0.5``), every stored task answered before and after. Networks are found by their atlas names,
@@ -163,6 +163,9 @@ def _task_names(model: Any, message: str, history: list[dict[str, Any]]) -> list
             fix="use a model trained by Stage 3 (fmrilm train instruct) or fine-tuned on a task",
         )
     text = f" {_words(message)} "
+    exact = [name for name in stored if "@" in name and f" {_words(name)} " in text]  # "diagnosis@abide"
+    if exact:
+        return sorted(exact)
     named = [name for name in stored if f" {_words(name.split('@')[0])} " in text]
     if named:
         return sorted(named)

@@ -9,6 +9,7 @@ for a few dozen full-batch steps to answer "patient" / "control"; held-out scans
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -161,7 +162,12 @@ def test_fmrilm_chat_prints_the_computed_answer(planted, tmp_path, capsys):
     scan = next(s for s, label in held_out if label == "control")
     model.save_pretrained(tmp_path / "model")
     np.save(tmp_path / "scan.npy", scan.timeseries)
+    atlas = scan.atlas
+    table = {"label": atlas.labels, "network": atlas.networks}
+    table.update({axis: atlas.coords[:, j] for j, axis in enumerate("xyz")})
+    pd.DataFrame(table).to_csv(tmp_path / "atlas.csv", index=False)  # pandas hands out read-only arrays
     base = ["chat", "--model", str(tmp_path / "model"), "--scan", str(tmp_path / "scan.npy"), "--tr", "2"]
-    assert main([*base, "--message", WHICH]) == 0
-    out = capsys.readouterr().out
-    assert "For diagnosis" in out and "default (effect" in out
+    assert main([*base, "--atlas", str(tmp_path / "atlas.csv"), "--message", WHICH]) == 0
+    captured = capsys.readouterr()
+    assert "For diagnosis" in captured.out and "default (effect" in captured.out
+    assert "warning" not in captured.err.lower()  # no torch warning about read-only atlas coordinates
