@@ -547,8 +547,8 @@ def summary(found: Any) -> Any:
                 "n_regions": int(len(part)),
                 "most_like": str(top),
                 "share": float(counts.iloc[0] / len(part)) if len(counts) else 0.0,
-                "regions": ", ".join(part["region"].astype(str).head(4))
-                + (f" (+{len(part) - 4})" if len(part) > 4 else ""),
+                "regions": ", ".join(part["region"].astype(str).head(3))
+                + (f" (+{len(part) - 3})" if len(part) > 3 else ""),
             }
         )
     return pd.DataFrame(rows)
