@@ -12,9 +12,11 @@ base: 1.0 means the tuned model finds the base model's language exactly as likel
 aim is at most 1.3x. The base model scores its own greedy answers, so its perplexity is low by construction;
 the ratio is what matters.
 
-Two diagnostics say where a loss comes from: the same ratio with the tuned model's adapters switched off (LoRA
-and the trained brain-token rows: what is left is the saved LLM with its enlarged vocabulary), and the mean
-probability the tuned model puts on brain tokens where the answer has words.
+Two diagnostics say where a loss comes from: the same ratio with the tuned model's adapters switched off (peft's
+``disable_adapter``: LoRA and the trained brain-token rows off, which leaves the base LLM with its brain-token
+rows as first initialised), and the mean probability put on brain tokens where the answer has words, with the
+adapters on and off (brain tokens sit in the output layer too, so every bit of their probability is taken from
+the words).
 
 ``--model`` defaults to a demo's Stage-3 model (``demo_out/stage3_instruct/model``, then
 ``/tmp/demo_cpu/stage3_instruct/model``); ``--base`` to the base recorded in the model's processor config
@@ -161,7 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if tuned.has_adapters:
             with tuned.llm.disable_adapter():
-                row["nll_adapters_off"] = answer_nll(tuned.llm, prompt, answer)
+                off, off_mass = answer_nll(tuned.llm, prompt, answer, brain_ids)
+            row["nll_adapters_off"] = off
+            row["brain_probability_adapters_off"] = off_mass / max(len(answer), 1)
         rows.append(row)
     groups = {}
     for name in ("neuroscience", "general", "all"):
@@ -179,6 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             if "nll_adapters_off" in part[0]:
                 groups[name]["adapters_off_ratio"] = perplexity(part, "nll_adapters_off") / base_ppl
+                groups[name]["brain_probability_adapters_off"] = sum(
+                    r["brain_probability_adapters_off"] * r["tokens"] for r in part
+                ) / max(tokens, 1)
     return {
         "model": str(model_dir),
         "base": str(base_spec),
@@ -200,14 +207,18 @@ def report(result: dict[str, Any]) -> str:
         f"  base model   {result['base']} ({result['base_path']})",
         "",
         f"  {'questions':<18}{'tokens':>7}{'base ppl':>10}{'tuned ppl':>10}{'tuned/base':>11}"
-        f"{'adapters off':>14}{'p(brain)':>10}",
+        f"{'p(brain)':>10}   | adapters off: {'/base':>6}{'p(brain)':>10}",
     ]
     for name, g in result["groups"].items():
         label = f"{name} ({g['questions']})"
-        off = f"{g['adapters_off_ratio']:>13.2f}x" if "adapters_off_ratio" in g else f"{'-':>14}"
+        off = (
+            f"{g['adapters_off_ratio']:>20.2f}x{g['brain_probability_adapters_off']:>10.4f}"
+            if "adapters_off_ratio" in g
+            else f"{'-':>21}{'-':>10}"
+        )
         lines.append(
             f"  {label:<18}{g['tokens']:>7}{g['base_ppl']:>10.3f}{g['tuned_ppl']:>10.3f}{g['ratio']:>10.2f}x"
-            f"{off}{g['brain_probability']:>10.4f}"
+            f"{g['brain_probability']:>10.4f}   |{off}"
         )
     ratio = result["groups"]["all"]["ratio"]
     verdict = "met" if result["aim_met"] else "NOT met"

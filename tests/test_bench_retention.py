@@ -81,6 +81,7 @@ def test_the_figures_are_the_answer_tokens_mean_loss(models, tmp_path):
     assert 0 < result["groups"]["all"]["brain_probability"] < 1
     # with the adapters switched off, the tuned folder is the plain one: nothing lost
     assert result["groups"]["all"]["adapters_off_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert 0 < result["groups"]["all"]["brain_probability_adapters_off"] < 1
 
 
 def test_no_model_and_no_demo_model_is_one_clear_error(monkeypatch, tmp_path, capsys):
