@@ -31,7 +31,7 @@ def scans(n: int) -> list[Scan]:
     return out
 
 
-def model_and_examples() -> tuple[FmriLM, list[dict]]:
+def model_and_examples(arch: str) -> tuple[FmriLM, list[dict]]:
     """A tiny model with connectome (soft) tokens and LoRA, and four examples of different lengths: a long
     answer, a short one, a two-turn conversation, and one cut before its answer (no learned token)."""
     fitted = scans(10)
@@ -40,7 +40,7 @@ def model_and_examples() -> tuple[FmriLM, list[dict]]:
     )
     host = tiny_fmri_tokenizer(codebook_size=16, num_latents=4)
     host.set_connectome(connectome)
-    llm, tok = tiny_causal_lm("llama", initializer_range=0.3)
+    llm, tok = tiny_causal_lm(arch, initializer_range=0.3)
     model = FmriLM.from_base(llm, host, tokenizer=tok)
     model.add_adapters(LoraSettings(r=4, alpha=8, dropout=0.0))
     proc = model.processor
@@ -71,19 +71,29 @@ def gradients(model: FmriLM) -> dict[str, torch.Tensor]:
     return grads
 
 
-def test_answer_only_loss_and_its_gradients_equal_the_full_logits_loss():
-    model, examples = model_and_examples()
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # tied and untied output layer
+def test_answer_only_loss_and_its_gradients_equal_the_full_logits_loss(arch, monkeypatch):
+    import fmrilm.model.modeling as modeling
+
+    monkeypatch.setattr(modeling, "LOSS_CHUNK", 8)  # several chunks even at this size
+    model, examples = model_and_examples(arch)
     model.eval()  # no dropout: both computations see the same network
     proc = model.processor
+    head_rows: list[int] = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+    )
 
     batch = proc.pad(examples)
     assert batch["connectome_values"].abs().sum() > 0  # soft tokens are in the inputs
     out = model(**batch, loss_reduction="example")
     learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    assert (
-        out.logits.shape[0] == learned < batch["labels"].numel() / 2
-    )  # logits only where a label is learned
+    forward_rows = list(head_rows)
     out.loss.backward()
+    hook.remove()
+    # the output layer saw the learned positions only, 8 at a time, and again (recomputed) in the backward pass
+    assert sum(forward_rows) == learned > 16 and max(forward_rows) <= 8
+    assert sum(head_rows) == 2 * learned and max(head_rows) <= 8
     ours = gradients(model)
 
     # plain: transformers' own loss (full logits over every position) of each answered example alone, averaged

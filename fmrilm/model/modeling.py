@@ -37,6 +37,50 @@ from fmrilm.model.processing import (
     _config_from_fmri_tokenizer,
 )
 
+#: Output-layer positions whose vocabulary-wide logits exist at one time in the training loss (256 positions x
+#: 49k SmolLM2 tokens = 50 MB in float32, against ~0.5 GB for a Stage-2 batch's answers at once).
+LOSS_CHUNK = 256
+#: Architectures whose logits are exactly the output layer's output (no soft-capping or scaling after it), so
+#: the training loss can run the output layer itself, in chunks; others keep transformers' own head.
+CHUNKED_LOSS_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "qwen2_moe",
+        "qwen3_moe",
+        "gpt2",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "smollm3",
+    }
+)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, chunk: int | None = None
+) -> torch.Tensor:
+    """Per-position cross-entropy of ``head(hidden)`` against ``targets``, ``chunk`` positions at a time; with
+    gradients on, each chunk's logits are recomputed in the backward pass instead of kept (activation
+    checkpointing of the output layer), so the loss never holds more than one chunk of logits."""
+    from torch.utils.checkpoint import checkpoint
+
+    chunk = int(chunk or LOSS_CHUNK)
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(head(h).float(), t, reduction="none")
+
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        grad = torch.is_grad_enabled() and (
+            h.requires_grad or any(p.requires_grad for p in head.parameters())
+        )
+        parts.append(checkpoint(piece, h, t, use_reentrant=False) if grad else piece(h, t))
+    return torch.cat(parts) if parts else hidden.new_zeros(0)
+
 
 class BrainCodesOnly:
     """Logits processor that allows only brain-code tokens (used while generating a forecast window)."""
@@ -281,10 +325,13 @@ class FmriLM(nn.Module):
     def forward(self, *, loss_reduction: str = "token", **batch: Any) -> Any:
         """The LLM's forward (``input_ids``, ``attention_mask``, ``labels`` ...): loss and logits as usual.
 
-        With ``loss_reduction="example"`` and ``labels``, logits are computed only where a label is learned
-        (the output layer over a large vocabulary is skipped for every prompt token) and the loss is the mean
-        over examples of each example's mean token loss, so a long answer does not outweigh a short one;
-        ``example_losses`` (B,) and ``logits`` (learned positions only) come back too.
+        With ``loss_reduction="example"`` and ``labels`` (what Stages 2 and 3 and fine-tuning use), the output
+        layer runs only where a label is learned, and there in chunks of `LOSS_CHUNK` positions whose logits
+        are recomputed in the backward pass, so no more than one chunk of vocabulary-wide logits exists at a
+        time (the same loss and gradients as transformers' full-logits loss: ``tests/test_training_loss.py``).
+        The loss is the mean over examples of each example's mean token loss, so a long answer does not
+        outweigh a short one; ``example_losses`` (B,) come back too, and ``logits`` at the learned positions for
+        architectures outside `CHUNKED_LOSS_TYPES` (they may transform logits after the output layer).
         """
         batch = self._with_soft_tokens(dict(batch))
         if "inputs_embeds" in batch:
@@ -298,18 +345,41 @@ class FmriLM(nn.Module):
         labels = batch.pop("labels")
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
-        out = self.llm(**batch, logits_to_keep=keep)
-        logits = out.logits.reshape(-1, out.logits.shape[-1])
         targets = labels[:, 1:][keep[:, :-1]]
-        token_loss = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        logits = None
+        if getattr(self.llm.config, "model_type", None) in CHUNKED_LOSS_TYPES:
+            hidden = self._hidden_at(batch, keep)
+            token_loss = chunked_cross_entropy(hidden, targets, self.llm.get_output_embeddings())
+        else:
+            logits = self.llm(**batch, logits_to_keep=keep).logits
+            token_loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none"
+            )
         rows = keep.nonzero()[:, 0]
         n_tokens = torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1)
         example_losses = (
-            torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_loss) / n_tokens
+            torch.zeros(labels.shape[0], device=token_loss.device).index_add(0, rows, token_loss) / n_tokens
         )
         has_answer = keep.any(dim=1)
         loss = example_losses[has_answer].mean() if has_answer.any() else example_losses.sum() * 0.0
-        return ModelOutput(loss=loss, example_losses=example_losses, logits=out.logits)
+        return ModelOutput(loss=loss, example_losses=example_losses, logits=logits)
+
+    def _hidden_at(self, batch: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """The output layer's input at the ``keep`` positions ``(n, hidden)``: the LLM runs as usual with
+        ``logits_to_keep=keep``, and a hook takes what its output layer receives and hands it an empty slice."""
+        head = self.llm.get_output_embeddings()
+        taken: list[torch.Tensor] = []
+
+        def take(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            taken.append(args[0])
+            return (args[0][:0], *args[1:])
+
+        handle = head.register_forward_pre_hook(take)
+        try:
+            self.llm(**batch, logits_to_keep=keep)
+        finally:
+            handle.remove()
+        return taken[0].reshape(-1, taken[0].shape[-1])
 
     def generate(self, **kwargs: Any) -> torch.LongTensor:
         """The LLM's ``generate``; ``connectome_values`` (from the processor) become soft-token embeddings and
