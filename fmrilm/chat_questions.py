@@ -37,25 +37,28 @@ _WHAT_IF = re.compile(
     r"if)\b",
     re.IGNORECASE,
 )
-#: (pattern, change, how it is said in the answer); the first pattern found wins.
+#: (pattern, change, how it is said, what it does); the first pattern found wins.
 _CHANGES = (
     (
         r"\b(silenced|silent|switched off|turned off|shut down|removed|absent|inactive|lesioned|knocked out|"
         r"disconnected|gone)\b",
         "silence",
-        "silenced (each region keeping only noise of its own variance)",
+        "silenced",
+        "each keeps only noise of its own variance",
     ),
     (
         r"\b(stronger|strengthened|more (connected|coupled|synchroni[sz]ed|active)|increased|boosted|"
         r"hyperconnected)\b",
         "couple:+0.5",
-        "more strongly coupled (half of each region's signal replaced by the network's shared signal)",
+        "more strongly coupled",
+        "half of each one's signal is replaced by the network's shared signal",
     ),
     (
         r"\b(weaker|weakened|less (connected|coupled|synchroni[sz]ed|active)|reduced|decreased|diminished|"
         r"dampened|hypoconnected)\b",
         "scale:0.5",
-        "weaker (each region keeping half of its own signal, the rest noise)",
+        "weaker",
+        "each keeps half of its own signal, the rest is noise",
     ),
 )
 #: Common abbreviations and synonyms -> words of atlas network names.
@@ -87,6 +90,7 @@ class Question:
     networks: list[str] = field(default_factory=list)
     change: str = ""
     change_words: str = ""
+    change_means: str = ""
     asks_network: bool = False
 
 
@@ -125,16 +129,21 @@ def recognise(message: str, network_names: list[str] | None = None) -> Question 
         return Question("attribute", by=by)
     if not _WHAT_IF.search(message):
         return None
-    change = next(
-        ((c, said) for pattern, c, said in _CHANGES if re.search(pattern, message, re.IGNORECASE)), None
-    )
+    change = next((rest for pattern, *rest in _CHANGES if re.search(pattern, message, re.IGNORECASE)), None)
     if change is None:
         return None
     networks = find_networks(message, list(network_names or []))
     asks = bool(re.search(r"\bnetworks?\b", message, re.IGNORECASE))
     if not networks and not asks:
         return None
-    return Question("what_if", networks=networks, change=change[0], change_words=change[1], asks_network=asks)
+    return Question(
+        "what_if",
+        networks=networks,
+        change=change[0],
+        change_words=change[1],
+        change_means=change[2],
+        asks_network=asks,
+    )
 
 
 # -------------------------------------------------------------------------------------------- answering
@@ -263,6 +272,6 @@ def _what_if(model: Any, question: Question, scan: Any) -> str:
             f"{task}: '{top['option']}' {top['before']:.2f} -> {top['after']:.2f} ({top['delta']:+.2f}){change}"
         )
     return (
-        f"If the {which} network were {question.change_words} ({question.change}, {n} regions), the answers "
-        "would move: " + "; ".join(lines) + "."
+        f"If the {which} network were {question.change_words} ({question.change} on its {n} regions: "
+        f"{question.change_means}), the answers would move: " + "; ".join(lines) + "."
     )
