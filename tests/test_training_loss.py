@@ -112,3 +112,21 @@ def test_answer_only_loss_and_its_gradients_equal_the_full_logits_loss(arch, mon
     for name, grad in reference.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_is_on_by_default_for_long_sequences_and_the_flags_decide():
+    from fmrilm.train.common import CHECKPOINTING_FROM_TOKENS, checkpointing_wanted, loop_kwargs
+
+    from fmrilm.cli import build_parser
+
+    assert checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS) and checkpointing_wanted(None, 2048)
+    assert not checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS - 1)
+    assert not checkpointing_wanted(False, 4096) and checkpointing_wanted(True, 8)
+    parser = build_parser("train")
+    align = ["train", "align", "--cohort", "c", "--tokenizer", "t", "--out", "o"]
+    for flags, expected in (
+        ([], None),
+        (["--gradient-checkpointing"], True),
+        (["--no-gradient-checkpointing"], False),
+    ):
+        assert loop_kwargs(parser.parse_args([*align, *flags]))["gradient_checkpointing"] is expected

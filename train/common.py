@@ -198,6 +198,18 @@ def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
     return groups
 
 
+#: Gradient checkpointing is on by default when a run's longest training sequence has at least this many
+#: tokens: attention and layer activations grow with batch x length² and dominate a CPU step's memory there
+#: (BENCHMARKS.md, "Training memory"); shorter runs keep the faster step.
+CHECKPOINTING_FROM_TOKENS = 512
+
+
+def checkpointing_wanted(setting: bool | None, longest: int) -> bool:
+    """``--gradient-checkpointing`` / ``--no-gradient-checkpointing`` decide; unset (None), sequences of
+    `CHECKPOINTING_FROM_TOKENS` tokens or more turn it on."""
+    return bool(setting) if setting is not None else int(longest) >= CHECKPOINTING_FROM_TOKENS
+
+
 def enable_gradient_checkpointing(llm: Any) -> None:
     """Checkpoint every decoder layer of ``llm`` (a peft or plain transformers model), non-reentrant.
 
@@ -237,8 +249,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
     if "gradient_checkpointing" in {f.name for f in fields(defaults)}:
         p.add_argument(
             "--gradient-checkpointing",
-            action="store_true",
-            help="recompute the LLM's activations in the backward pass: far less memory, about a third more compute",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="recompute the LLM's activations in the backward pass: far less memory, about a third more "
+            f"compute (default: on when the longest training sequence has {CHECKPOINTING_FROM_TOKENS} tokens "
+            "or more)",
         )
     p.add_argument("--threads", type=positive_int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -280,7 +295,7 @@ def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if hasattr(args, "mixed_precision"):
         kwargs["mixed_precision"] = args.mixed_precision
     if hasattr(args, "gradient_checkpointing"):
-        kwargs["gradient_checkpointing"] = bool(args.gradient_checkpointing)
+        kwargs["gradient_checkpointing"] = args.gradient_checkpointing  # None: by sequence length
     kwargs["threads"] = args.threads
     kwargs["progress"] = False if args.no_progress else None
     return kwargs
