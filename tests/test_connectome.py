@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -296,3 +297,26 @@ def test_a_model_fitted_on_cc200_and_dosenbach_reads_seitzman_and_nifti_scans(ab
         assert int(model.processor.ids.is_connectome(batch["input_ids"]).sum()) == SMALL.num_tokens
     a, b = (model.processor.encode_connectome(s).values for s in (seitzman, nifti))
     assert np.isfinite(a).all() and np.isfinite(b).all() and np.abs(a - b).max() > 1e-3
+
+
+def test_stage3_skips_window_codes_when_only_connectome_tokens_are_shown(model, fitted):
+    from fmrilm.train.stage3 import asks_for_windows, encode_scans
+
+    from fmrilm.cohort import Cohort
+
+    tok, scans = fitted
+    cohort = Cohort.from_scans(scans[:3], [{"sex": "male"}] * 3, atlas=scans[0].atlas)
+    codes = encode_scans(cohort, model.processor.fmri_tokenizer, windows=False)
+    k = model.processor.config.num_latents
+    assert sorted(codes) == sorted(str(s.scan_id) for s in scans[:3])
+    assert all(c.shape == (0, k) for c in codes.values())  # no window was encoded
+    for scan in scans[:3]:
+        np.testing.assert_allclose(codes.connectome[str(scan.scan_id)].values, tok.encode(scan).values)
+
+    def rows(window):
+        part = {"type": "fmri", "scan_id": "s0", "window": window}
+        return {
+            "messages": [json.dumps([{"role": "user", "content": [part, {"type": "text", "text": "?"}]}])]
+        }
+
+    assert not asks_for_windows(rows(None)) and asks_for_windows(rows(2))

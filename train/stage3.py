@@ -151,8 +151,18 @@ def _cohort_of(directory: Path, meta: dict[str, Any]) -> Path:
     )
 
 
-def encode_scans(cohort: Any, fmri_tokenizer: Any, scan_ids: set[str] | None = None, progress: bool = False):
-    """``{scan_id: codes (W, K)}`` of a cohort's scans (only ``scan_ids`` if given), each encoded once."""
+def encode_scans(
+    cohort: Any,
+    fmri_tokenizer: Any,
+    scan_ids: set[str] | None = None,
+    progress: bool = False,
+    windows: bool = True,
+):
+    """``{scan_id: codes (W, K)}`` of a cohort's scans (only ``scan_ids`` if given), each encoded once.
+
+    ``windows=False`` (a model that shows connectome tokens only and no row asks for a window) skips the
+    window tokenizer: every scan gets zero windows, and only its connectome tokens are computed.
+    """
     from fmrilm.train.stage2 import encode_cohorts
 
     if fmri_tokenizer is None:
@@ -163,8 +173,12 @@ def encode_scans(cohort: Any, fmri_tokenizer: Any, scan_ids: set[str] | None = N
     if scan_ids is not None:
         all_ids = [str(s) for s in cohort.dataset["scan_id"]]
         cohort = cohort.select([i for i, s in enumerate(all_ids) if s in scan_ids])
-    data = encode_cohorts([cohort], fmri_tokenizer, cache=None, progress=progress)
-    encoded = EncodedScans(zip(data.scan_ids, data.codes, strict=True))
+    if windows or getattr(fmri_tokenizer, "connectome", None) is None:
+        data = encode_cohorts([cohort], fmri_tokenizer, cache=None, progress=progress)
+        encoded = EncodedScans(zip(data.scan_ids, data.codes, strict=True))
+    else:
+        k = int(fmri_tokenizer.config.num_latents)
+        encoded = EncodedScans((str(s), np.zeros((0, k), np.int64)) for s in cohort.dataset["scan_id"])
     connectome = getattr(fmri_tokenizer, "connectome", None)
     if connectome is not None:
         scans = [cohort.scan(i) for i in range(len(cohort))]
@@ -174,6 +188,19 @@ def encode_scans(cohort: Any, fmri_tokenizer: Any, scan_ids: set[str] | None = N
             scans = tqdm(scans, desc="connectome tokens", unit="scan")
         encoded.connectome = {str(s.scan_id): connectome.encode(s) for s in scans}
     return encoded
+
+
+def asks_for_windows(rows: Any) -> bool:
+    """Whether any instruction row shows a single window (its fMRI part names one)."""
+    for messages in rows["messages"]:
+        messages = json.loads(messages) if isinstance(messages, str) else messages
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list) and any(
+                p.get("type") == "fmri" and p.get("window") is not None for p in content
+            ):
+                return True
+    return False
 
 
 class EncodedScans(dict):
@@ -504,7 +531,10 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         parts = ds["split"] if "split" in ds.column_names else [None] * len(ds)
         keep = [i for i, p in enumerate(parts) if p != TEST_PART]
         scan_ids = {str(s) for s in ds.select(keep)["scan_id"]}
-        codes = encode_scans(source.cohort, processor.fmri_tokenizer, scan_ids, progress=bool(cfg.progress))
+        windows = processor.config.max_windows != 0 or asks_for_windows(ds.select(keep))
+        codes = encode_scans(
+            source.cohort, processor.fmri_tokenizer, scan_ids, progress=bool(cfg.progress), windows=windows
+        )
         train_rows = ds.select([i for i in keep if parts[i] != VAL_PART])
         val_rows = ds.select([i for i in keep if parts[i] == VAL_PART])
         tr, skipped_tr = build_examples(processor, train_rows, codes, cfg.max_length)
