@@ -6,8 +6,10 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default) took 12.5 minutes on an idle 2-core CPU (goal: 20); ``full`` and ``gpu``
-are bigger.
+time for quality: ``cpu`` (default) took 12.5 minutes on an idle 2-core CPU with its earlier Stage 3 (40 steps
+of 8 over both cohorts); its Stage 3 is now 90 steps of 16 on ABIDE with connectome tokens only (about one pass
+over the autism task, the least `fmrilm bench reading` found to lift held-out AUC to 0.64), not yet timed
+idle. ``full`` and ``gpu`` are bigger.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ABIDE_TEST_SITES = ("UCLA_1", "KKI", "OHSU")
 
 @dataclass
 class Preset:
-    """Sizes of every step; ``cpu`` finishes in about 12.5 minutes on an idle 2-core CPU (BENCHMARKS.md)."""
+    """Sizes of every step (``cpu``: see the module docstring and BENCHMARKS.md for its measured time)."""
 
     sim_subjects: int = 120
     tokenizer_preset: str = "small"
@@ -45,8 +47,13 @@ class Preset:
     #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
     #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
     max_windows: int = 1
-    instruct_steps: int = 40
-    instruct_batch_size: int = 8
+    #: Window tokens in Stage 3 prompts: 0 shows the connectome tokens and the scan summary only (the
+    #: phenotype and descriptor questions are about connectivity), which halves a CPU step; None keeps Stage 2's.
+    instruct_max_windows: int | None = 0
+    #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
+    instruct_sim: bool = False
+    instruct_steps: int = 90
+    instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
     instruct_paradigms: str | None = "brain"
@@ -80,6 +87,8 @@ PRESETS: dict[str, Preset] = {
         instruct_steps=2000,
         instruct_batch_size=16,
         max_windows=4,
+        instruct_max_windows=None,
+        instruct_sim=True,
         batch_size=8,
         eval_shots="0,4,16",
         eval_seeds=3,
@@ -97,6 +106,7 @@ PRESETS["tiny"] = Preset(
     align_max_length=256,
     instruct_steps=2,
     instruct_batch_size=2,
+    instruct_sim=True,
     batch_size=2,
     connectome_tokens=4,
     use_abide=False,
@@ -321,11 +331,17 @@ class Demo:
             done=Path(align) / "model" / "config.json",
         )
         instruct = self.path("stage3_instruct")
-        set_args = [a for s in sets.values() for a in ("--instructions", s)]
+        tuned = {n: s for n, s in sets.items() if n != "sim" or self.p.instruct_sim or len(sets) == 1}
+        set_args = [a for s in tuned.values() for a in ("--instructions", s)]
         self.step(
             "Stage 3: multi-task instruction tuning (loss on answers only)",
             ["train", "instruct", "--model", align, *set_args, "--out", instruct, "--resume"]
             + ["--steps", str(self.p.instruct_steps), "--batch-size", str(self.p.instruct_batch_size)]
+            + (
+                []
+                if self.p.instruct_max_windows is None
+                else ["--max-windows", str(self.p.instruct_max_windows)]
+            )
             + self.common(),
             done=Path(instruct) / "model" / "config.json",
         )
