@@ -119,8 +119,10 @@ def test_gradient_checkpointing_is_on_by_default_for_long_sequences_and_the_flag
 
     from fmrilm.cli import build_parser
 
-    assert checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS) and checkpointing_wanted(None, 2048)
-    assert not checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS - 1)
+    assert checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS) and checkpointing_wanted(None, 8 * 218)
+    assert not checkpointing_wanted(None, CHECKPOINTING_FROM_TOKENS - 1) and not checkpointing_wanted(
+        None, 2 * 60
+    )
     assert not checkpointing_wanted(False, 4096) and checkpointing_wanted(True, 8)
     parser = build_parser("train")
     align = ["train", "align", "--cohort", "c", "--tokenizer", "t", "--out", "o"]

@@ -198,16 +198,17 @@ def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
     return groups
 
 
-#: Gradient checkpointing is on by default when a run's longest training sequence has at least this many
-#: tokens: attention and layer activations grow with batch x length² and dominate a CPU step's memory there
-#: (BENCHMARKS.md, "Training memory"); shorter runs keep the faster step.
-CHECKPOINTING_FROM_TOKENS = 512
+#: Gradient checkpointing is on by default when a batch can hold this many tokens (batch size x the longest
+#: training sequence): the stored activations grow with it and dominate a CPU step's memory from there (8 x 218
+#: tokens of SmolLM2: 6.9 GB without, 3.3 GB with; BENCHMARKS.md, "Training memory"); smaller runs keep the
+#: faster step.
+CHECKPOINTING_FROM_TOKENS = 1024
 
 
-def checkpointing_wanted(setting: bool | None, longest: int) -> bool:
-    """``--gradient-checkpointing`` / ``--no-gradient-checkpointing`` decide; unset (None), sequences of
-    `CHECKPOINTING_FROM_TOKENS` tokens or more turn it on."""
-    return bool(setting) if setting is not None else int(longest) >= CHECKPOINTING_FROM_TOKENS
+def checkpointing_wanted(setting: bool | None, batch_tokens: int) -> bool:
+    """``--gradient-checkpointing`` / ``--no-gradient-checkpointing`` decide; unset (None), batches of
+    `CHECKPOINTING_FROM_TOKENS` tokens or more (batch size x longest sequence) turn it on."""
+    return bool(setting) if setting is not None else int(batch_tokens) >= CHECKPOINTING_FROM_TOKENS
 
 
 def enable_gradient_checkpointing(llm: Any) -> None:
@@ -252,8 +253,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
             action=argparse.BooleanOptionalAction,
             default=None,
             help="recompute the LLM's activations in the backward pass: far less memory, about a third more "
-            f"compute (default: on when the longest training sequence has {CHECKPOINTING_FROM_TOKENS} tokens "
-            "or more)",
+            f"compute (default: on when a batch can hold {CHECKPOINTING_FROM_TOKENS} tokens or more: batch "
+            "size x the longest training sequence)",
         )
     p.add_argument("--threads", type=positive_int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -93,7 +93,7 @@ class Stage2Config(LoopSettings):
     optim_8bit: bool = False
     soft_lr_scale: float = 10.0  # learning-rate multiplier of the soft-token projection (see Stage 3)
     mixed_precision: str | None = None
-    gradient_checkpointing: bool | None = None  # None: on when max_length reaches CHECKPOINTING_FROM_TOKENS
+    gradient_checkpointing: bool | None = None  # None: on when batch_size x max_length is large (common.py)
     # Stage 2's loop defaults
     steps: int = 300
     batch_size: int = 4
@@ -456,7 +456,7 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
     model = build_model(cfg, fmri_tokenizer, cohorts[0].atlas, reference_from_corpus(cfg.corpus))
     processor = model.processor
     model.train()
-    if checkpointing_wanted(cfg.gradient_checkpointing, cfg.max_length):  # examples are cut at max_length
+    if checkpointing_wanted(cfg.gradient_checkpointing, cfg.batch_size * cfg.max_length):  # cut at max_length
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(

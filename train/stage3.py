@@ -67,7 +67,7 @@ class LoopConfig(LoopSettings):
     max_length: int = 2048
     max_val_examples: int = 256
     mixed_precision: str | None = None
-    gradient_checkpointing: bool | None = None  # None: on for sequences of CHECKPOINTING_FROM_TOKENS or more
+    gradient_checkpointing: bool | None = None  # None: on when batch_size x the longest example is large
     #: learning-rate multiplier of the soft-token projection (a new linear map: it needs larger steps than
     #: LoRA, as the projector of LLaVA-style models does)
     soft_lr_scale: float = 10.0
@@ -387,7 +387,8 @@ def fit(
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
     processor = model.processor
     model.llm.train()
-    if checkpointing_wanted(cfg.gradient_checkpointing, max(len(e["input_ids"]) for e in train)):
+    longest = max(len(e["input_ids"]) for e in train)
+    if checkpointing_wanted(cfg.gradient_checkpointing, cfg.batch_size * longest):
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
