@@ -368,13 +368,24 @@ def shot_plan(
     """
     from fmrilm.train.finetune import training_rows
 
+    return _plan_draws(cfg, lambda k, s: training_rows(table, spec, split, k, s)[0], "runs")
+
+
+def _plan_draws(
+    cfg: EvalConfig, draw: Any, what: str
+) -> tuple[list[int], dict[tuple[int, int], Any], list[dict[str, Any]]]:
+    """``(k values, {(k, seed): draw(k, seed)}, skipped)`` for the asked (or default) shots and seeds.
+
+    A k whose draw fails (`FmriInputError`) is that error when the shots were asked for explicitly, and is
+    dropped and reported from the default list.
+    """
     explicit = cfg.shots is not None
     shots = sorted({int(k) for k in (cfg.shots if explicit else DEFAULT_SHOTS)})
     if any(k < 0 for k in shots):
         raise FmriInputError(f"--shots must be 0 or more, got {shots}", fix="give e.g. --shots 0,2,4,8")
     if int(cfg.seeds) < 1:
         raise FmriInputError(f"--seeds must be at least 1, got {cfg.seeds}", fix="give e.g. --seeds 3")
-    plan: dict[tuple[int, int], list[int]] = {}
+    plan: dict[tuple[int, int], Any] = {}
     kept, skipped = [], []
     for k in shots:
         if k == 0:
@@ -382,13 +393,13 @@ def shot_plan(
             continue
         try:
             for s in seeds_of(cfg):
-                plan[(k, s)] = training_rows(table, spec, split, k, s)[0]
+                plan[(k, s)] = draw(k, s)
         except FmriInputError as exc:
             if explicit:
                 raise
             plan = {key: v for key, v in plan.items() if key[0] != k}
             skipped.append({"shots": k, "reason": exc.problem})
-            logger.info("skipping %d-shot runs: %s", k, exc.problem)
+            logger.info("skipping %d-shot %s: %s", k, what, exc.problem)
             continue
         kept.append(k)
     return kept, plan, skipped
@@ -408,12 +419,6 @@ def test_draw_plan(
     """
     from fmrilm.instructions.fewshot import sample_k_shot
 
-    explicit = cfg.shots is not None
-    shots = sorted({int(k) for k in (cfg.shots if explicit else DEFAULT_SHOTS)})
-    if any(k < 0 for k in shots):
-        raise FmriInputError(f"--shots must be 0 or more, got {shots}", fix="give e.g. --shots 0,2,4,8")
-    if int(cfg.seeds) < 1:
-        raise FmriInputError(f"--seeds must be at least 1, got {cfg.seeds}", fix="give e.g. --seeds 3")
     subjects = table["subject_id"].astype(str).to_numpy()
     train_subjects = {subjects[i] for i in split["train"]}
     regression = spec.type == "regression"
@@ -434,48 +439,28 @@ def test_draw_plan(
             "--test-size), or use --few-shot-from train",
         )
 
-    plan: dict[tuple[int, int], dict[str, list]] = {}
-    kept, skipped = [], []
-    for k in shots:
-        if k == 0:
-            kept.append(0)
-            continue
+    def draw(k: int, s: int) -> dict[str, list]:
         try:
-            for s in seeds_of(cfg):
-                try:
-                    picked = sample_k_shot(
-                        table,
-                        spec.target,
-                        k,
-                        s,
-                        exclude_subjects=train_subjects,
-                        candidates=test_rows,
-                        bins=bins,
-                    )
-                except FmriInputError as exc:
-                    raise refuse(k, exc.problem) from None
-                drawn = {subjects[i] for i in picked}
-                scored = [i for i in test_rows if subjects[i] not in drawn]
-                left = {str(values[i]) for i in scored}
-                if not regression and left != classes:
-                    missing = ", ".join(sorted(classes - left))
-                    raise refuse(k, f"seed {s}'s draw leaves no '{missing}' subject to score")
-                if regression and len({subjects[i] for i in scored}) < 2:
-                    raise refuse(k, f"seed {s}'s draw leaves fewer than two subjects to score")
-                plan[(k, s)] = {
-                    "train": [i for i in test_rows if subjects[i] in drawn],
-                    "scored": scored,
-                    "subjects": sorted(drawn),
-                }
+            picked = sample_k_shot(
+                table, spec.target, k, s, exclude_subjects=train_subjects, candidates=test_rows, bins=bins
+            )
         except FmriInputError as exc:
-            if explicit:
-                raise
-            plan = {key: v for key, v in plan.items() if key[0] != k}
-            skipped.append({"shots": k, "reason": exc.problem})
-            logger.info("skipping %d-shot draws from the test part: %s", k, exc.problem)
-            continue
-        kept.append(k)
-    return kept, plan, skipped
+            raise refuse(k, exc.problem) from None
+        drawn = {subjects[i] for i in picked}
+        scored = [i for i in test_rows if subjects[i] not in drawn]
+        left = {str(values[i]) for i in scored}
+        if not regression and left != classes:
+            missing = ", ".join(sorted(classes - left))
+            raise refuse(k, f"seed {s}'s draw leaves no '{missing}' subject to score")
+        if regression and len({subjects[i] for i in scored}) < 2:
+            raise refuse(k, f"seed {s}'s draw leaves fewer than two subjects to score")
+        return {
+            "train": [i for i in test_rows if subjects[i] in drawn],
+            "scored": scored,
+            "subjects": sorted(drawn),
+        }
+
+    return _plan_draws(cfg, draw, "draws from the test part")
 
 
 def restrict(result: Any, rows: list[int], test_rows: list[int], shots: int, seed: int) -> Any:
