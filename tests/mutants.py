@@ -1,7 +1,8 @@
 """`make mutants`: mutation testing (mutmut) of the evaluation path, one module at a time, each against a fast
 subset of the tests that exercise it; prints the share of mutants killed per module.
 
-    python tests/mutants.py [MODULE ...] [--max-children N] [--work build/mutants]
+    python tests/mutants.py [MODULE ...] [--max-children N] [--work build/mutants] [--resume]
+    python tests/mutants.py [MODULE ...] --sample 50 [--seed 0]     # a seeded random sample per module
 
 mutmut imports the code under test from its own ``mutants/`` copy, which needs the installed package layout
 (``fmrilm.eval`` is the repository's ``eval/`` folder, mapped by setuptools). So each module gets a work folder
@@ -12,12 +13,21 @@ mutmut imports the code under test from its own ``mutants/`` copy, which needs t
 Killed share = (killed + timeout) / (mutants tested); mutants that no selected test reaches, and mutants not
 run yet (an interrupted run: go on with ``--resume``), are counted apart. Survivors are listed by name in
 ``<work>/<module>/survivors.txt``; ``cd`` there and ``python -m mutmut show NAME`` prints one's diff.
+
+A whole module costs about an hour of one core (hundreds of mutants, a test process each). ``--sample N`` tests
+a seeded random sample of N mutants per module instead (the same seed and source give the same names, listed in
+``<work>/<module>/sample.txt``) and prints the killed share among them with a 95% Wilson interval: an
+estimate of the whole module's share, labelled as such. ``--resume`` with the same ``--sample``/``--seed``
+tests only the sampled mutants that have no result yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -62,10 +72,14 @@ def installed_path(repo_path: str) -> str:
     return f"{LAYOUT[top]}/{rest}"
 
 
+def work_folder(module: str, work: Path) -> Path:
+    return work / module.replace("/", "_").removesuffix(".py")
+
+
 def prepare(module: str, work: Path, resume: bool = False) -> Path:
     """A fresh work folder for one module: installed layout under src/, tests/, setup.cfg (with ``resume``,
     an existing one is kept, so mutmut goes on with the mutants it has not checked yet)."""
-    folder = work / module.replace("/", "_").removesuffix(".py")
+    folder = work_folder(module, work)
     if resume and (folder / "setup.cfg").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -82,24 +96,105 @@ def prepare(module: str, work: Path, resume: bool = False) -> Path:
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -q\n    -x\n"
         "process_isolation = forkserver\n"
         "use_git_change_detection = false\n"
+        # Its own pytest section makes this folder pytest's rootdir and conftest boundary: otherwise pytest
+        # climbs to the checkout's pyproject.toml, loads the checkout's conftest.py, puts the checkout first on
+        # sys.path and tests the unmutated package (mutmut then stops: "could not find any test case").
+        "\n[tool:pytest]\n"
+        "filterwarnings =\n    ignore::DeprecationWarning\n"
     )
     return folder
 
 
-def run_module(module: str, work: Path, max_children: int, resume: bool = False) -> Counter:
+#: Mutant generation only (what ``mutmut run`` does first), so that a sample can be drawn from the names
+#: before any test runs; ``mutmut run`` later finds the mutated file up to date and keeps it.
+GENERATE = """
+import os
+os.makedirs("mutants", exist_ok=True)
+from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants, setup_source_paths
+from mutmut.mutation.trampoline import set_mutant_under_test
+set_mutant_under_test("mutant_generation")
+copy_src_dir()
+copy_also_copy_files()
+setup_source_paths()
+create_mutants(1)
+"""
+
+
+def mutant_results(folder: Path, module: str) -> dict[str, int | None]:
+    """Every mutant of ``module`` in a work folder, by name, with mutmut's exit code (None: not run yet)."""
+    meta = folder / "mutants" / "src" / (installed_path(module) + ".meta")
+    if not meta.exists():
+        return {}
+    return json.loads(meta.read_text())["exit_code_by_key"]
+
+
+def generate(folder: Path, module: str, env: dict[str, str]) -> list[str]:
+    """The names of all mutants of ``module``, generating them first if the work folder has none yet."""
+    if not mutant_results(folder, module):
+        subprocess.run(
+            [sys.executable, "-c", GENERATE], cwd=folder, env=env, capture_output=True, text=True, check=True
+        )
+    names = sorted(mutant_results(folder, module))
+    if not names:
+        raise RuntimeError(f"mutmut generated no mutants for {module} in {folder}")
+    return names
+
+
+def draw_sample(names: list[str], size: int, seed: int) -> list[str]:
+    """A seeded random sample of mutant names (all of them if there are fewer); sorted for reading."""
+    if size < 1:
+        raise ValueError(f"--sample must be at least 1, got {size}")
+    return sorted(random.Random(seed).sample(sorted(names), min(size, len(names))))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial share: unlike the normal approximation it stays inside
+    [0, 1] and keeps its coverage for the small samples and shares near 1 that mutation samples give."""
+    if trials <= 0:
+        return (math.nan, math.nan)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def run_module(
+    module: str,
+    work: Path,
+    max_children: int,
+    resume: bool = False,
+    sample: int | None = None,
+    seed: int = 0,
+) -> Counter:
     folder = prepare(module, work, resume)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     mutmut = [sys.executable, "-m", "mutmut"]
     log = folder / "mutmut-run.log"
-    with open(log, "a" if resume else "w") as handle:
-        subprocess.run(
-            [*mutmut, "run", "--max-children", str(max_children)],
-            cwd=folder,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+    chosen: list[str] | None = None
+    names: list[str] = []
+    if sample is not None:
+        chosen = draw_sample(generate(folder, module, env), sample, seed)
+        (folder / "sample.txt").write_text("\n".join(chosen) + "\n")
+        done = mutant_results(folder, module)
+        # mutmut re-runs every mutant named on its command line, so a resumed sample names only the rest.
+        names = [n for n in chosen if done.get(n) is None] if resume else chosen
+    if chosen is None or names:
+        with open(log, "a" if resume else "w") as handle:
+            subprocess.run(
+                [*mutmut, "run", "--max-children", str(max_children), *names],
+                cwd=folder,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
     listing = subprocess.run(
         [*mutmut, "results", "--all", "true"],
         cwd=folder,
@@ -111,6 +206,8 @@ def run_module(module: str, work: Path, max_children: int, resume: bool = False)
     counts: Counter = Counter()
     survivors = []
     for name, status in re.findall(r"^\s+(\S+): (.+)$", listing, re.M):
+        if chosen is not None and name not in chosen:
+            continue
         counts[status.strip()] += 1
         if status.strip() == "survived":
             survivors.append(name)
@@ -120,15 +217,25 @@ def run_module(module: str, work: Path, max_children: int, resume: bool = False)
     return counts
 
 
-def summary_line(module: str, counts: Counter) -> str:
+def summary_line(module: str, counts: Counter, sampled_from: int | None = None) -> str:
+    """One module's line; with ``sampled_from`` (the module's mutant count) it is a sample estimate with its
+    95% Wilson interval."""
     killed = counts["killed"] + counts["timeout"]
     reached = killed + counts["survived"] + counts["suspicious"]
     share = f"{100 * killed / reached:.1f}%" if reached else "—"
     known = ("killed", "timeout", "survived", "suspicious", "no tests", "not checked")
     other = sum(v for k, v in counts.items() if k not in known)
+    rest = (
+        f"survived {counts['survived']}, not reached by the tests {counts['no tests']}, "
+        f"not run yet {counts['not checked']}, other {other}"
+    )
+    if sampled_from is None:
+        return f"{module:26s} killed {killed:4d} / {reached:4d} tested = {share:>6s}   {rest}"
+    low, high = wilson_interval(killed, reached)
+    interval = f"95% CI {100 * low:.1f}-{100 * high:.1f}%" if reached else "no interval"
     return (
-        f"{module:26s} killed {killed:4d} / {reached:4d} tested = {share:>6s}   survived {counts['survived']}, "
-        f"not reached by the tests {counts['no tests']}, not run yet {counts['not checked']}, other {other}"
+        f"{module:26s} SAMPLE ESTIMATE: killed {killed:3d} / {reached:3d} sampled mutants tested = {share:>6s} "
+        f"({interval}; sample of {sum(counts.values())} of {sampled_from} mutants)   {rest}"
     )
 
 
@@ -140,7 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="keep each module's work folder and go on where mutmut stopped"
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="test a seeded random sample of N mutants per module (a sample estimate with a 95%% Wilson "
+        "interval) instead of every mutant",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
     args = parser.parse_args(argv)
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be at least 1, got {args.sample}")
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -148,10 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for module in modules:
         print(f"=== mutmut on {module} (tests: {' '.join(MODULES[module])})", flush=True)
-        lines.append(summary_line(module, run_module(module, args.work, args.max_children, args.resume)))
+        counts = run_module(module, args.work, args.max_children, args.resume, args.sample, args.seed)
+        total = (
+            len(mutant_results(work_folder(module, args.work), module)) if args.sample is not None else None
+        )
+        lines.append(summary_line(module, counts, total))
         print(lines[-1], flush=True)
+    what = (
+        f"a SAMPLE ESTIMATE from {args.sample} random mutants per module (seed {args.seed})"
+        if args.sample is not None
+        else "every mutant"
+    )
     print(
-        "\nKilled share per module (killed or timed out / mutants tested; survivors in <work>/*/survivors.txt):"
+        f"\nKilled share per module, {what} (killed or timed out / mutants tested; survivors in "
+        "<work>/*/survivors.txt):"
     )
     print("\n".join(lines))
     return 0
