@@ -1,0 +1,512 @@
+"""`fmrilm eval`'s pure parts, each checked on small hand-made inputs (seconds, no model, no training).
+
+The end-to-end tests (test_evaluate.py, test_evaluate_from_test.py, test_metrics_trust.py) run the whole
+command; these pin down what each step promises on its own: which rows a method is scored on and against which
+truth, how few-shot draws are planned and refused, how a whole-test-part result is cut to a draw's remainder,
+which split is evaluated, what the summary table says, and when a finished run may be resumed. They are also
+the fast test subset `make mutants` runs `eval/evaluate.py` against (tests/mutants.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from fmrilm.eval.evaluate import (
+    DEFAULT_SHOTS,
+    EvalConfig,
+    _check_rows,
+    _fmt,
+    _insert_summary,
+    _plan_draws,
+    _why_not_resume,
+    model_result,
+    resolve_eval_split,
+    restrict,
+    result_from_record,
+    result_to_record,
+    seeds_of,
+    shot_plan,
+    summary_table,
+    write_split_file,
+)
+from fmrilm.eval.evaluate import test_draw_plan as draw_plan_from_test  # not collected as a test
+from fmrilm.eval.metrics import seed_ci
+from fmrilm.eval.report import FROM_TEST, WHOLE_TEST, MethodResult
+
+from fmrilm.atlas import Atlas
+from fmrilm.cohort import Cohort
+from fmrilm.errors import FmriInputError
+from fmrilm.model.scoring import PROB_PREFIX
+from fmrilm.scan import Scan
+from fmrilm.splits import save_split
+
+
+def _cfg(**kw) -> EvalConfig:
+    return EvalConfig(model="m", cohort=kw.pop("cohort", "c"), task="diagnosis", out="o", **kw)
+
+
+# ------------------------------------------------------------------------------------------- model_result
+def _table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "subject_id": ["s0", "s1", "s2", "s3", "s4"],
+            "diagnosis": ["control", "patient", "control", "patient", "control"],
+            "age": [10.0, 20.0, 30.0, 40.0, 50.0],
+        }
+    )
+
+
+def _frame(rows: list[int], labels: list, probs: dict[str, list[float]] | None = None, pred=None):
+    """`predict_cohort`'s table, in another row order than asked (the index column says which row)."""
+    data = {"index": rows, "label": labels}
+    for c, p in (probs or {}).items():
+        data[PROB_PREFIX + c] = p
+    if pred is not None:
+        data["prediction"] = pred
+    return pd.DataFrame(data).iloc[::-1].reset_index(drop=True)
+
+
+def test_model_result_scores_the_asked_rows_against_the_baselines_truth_in_class_order():
+    table = _table()
+    y = table["diagnosis"].to_numpy()
+    classes = ["control", "patient"]
+    rows = [3, 0, 4]
+    frame = _frame(
+        rows,
+        ["patient", "control", "control"],
+        {"patient": [0.9, 0.2, 0.7], "control": [0.1, 0.8, 0.3]},  # columns not in class order
+    )
+    info = {"steps": 3}
+    r = model_result(
+        frame, "fmrilm_zero_shot", SimpleNamespace(name="diagnosis"), (y, classes, "binary"), rows, table,
+        shots=2, seed=7, info=info,
+    )  # fmt: skip
+    assert r.method == "fmrilm_zero_shot" and r.task == "diagnosis" and r.task_type == "binary"
+    assert r.y_true == ["patient", "control", "control"]
+    assert r.subject_ids == ["s3", "s0", "s4"]
+    # columns follow `classes`, rows follow `rows`
+    np.testing.assert_allclose(r.y_score, [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert r.y_pred == ["patient", "control", "patient"]  # the argmax class, not the truth
+    assert r.classes == classes and r.part == "test" and r.shots == 2 and r.seed == 7
+    assert r.info == {"steps": 3} and r.info is not info  # a copy: later edits do not reach the caller
+    plain = model_result(frame, "x", "diagnosis", (y, classes, "binary"), rows, table)
+    assert plain.task == "diagnosis" and plain.info == {} and plain.shots is None and plain.seed is None
+
+
+def test_model_result_refuses_labels_coded_otherwise_than_the_truth():
+    table = _table()
+    y = table["diagnosis"].to_numpy()
+    frame = _frame([0, 1], ["patient", "control"], {"control": [0.5, 0.5], "patient": [0.5, 0.5]})
+    with pytest.raises(RuntimeError, match="differ from the baselines' truth"):
+        model_result(frame, "m", "diagnosis", (y, ["control", "patient"], "binary"), [0, 1], table)
+
+
+def test_model_result_for_a_regression_keeps_the_predicted_numbers():
+    table = _table()
+    y = table["age"].to_numpy()
+    rows = [1, 2]
+    frame = _frame(rows, [20.0, 30.0], pred=["21.5", 28.0])
+    r = model_result(frame, "m", "age", (y, None, "regression"), rows, table)
+    assert r.y_true == [20.0, 30.0] and r.y_pred == [21.5, 28.0] and r.y_score is None and r.classes is None
+    off = _frame(rows, [20.0, 31.0], pred=[21.5, 28.0])
+    with pytest.raises(RuntimeError, match="differ"):
+        model_result(off, "m", "age", (y, None, "regression"), rows, table)
+
+
+def test_a_stored_result_reads_back_equal_without_its_metrics():
+    r = MethodResult(
+        method="fc_linear", task="diagnosis", task_type="binary", y_true=["a", "b"], y_pred=["a", "a"],
+        y_score=np.array([[0.7, 0.3], [0.6, 0.4]]), classes=["a", "b"], subject_ids=["s0", "s1"], shots=4,
+        seed=2, info={"C": 1.0}, metrics={"auc": {"value": 1.0}},
+    )  # fmt: skip
+    record = json.loads(json.dumps(result_to_record(r)))
+    assert record["metrics"] == {}
+    back = result_from_record(record)
+    assert (back.method, back.task, back.task_type, back.classes) == (
+        "fc_linear",
+        "diagnosis",
+        "binary",
+        ["a", "b"],
+    )
+    assert back.y_true == ["a", "b"] and back.y_pred == ["a", "a"] and back.subject_ids == ["s0", "s1"]
+    assert back.y_score.dtype == float
+    np.testing.assert_allclose(back.y_score, r.y_score)
+    assert (back.shots, back.seed, back.info, back.part, back.metrics) == (4, 2, {"C": 1.0}, "test", {})
+    bare = {"method": "m", "task": "t", "task_type": "regression", "y_true": [1.0], "y_pred": [2.0]}
+    plain = result_from_record(bare)
+    assert plain.y_score is None and plain.part == "test" and plain.info == {} and plain.shots is None
+
+
+# ------------------------------------------------------------------------------------------- few-shot plans
+def test_seeds_count_up_from_the_first_seed():
+    assert seeds_of(_cfg(seed=5, seeds=3)) == [5, 6, 7]
+    assert seeds_of(_cfg(seeds=1)) == [0]
+
+
+def test_asked_shots_are_planned_once_each_in_order_for_every_seed():
+    calls = []
+
+    def draw(k, s):
+        calls.append((k, s))
+        return [k, s]
+
+    kept, plan, skipped = _plan_draws(_cfg(shots=[4, 0, 2, 4], seeds=2, seed=3), draw, "runs")
+    assert kept == [0, 2, 4] and skipped == []
+    assert plan == {(2, 3): [2, 3], (2, 4): [2, 4], (4, 3): [4, 3], (4, 4): [4, 4]}
+    assert (0, 3) not in calls  # zero-shot draws nobody
+
+
+def test_a_k_that_cannot_be_drawn_is_an_error_when_asked_and_dropped_from_the_defaults():
+    def draw(k, s):
+        if k >= 8 and s == 1:  # fails on the second seed only: the first seed's draw must go too
+            raise FmriInputError(f"only 5 subjects for k={k}", fix="lower k")
+        return [k]
+
+    with pytest.raises(FmriInputError, match="only 5 subjects for k=8"):
+        _plan_draws(_cfg(shots=[2, 8], seeds=2), draw, "runs")
+    kept, plan, skipped = _plan_draws(_cfg(seeds=2), draw, "runs")
+    assert kept == [k for k in DEFAULT_SHOTS if k < 8] == [0, 2, 4]
+    assert skipped == [
+        {"shots": 8, "reason": "only 5 subjects for k=8"},
+        {"shots": 16, "reason": "only 5 subjects for k=16"},
+    ]
+    assert sorted(plan) == [(2, 0), (2, 1), (4, 0), (4, 1)]
+
+
+def test_negative_shots_or_no_seeds_are_one_clear_error():
+    with pytest.raises(FmriInputError, match=r"--shots must be 0 or more, got \[-1, 2\]"):
+        _plan_draws(_cfg(shots=[2, -1]), lambda k, s: [], "runs")
+    with pytest.raises(FmriInputError, match="--seeds must be at least 1, got 0"):
+        _plan_draws(_cfg(seeds=0), lambda k, s: [], "runs")
+    assert _plan_draws(_cfg(shots=[0], seeds=1), lambda k, s: [], "runs") == ([0], {}, [])
+
+
+def _cohort_table(n_per_class: int = 4, scans: int = 2) -> pd.DataFrame:
+    """Subjects with two scans each: controls c0.., patients p0.."""
+    rows = []
+    for cls in ("control", "patient"):
+        for i in range(n_per_class):
+            for _ in range(scans):
+                rows.append({"subject_id": f"{cls[0]}{i}", "diagnosis": cls, "age": 10.0 + i})
+    return pd.DataFrame(rows)
+
+
+SPEC = SimpleNamespace(name="diagnosis", target="diagnosis", type="binary", number=None)
+
+
+def test_few_shot_from_the_train_part_trains_on_k_train_subjects_per_class():
+    table = _cohort_table()
+    split = {"train": list(range(0, 4)) + list(range(8, 12)), "test": list(range(4, 8)) + list(range(12, 16))}
+    kept, plan, skipped = shot_plan(_cfg(shots=[1, 2], seeds=2), table, SPEC, split)
+    assert kept == [1, 2] and skipped == []
+    subjects = table["subject_id"].to_numpy()
+    for (k, _s), rows in plan.items():
+        assert set(rows) <= set(split["train"])
+        picked = table.loc[rows]
+        assert picked.groupby("diagnosis")["subject_id"].nunique().to_dict() == {"control": k, "patient": k}
+        assert len({subjects[i] for i in rows}) == len(rows)  # one scan per subject
+    with pytest.raises(FmriInputError):
+        shot_plan(_cfg(shots=[3]), table, SPEC, split)  # 2 train subjects per class
+
+
+def test_few_shot_from_the_test_part_scores_only_the_subjects_a_draw_leaves():
+    table = _cohort_table(n_per_class=4)
+    subjects = table["subject_id"].to_numpy()
+    train = [i for i in range(len(table)) if subjects[i] in ("c0", "p0")]
+    test_rows = [i for i in range(len(table)) if i not in train]
+    kept, plan, skipped = draw_plan_from_test(
+        _cfg(shots=[1, 2], seeds=2, few_shot_from="test"), table, SPEC, {"train": train, "test": test_rows},
+        test_rows,
+    )  # fmt: skip
+    assert kept == [1, 2] and skipped == []
+    for (k, _s), draw in plan.items():
+        drawn = set(draw["subjects"])
+        assert draw["subjects"] == sorted(drawn) and len(drawn) == 2 * k
+        assert {d[0] for d in drawn} == {"c", "p"}  # k of each class
+        assert not drawn & {"c0", "p0"}  # never a train subject
+        assert draw["train"] == [i for i in test_rows if subjects[i] in drawn]  # every scan of each
+        assert draw["scored"] == [i for i in test_rows if subjects[i] not in drawn]  # the rest, in order
+    assert plan[(1, 0)]["subjects"] != plan[(1, 1)]["subjects"] or plan[(2, 0)] != plan[(2, 1)]
+
+
+def test_a_test_part_draw_that_leaves_a_class_unscored_is_refused_with_the_largest_k():
+    table = _cohort_table(n_per_class=3)
+    test_rows = list(range(len(table)))
+    cfg = _cfg(shots=[3], few_shot_from="test")
+    with pytest.raises(FmriInputError) as err:
+        draw_plan_from_test(cfg, table, SPEC, {"train": [], "test": test_rows}, test_rows)
+    assert "Task 'diagnosis': k=3" in err.value.problem
+    assert "at most 2 here" in str(err.value)
+    cfg = _cfg(shots=[2], few_shot_from="test")  # 3 per class: k=2 leaves one of each
+    assert draw_plan_from_test(cfg, table, SPEC, {"train": [], "test": test_rows}, test_rows)[0] == [2]
+    # a class with 2 subjects: k=2 can be drawn, but leaves no subject of that class to score
+    small = table[~table["subject_id"].isin(["p2"])].reset_index(drop=True)
+    rows = list(range(len(small)))
+    with pytest.raises(FmriInputError, match="leaves no 'patient' subject to score"):
+        draw_plan_from_test(cfg, small, SPEC, {"train": [], "test": rows}, rows)
+    kept, plan, skipped = draw_plan_from_test(
+        _cfg(few_shot_from="test"), small, SPEC, {"train": [], "test": rows}, rows
+    )
+    assert kept == [0] and [s["shots"] for s in skipped] == [2, 4, 8, 16] and plan == {}
+
+
+def test_a_regression_draw_must_leave_two_subjects_to_score():
+    table = _cohort_table(n_per_class=2)
+    table["age"] = [10.0, 10.0, 20.0, 20.0, 30.0, 30.0, 40.0, 40.0]
+    spec = SimpleNamespace(
+        name="age", target="age", type="regression", number=SimpleNamespace(bins=[0.0, 100.0])
+    )
+    rows = list(range(len(table)))
+    kept, plan, _ = draw_plan_from_test(
+        _cfg(shots=[2], few_shot_from="test"), table, spec, {"train": [], "test": rows}, rows
+    )
+    assert len(plan[(2, 0)]["subjects"]) == 2 and len(plan[(2, 0)]["scored"]) == 4
+    with pytest.raises(FmriInputError, match="fewer than two subjects to score.*lower --shots \\(fewer\\)"):
+        draw_plan_from_test(
+            _cfg(shots=[3], few_shot_from="test"), table, spec, {"train": [], "test": rows}, rows
+        )
+
+
+def test_restrict_keeps_the_predictions_of_the_rows_a_draw_left():
+    whole = MethodResult(
+        method="fc_linear", task="diagnosis", task_type="binary", y_true=["a", "b", "a", "b"],
+        y_pred=["a", "a", "b", "b"], y_score=np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]),
+        classes=["a", "b"], subject_ids=["s0", "s1", "s2", "s3"], shots=None, seed=0, info={"C": 1},
+    )  # fmt: skip
+    test_rows = [10, 11, 12, 13]
+    r = restrict(whole, [13, 11], test_rows, shots=2, seed=5)
+    assert r.y_true == ["b", "b"] and r.y_pred == ["b", "a"] and r.subject_ids == ["s3", "s1"]
+    np.testing.assert_allclose(r.y_score, [[0.2, 0.8], [0.6, 0.4]])
+    assert (r.shots, r.seed, r.protocol, r.method, r.classes) == (2, 5, FROM_TEST, "fc_linear", ["a", "b"])
+    assert r.info == {"C": 1, "own_shots": None, "own_seed": 0} and whole.info == {"C": 1}
+    bare = MethodResult(method="m", task="t", task_type="regression", y_true=[1.0, 2.0], y_pred=[1.5, 2.5])
+    cut = restrict(bare, [5], [4, 5], shots=1, seed=0)
+    assert cut.y_score is None and cut.subject_ids is None and cut.y_pred == [2.5]
+    with pytest.raises(RuntimeError, match="scored on other test rows"):
+        restrict(whole, [10], [10, 11], shots=1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------- split
+@pytest.fixture
+def cohort_dir(tmp_path):
+    """Six subjects at three sites, two scans each."""
+    atlas = Atlas(name="toy", labels=["a", "b", "c"], coords=np.eye(3) * 10, networks=["n"] * 3)
+    rng = np.random.default_rng(0)
+    scans, phenos = [], []
+    for s in range(6):
+        for k in range(2):
+            site = f"site-{s % 3}"
+            scans.append(
+                Scan(
+                    rng.standard_normal((20, 3)),
+                    tr=2.0,
+                    scan_id=f"sub{s}_{k}",
+                    subject_id=f"sub{s}",
+                    site=site,
+                )
+            )
+            phenos.append({"diagnosis": "patient" if s % 2 else "control"})
+    Cohort.from_scans(scans, phenos, atlas=atlas, name="toy").save(tmp_path / "toy")
+    return tmp_path / "toy"
+
+
+def test_the_asked_split_is_evaluated_and_says_how_it_was_made(cohort_dir, tmp_path):
+    cohort = Cohort.load(cohort_dir)
+    sites = cohort.phenotype_table()["site"].to_numpy()
+    split, how = resolve_eval_split(
+        _cfg(cohort=str(cohort_dir), test_sites=["site-2"], seed=4), cohort, "diagnosis"
+    )
+    assert {sites[i] for i in split["test"]} == {"site-2"} and "site-2" not in {
+        sites[i] for i in split["train"]
+    }
+    assert how == {"kind": "leave-sites-out", "test_sites": ["site-2"], "seed": 4}
+    split, how = resolve_eval_split(
+        _cfg(cohort=str(cohort_dir), split="stratified", test_size=0.34, seed=1), cohort, "diagnosis"
+    )
+    assert how == {"kind": "stratified", "label": "diagnosis", "test_size": 0.34, "seed": 1}
+    assert sorted(split["train"] + split["test"]) == list(range(12))
+    with pytest.raises(FmriInputError, match="--test-sites only applies to a leave-sites-out split"):
+        resolve_eval_split(
+            _cfg(cohort=str(cohort_dir), split="stratified", test_sites=["site-1"]), cohort, "diagnosis"
+        )
+    # a split stored under the kind's name is the one evaluated, unless --test-sites asks for a fresh one
+    stored = {"train": [0, 1, 2, 3, 4, 5, 6, 7], "test": [8, 9, 10, 11]}
+    save_split(cohort_dir, "leave-sites-out", stored, kind="leave-sites-out")
+    split, how = resolve_eval_split(_cfg(cohort=str(cohort_dir)), cohort, "diagnosis")
+    assert (
+        split["test"] == [8, 9, 10, 11]
+        and how["kind"] == "saved"
+        and how["test_sites"] == ["site-1", "site-2"]
+    )
+    split, how = resolve_eval_split(_cfg(cohort=str(cohort_dir), test_sites=["site-0"]), cohort, "diagnosis")
+    assert how["kind"] == "leave-sites-out" and how["test_sites"] == ["site-0"]
+
+
+def test_an_unknown_or_unusable_split_is_one_clear_error(cohort_dir, tmp_path):
+    cohort = Cohort.load(cohort_dir)
+    save_split(cohort_dir, "mine", {"train": list(range(8)), "test": list(range(8, 12))}, kind="stratified")
+    with pytest.raises(FmriInputError, match="Unknown split 'nope'.*stored in the cohort: mine"):
+        resolve_eval_split(_cfg(cohort=str(cohort_dir), split="nope"), cohort, "diagnosis")
+    assert resolve_eval_split(_cfg(cohort=str(cohort_dir), split="mine"), cohort, "diagnosis")[0]["test"] == [
+        8,
+        9,
+        10,
+        11,
+    ]
+    no_test = tmp_path / "no_test.json"
+    no_test.write_text(json.dumps({"train": list(range(12)), "test": []}))
+    with pytest.raises(FmriInputError, match="The split has no 'test' rows"):
+        resolve_eval_split(_cfg(cohort=str(cohort_dir), split=str(no_test)), cohort, "diagnosis")
+    shared = tmp_path / "shared.json"  # sub0's two scans on both sides
+    shared.write_text(json.dumps({"train": [0, 2, 3], "test": [1, 4, 5]}))
+    with pytest.raises(FmriInputError, match="puts subject 'sub0' in both 'train' and 'test'"):
+        resolve_eval_split(_cfg(cohort=str(cohort_dir), split=str(shared)), cohort, "diagnosis")
+
+
+def test_the_split_file_lists_each_parts_rows_and_scan_ids(cohort_dir, tmp_path):
+    cohort = Cohort.load(cohort_dir)
+    path = write_split_file(
+        tmp_path / "d" / "s.json", cohort, {"train": [0, 1], "test": [np.int64(3)]}, {"kind": "x"}
+    )
+    record = json.loads(path.read_text())
+    assert record == {
+        "kind": "x",
+        "parts": {"train": [0, 1], "test": [3]},
+        "scan_ids": {"train": ["sub0_0", "sub0_1"], "test": ["sub1_1"]},
+    }
+
+
+# -------------------------------------------------------------------------------------------------- summary
+def _with_metrics(method, shots, seed, values, protocol=WHOLE_TEST, ttype="binary"):
+    names = (
+        ("mae", "pearson_r", "r2")
+        if ttype == "regression"
+        else ("balanced_accuracy", "auc", "f1", "accuracy")
+    )
+    metrics = {m: {"value": v, "low": v - 0.1, "high": v + 0.1} for m, v in zip(names, values, strict=True)}
+    return MethodResult(
+        method=method, task="diagnosis", task_type=ttype, y_true=[0], y_pred=[0], shots=shots, seed=seed,
+        metrics=metrics, protocol=protocol,
+    )  # fmt: skip
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    ]
+
+
+def test_the_summary_table_shows_single_runs_with_their_interval_and_seeds_as_a_t_interval():
+    results = [
+        _with_metrics("fmrilm_zero_shot", 0, 0, (0.6, 0.7, 0.55, 0.6)),
+        _with_metrics("fmrilm_few_shot", 4, 0, (0.5, 0.6, 0.5, 0.5)),
+        _with_metrics("fmrilm_few_shot", 2, 0, (0.6, 0.62, 0.58, 0.6)),
+        _with_metrics("fmrilm_few_shot", 2, 1, (0.7, 0.66, 0.6, 0.7)),
+        _with_metrics("fc_linear", None, 0, (0.65, float("nan"), 0.6, 0.6)),
+    ]
+    text = summary_table(results)
+    assert text.startswith("## Summary\n\nProtocol `whole-test-part`: ") and "###" not in text
+    rows = _rows(text)
+    assert rows[0] == ["method", "shots", "runs", "balanced_accuracy", "auc", "f1"]
+    mean, low, high = seed_ci([0.6, 0.7], metric="balanced_accuracy")
+    auc = "{:.3f} [{:.3f}, {:.3f}]".format(*seed_ci([0.62, 0.66], metric="auc"))
+    assert rows[1:] == [
+        ["fmrilm_zero_shot", "0", "1", "0.600 [0.500, 0.700]", "0.700 [0.600, 0.800]", "0.550 [0.450, 0.650]"],
+        ["fmrilm_few_shot", "2", "2", f"{mean:.3f} [{low:.3f}, {high:.3f}]", auc,
+         "0.590 [0.463, 0.717]"],
+        ["fmrilm_few_shot", "4", "1", "0.500 [0.400, 0.600]", "0.600 [0.500, 0.700]", "0.500 [0.400, 0.600]"],
+        ["fc_linear", "all", "1", "0.650 [0.550, 0.750]", "— [—, —]", "0.600 [0.500, 0.700]"],
+    ]  # fmt: skip
+    assert (mean, round(low, 3), round(high, 3)) == (pytest.approx(0.65), 0.015, 1.0)
+
+
+def test_the_summary_keeps_protocols_apart_and_orders_draws_by_k():
+    results = [
+        _with_metrics("fmrilm_zero_shot", 0, 0, (3.0, 0.5, 0.2), ttype="regression"),
+        _with_metrics("fmrilm_few_shot", 4, 0, (2.0, 0.6, 0.3), FROM_TEST, "regression"),
+        _with_metrics("fmrilm_zero_shot", 4, 0, (3.5, 0.4, 0.1), FROM_TEST, "regression"),
+        _with_metrics("fmrilm_few_shot", 2, 0, (2.5, 0.55, 0.2), FROM_TEST, "regression"),
+        _with_metrics("fmrilm_zero_shot", 2, 0, (3.2, 0.45, 0.1), FROM_TEST, "regression"),
+    ]
+    text = summary_table(results)
+    whole_at, test_at = text.index("### Whole test part"), text.index("### Few-shot from the test sites")
+    assert whole_at < test_at
+    assert (
+        "Protocol `few-shot-from-test`:" in text[test_at:] and "none of them on the whole test part" in text
+    )
+    rows = _rows(text[test_at:])
+    assert rows[0] == ["method", "k drawn", "runs", "mae", "pearson_r"]
+    # rows of one k together, in the order the methods first appear
+    assert [r[:2] for r in rows[1:]] == [
+        ["fmrilm_few_shot", "2"],
+        ["fmrilm_zero_shot", "2"],
+        ["fmrilm_few_shot", "4"],
+        ["fmrilm_zero_shot", "4"],
+    ]
+    assert rows[1][3:] == ["2.500 [2.400, 2.600]", "0.550 [0.450, 0.650]"]
+    assert _rows(text[whole_at:test_at])[1] == [
+        "fmrilm_zero_shot",
+        "0",
+        "1",
+        "3.000 [2.900, 3.100]",
+        "0.500 [0.400, 0.600]",
+    ]
+
+
+def test_results_without_metrics_are_scored_for_the_summary():
+    r = MethodResult(
+        method="prior", task="diagnosis", task_type="binary", y_true=["a", "b", "a", "b"],
+        y_pred=["a", "a", "a", "a"], y_score=np.tile([0.5, 0.5], (4, 1)), classes=["a", "b"],
+    )  # fmt: skip
+    text = summary_table([r])
+    assert r.metrics["balanced_accuracy"]["value"] == 0.5
+    row = _rows(text)[1]
+    assert row[:3] == ["prior", "all", "1"] and row[3].startswith("0.500 [")
+
+
+def test_numbers_print_with_three_decimals_and_a_dash_for_none_or_nan():
+    assert (
+        _fmt(0.12345) == "0.123" and _fmt(None) == "—" and _fmt(float("nan")) == "—" and _fmt(math.inf) == "—"
+    )
+
+
+def test_the_summary_goes_right_after_the_report_header(tmp_path):
+    md = tmp_path / "report.md"
+    md.write_text("# Report\n\nintro\n## Methods\nrows\n## Plots\n")
+    _insert_summary(md, "## Summary\n\ntable\n")
+    assert md.read_text() == "# Report\n\nintro\n## Summary\n\ntable\n\n## Methods\nrows\n## Plots\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# Report\nno sections")
+    _insert_summary(plain, "## Summary\n")
+    assert plain.read_text() == "# Report\nno sections\n## Summary\n"
+
+
+# --------------------------------------------------------------------------------------------------- checks
+def test_precomputed_features_need_one_row_per_scan():
+    _check_rows(np.zeros((3, 2)), [0, 1, 2], "fc")
+    with pytest.raises(FmriInputError, match=r"'fc' features have shape \(2, 2\).*cohort's 3"):
+        _check_rows(np.zeros((2, 2)), [0, 1, 2], "fc")
+    with pytest.raises(FmriInputError, match=r"shape \(3,\)"):
+        _check_rows(np.zeros(3), [0, 1, 2], "fc")
+
+
+def test_a_run_is_resumed_only_when_nothing_it_depends_on_changed():
+    key = {"settings": {"steps": 20, "seeds": 3}, "model_files": "m1", "cohort": "c1"}
+    assert _why_not_resume(dict(key), key) is None
+    changed = {
+        "settings": {"steps": 5, "seeds": 3, "lr": 0.1},
+        "model_files": "m2",
+        "cohort": "c1",
+        "task_file": "t",
+    }
+    why = _why_not_resume(changed, key)
+    assert why == "settings changed: lr, steps; the model's files changed; the task file changed"
+    assert _why_not_resume({**key, "split_file": "s"}, key) == "the split file changed"
+    assert _why_not_resume({**key, "other": 1}, key) == "its key differs"
