@@ -379,3 +379,61 @@ def test_bootstrap_ci_resamples_subjects_with_the_asked_level():
     # a Student-t interval on an MAE is clipped at 0, its lower bound
     mean, low, high = seed_ci([0.1, 0.2, 3.0], metric="mae")
     assert low == 0.0 and high > mean > 0
+
+
+# ------------------------------------------------------------------------------------------ edge cases of metrics
+def test_a_one_dimensional_score_is_refused_for_more_than_two_classes():
+    with pytest.raises(ValueError, match="1-D score is only meaningful for a binary task"):
+        metric_intervals("classification", ["a", "b", "c"], y_score=np.array([0.2, 0.5, 0.9]), classes="abc")
+
+
+def test_multiclass_draws_missing_a_class_are_left_out_of_the_auc_interval():
+    """Three classes, one of them held by a single scan: many resamples miss it and have no AUC; the interval is
+    formed from the others (not an error, not NaN), while the point AUC is sklearn's."""
+    rng = np.random.default_rng(2)
+    y = ["a"] * 8 + ["b"] * 8 + ["c"]
+    score = rng.dirichlet(np.ones(3), size=len(y))
+    out = metric_intervals("classification", y, y_score=score, classes=["a", "b", "c"], n_boot=200, seed=0)
+    codes = np.asarray([{"a": 0, "b": 1, "c": 2}[v] for v in y])
+    assert out["auc"]["value"] == pytest.approx(roc_auc_score(codes, score, multi_class="ovr"))
+    assert np.isfinite(out["auc"]["low"]) and out["auc"]["low"] <= out["auc"]["high"]
+    # with no "c" at all the AUC is undefined, and so is its interval
+    none = metric_intervals("classification", y[:-1], y_score=score[:-1], classes=["a", "b", "c"], n_boot=50)
+    assert (
+        math.isnan(none["auc"]["value"])
+        and math.isnan(none["auc"]["low"])
+        and math.isnan(none["auc"]["high"])
+    )
+
+
+def test_pearson_r_of_values_spread_less_than_one_is_still_computed():
+    """Proportions (0-0.5): Pearson r and its interval exist for any spread above zero, not only above one."""
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0.0, 0.5, 30)
+    pred = np.clip(truth + rng.normal(0, 0.05, 30), 0, 0.5)
+    out = metric_intervals("regression", truth, y_pred=pred, n_boot=200, seed=1)["pearson_r"]
+    assert out["value"] == pytest.approx(pearsonr(truth, pred).statistic)
+    assert np.isfinite(out["low"]) and out["low"] <= out["value"] <= out["high"]
+
+
+def test_constant_predictions_have_no_pearson_r_but_keep_their_mae_interval():
+    truth = np.arange(10, dtype=float)
+    out = metric_intervals("regression", truth, y_pred=np.full(10, 4.0), n_boot=100, seed=0)
+    assert all(math.isnan(out["pearson_r"][k]) for k in ("value", "low", "high"))
+    assert out["mae"]["value"] == pytest.approx(mean_absolute_error(truth, np.full(10, 4.0)))
+    assert out["mae"]["low"] < out["mae"]["value"] < out["mae"]["high"]
+
+
+def test_a_scan_by_scan_bootstrap_draws_every_row():
+    draws = np.concatenate(list(resample_indices(5, None, n_boot=200, seed=0)))
+    assert draws.min() == 0 and draws.max() == 4 and set(draws.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_intervals_are_reproducible_with_their_seed_and_move_with_another():
+    rng = np.random.default_rng(8)
+    y = ["x", "y"] * 15
+    p = np.clip(0.5 + 0.2 * (np.asarray(y) == "y") + rng.normal(0, 0.3, 30), 0.01, 0.99)
+    args = dict(y_score=np.stack([1 - p, p], 1), classes=["x", "y"], n_boot=100)
+    first = metric_intervals("classification", y, seed=3, **args)
+    assert metric_intervals("classification", y, seed=3, **args) == first
+    assert metric_intervals("classification", y, seed=4, **args)["auc"] != first["auc"]
