@@ -189,7 +189,9 @@ def describe_split(cohort: Cohort | Any, split: Split, label: str | None = None)
             if _is_continuous(table[label]):
                 info[label] = {"mean": float(part[label].mean()), "sd": float(part[label].std())}
             else:
-                info[label] = {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+                # numbers in order, then '<missing>' (a numeric label with missing values mixes the two)
+                counts = sorted(values.value_counts().items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))
+                info[label] = {str(k): int(v) for k, v in counts}
         out[p] = info
     return out
 

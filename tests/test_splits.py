@@ -14,6 +14,8 @@ from fmrilm.cohort import Cohort
 from fmrilm.errors import FmriInputError
 from fmrilm.scan import Scan
 from fmrilm.splits import (
+    MISSING_LABEL,
+    describe_split,
     leave_sites_out_split,
     list_splits,
     load_split,
@@ -189,3 +191,61 @@ def test_a_split_of_another_cohort_version_is_caught(cohort_dir):
         load_split(cohort_dir, "nope")
     with pytest.raises(FmriInputError, match="not a usable split name"):
         save_split(cohort_dir, "../escape", {"train": [0]}, kind="stratified")
+
+
+# ------------------------------------------------------------------------------------- refusals and summaries
+def test_every_refusal_is_one_clear_error_that_names_the_setting():
+    """Each way a split cannot be made is an FmriInputError naming the setting and what to do instead."""
+    table = _table(n_subjects=60)
+    with pytest.raises(FmriInputError, match="test_size \\+ val_size = 1.10 leaves nothing to train on"):
+        stratified_split(table, test_size=0.6, val_size=0.5)
+    small = _table(n_subjects=8, seed=3)
+    with pytest.raises(FmriInputError, match="^val_size 0.05 of"):
+        stratified_split(small, test_size=0.25, val_size=0.05)
+    with pytest.raises(
+        FmriInputError, match="Cannot hold out 5 of the cohort's 5.*--test-sites.*stratified split"
+    ):
+        leave_sites_out_split(table, n_test_sites=5)
+    with pytest.raises(FmriInputError, match="Site\\(s\\) S2 are both test and validation sites"):
+        leave_sites_out_split(table, test_sites=["S1", "S2"], val_sites=["s2", "S3"])
+    with pytest.raises(FmriInputError, match="^val_size must be a fraction between 0 and 1, got 1.5"):
+        leave_sites_out_split(table, test_sites=["S1"], val_size=1.5)
+    with pytest.raises(FmriInputError, match="The table has no 'site' column.*table with ids"):
+        stratified_split(table.drop(columns="site"))
+
+
+def test_the_summary_of_a_split_describes_each_part(tmp_path):
+    """Scans, subjects and sites per part, the mean and SD of a numeric label with many values, and counts of
+    a label with few values (missing ones included); `save_split` stores the same summary."""
+    table = _table(n_subjects=80, seed=6)
+    split = stratified_split(table, label="diagnosis", test_size=0.25, seed=0)
+    info = describe_split(table, split, "age")
+    for part, idx in split.items():
+        rows = table.loc[idx]
+        assert info[part]["n_scans"] == len(idx) and info[part]["n_subjects"] == rows["subject_id"].nunique()
+        assert info[part]["sites"] == rows["site"].value_counts().sort_index().to_dict()
+        assert info[part]["age"] == pytest.approx({"mean": rows["age"].mean(), "sd": rows["age"].std()})
+    counts = describe_split(table, split, "diagnosis")["test"]["diagnosis"]
+    expected = table.loc[split["test"], "diagnosis"].fillna(MISSING_LABEL).value_counts().to_dict()
+    assert counts == expected and sum(counts.values()) == len(split["test"])
+    # ten distinct numbers (and missing ones) are classes, eleven are a continuous label
+    table["grade"] = [float(i % 10) if i % 7 else None for i in range(len(table))]
+    grade = describe_split(table, split, "grade")["train"]["grade"]  # numbers first, in order, then missing
+    assert list(grade) == [f"{float(v)}" for v in range(10)] + [MISSING_LABEL]
+    assert grade[MISSING_LABEL] == table.loc[split["train"], "grade"].isna().sum()
+    table["grade"] = [float(i % 11) for i in range(len(table))]
+    assert set(describe_split(table, split, "grade")["train"]["grade"]) == {"mean", "sd"}
+
+
+def test_a_saved_split_keeps_its_summary_and_refuses_bad_rows_or_silent_replacement(cohort_dir):
+    cohort = Cohort.load(cohort_dir)
+    split = stratified_split(cohort, seed=0)
+    path = save_split(cohort_dir, "s", split, kind="stratified", label="diagnosis")
+    record = json.loads(path.read_text())
+    assert record["summary"] == json.loads(json.dumps(describe_split(cohort, split, "diagnosis")))
+    with pytest.raises(FmriInputError, match="already holds a different split named 's'.*--overwrite"):
+        save_split(cohort_dir, "s", stratified_split(cohort, seed=1), kind="stratified")
+    with pytest.raises(FmriInputError, match="Part 'test' has row indices outside.*from this cohort"):
+        save_split(cohort_dir, "t", {"train": [0], "test": [len(cohort)]}, kind="stratified")
+    with pytest.raises(FmriInputError, match="'a b' is not a usable split name.*letters, digits"):
+        save_split(cohort_dir, "a b", split, kind="stratified")
