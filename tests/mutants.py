@@ -19,6 +19,11 @@ a seeded random sample of N mutants per module instead (the same seed and source
 ``<work>/<module>/sample.txt``) and prints the killed share among them with a 95% Wilson interval: an
 estimate of the whole module's share, labelled as such. ``--resume`` with the same ``--sample``/``--seed``
 tests only the sampled mutants that have no result yet.
+
+``--survivors`` re-tests only the survivors (and mutants no selected test reached) of the earlier run in each
+work folder, against the checkout's current tests and ``MODULES`` selection: how a new test is shown to kill
+what survived. The other verdicts are kept (tests may be added to a selection, never removed, for this to
+hold). The killed share printed afterwards is that of the whole run (or sample), updated.
 """
 
 from __future__ import annotations
@@ -101,7 +106,15 @@ def prepare(module: str, work: Path, resume: bool = False) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for top, target in sorted(LAYOUT.items(), key=lambda kv: kv[1].count("/")):
         shutil.copytree(REPO / top, folder / "src" / target, ignore=ignore, dirs_exist_ok=True)
-    shutil.copytree(REPO / "tests", folder / "tests", ignore=ignore)
+    refresh_tests(module, folder)
+    return folder
+
+
+def refresh_tests(module: str, folder: Path) -> None:
+    """The checkout's tests/ and the module's test selection (``MODULES``) into a work folder, keeping its
+    mutants and their results: how ``--survivors`` re-tests survivors against tests written since."""
+    shutil.rmtree(folder / "tests", ignore_errors=True)
+    shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     selection = "\n    ".join(MODULES[module])
     (folder / "setup.cfg").write_text(
         "[mutmut]\n"
@@ -117,7 +130,6 @@ def prepare(module: str, work: Path, resume: bool = False) -> Path:
         "\n[tool:pytest]\n"
         "filterwarnings =\n    ignore::DeprecationWarning\n"
     )
-    return folder
 
 
 #: Mutant generation only (what ``mutmut run`` does first), so that a sample can be drawn from the names
@@ -141,6 +153,16 @@ def mutant_results(folder: Path, module: str) -> dict[str, int | None]:
     if not meta.exists():
         return {}
     return json.loads(meta.read_text())["exit_code_by_key"]
+
+
+def restore_verdicts(folder: Path, module: str, verdicts: dict[str, int | None]) -> None:
+    """Write earlier exit codes back into mutmut's record of ``module`` (see ``--survivors``)."""
+    meta = folder / "mutants" / "src" / (installed_path(module) + ".meta")
+    record = json.loads(meta.read_text())
+    for name, code in verdicts.items():
+        if name in record["exit_code_by_key"]:
+            record["exit_code_by_key"][name] = code
+    meta.write_text(json.dumps(record, indent=4))
 
 
 def generate(folder: Path, module: str, env: dict[str, str]) -> list[str]:
@@ -181,8 +203,16 @@ def run_module(
     resume: bool = False,
     sample: int | None = None,
     seed: int = 0,
+    survivors_only: bool = False,
 ) -> Counter:
-    folder = prepare(module, work, resume)
+    if survivors_only:
+        folder = work_folder(module, work)
+        if not mutant_results(folder, module):
+            raise SystemExit(f"--survivors: {module} has no earlier run in {folder}")
+        refresh_tests(module, folder)
+        resume = True
+    else:
+        folder = prepare(module, work, resume)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -200,7 +230,13 @@ def run_module(
         done = mutant_results(folder, module)
         # mutmut re-runs every mutant named on its command line, so a resumed sample names only the rest.
         names = [n for n in chosen if done.get(n) is None] if resume else chosen
-    if chosen is None or names:
+    if survivors_only:
+        done = mutant_results(folder, module)
+        # survived (0) or reached by no selected test (5, 33): what tests written since may kill
+        names = [n for n in (chosen or sorted(done)) if done.get(n) in (0, 5, 33)]
+        print(f"re-testing {len(names)} survivors / unreached mutants against the current tests", flush=True)
+    before = mutant_results(folder, module) if survivors_only else {}
+    if (chosen is None and not survivors_only) or names:
         with open(log, "a" if resume else "w") as handle:
             subprocess.run(
                 [*mutmut, "run", "--max-children", str(max_children), *names],
@@ -210,6 +246,10 @@ def run_module(
                 stderr=subprocess.STDOUT,
                 check=False,
             )
+    if survivors_only:
+        # mutmut forgets every verdict when the test selection changes; the tests only grew since the earlier
+        # run, so a mutant it killed is still killed: its verdict is put back (survivors keep their new one).
+        restore_verdicts(folder, module, {k: v for k, v in before.items() if k not in names})
     listing = subprocess.run(
         [*mutmut, "results", "--all", "true"],
         cwd=folder,
@@ -270,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         "interval) instead of every mutant",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-test only the survivors (and unreached mutants) of the earlier run in each work folder, "
+        "against the checkout's current tests and MODULES selection; with --sample, of that sample",
+    )
     args = parser.parse_args(argv)
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be at least 1, got {args.sample}")
@@ -280,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for module in modules:
         print(f"=== mutmut on {module} (tests: {' '.join(MODULES[module])})", flush=True)
-        counts = run_module(module, args.work, args.max_children, args.resume, args.sample, args.seed)
+        counts = run_module(
+            module, args.work, args.max_children, args.resume, args.sample, args.seed, args.survivors
+        )
         total = (
             len(mutant_results(work_folder(module, args.work), module)) if args.sample is not None else None
         )
