@@ -202,3 +202,81 @@ def test_every_abide_scan_preprocesses_to_finite_output(abide_dir):
             n_flagged += bool(bad)
             assert (out.timeseries[:, bad] == 0).all(), file_id
     assert n_flagged > 0  # the real data does have constant-zero ROI columns
+
+
+# ------------------------------------------------------------------------------------- edges of every setting
+def test_each_setting_is_refused_below_its_smallest_value_and_accepted_at_it():
+    for bad, words in (
+        ({"target_tr": 0}, "target_tr must be positive seconds, got 0"),
+        ({"window_length": 0}, "window_length must be at least 1, got 0"),
+        ({"stride": 0}, "stride must be at least 1, got 0"),
+        ({"min_timepoints": 1}, "min_timepoints must be at least 2, got 1"),
+    ):
+        with pytest.raises(FmriInputError, match=f"{words}.*Fix: give"):
+            SignalConfig(**bad)
+    smallest = SignalConfig(target_tr=None, window_length=1, stride=1, min_timepoints=2)
+    windows, mask = make_windows(np.ones((3, 2)), smallest.window_length, smallest.stride)
+    assert windows.shape == (3, 1, 2) and mask.all()
+
+
+def test_a_quiet_region_beside_a_loud_one_is_not_called_constant():
+    """Constancy is judged against each region's own magnitude: a region varying by 1e-3 around 0 is signal,
+    even next to a region at 1e4 (a global scale would flag it), while a truly flat one is flagged."""
+    rng = np.random.default_rng(3)
+    ts = np.stack([1e4 + rng.normal(size=60), 1e-3 * rng.normal(size=60), np.full(60, 7.0)], axis=1).astype(
+        np.float32
+    )
+    with pytest.warns(BadRegionWarning):
+        fixed, bad = check_regions(ts)
+    assert bad == [2]
+    np.testing.assert_array_equal(fixed[:, 1], ts[:, 1])
+
+
+def test_a_scan_without_any_usable_region_is_one_clear_error():
+    ts = np.zeros((40, 3))
+    ts[:, 1] = np.nan
+    with pytest.raises(
+        FmriInputError, match="Every region is constant.*Fix: check that the file holds the region"
+    ):
+        check_regions(ts, file="mask.nii.csv")
+
+
+def test_the_reject_message_lists_the_bad_regions_and_counts_a_long_list():
+    ts = np.random.default_rng(2).normal(size=(30, 20))
+    ts[:, [1, 3]] = 5.0
+    with pytest.raises(FmriInputError, match=r"2 of 20 regions .* \(region indices 1, 3\)\. Fix:"):
+        check_regions(ts, policy="reject")
+    ts[:, :15] = 0.0
+    with pytest.raises(FmriInputError, match=r"region indices 0, 1, .*, 11, \.\.\. \(15 in all\)\)"):
+        check_regions(ts, policy="reject")
+
+
+def test_resampling_returns_float32_also_when_the_tr_already_matches():
+    ts = np.random.default_rng(0).normal(size=(20, 2))  # float64 in
+    same = resample(ts, 2.0, 2.0)
+    assert same.dtype == np.float32 and np.allclose(same, ts, atol=1e-6)
+    assert resample(ts, 2.5, 2.0).dtype == np.float32
+
+
+def test_refusals_of_a_scan_name_its_subject_and_the_fix():
+    short = Scan(np.random.default_rng(0).normal(size=(10, 3)), tr=2.0, scan_id="s", subject_id="sub-7")
+    with pytest.raises(FmriInputError) as err:
+        preprocess(short)
+    assert err.value.subject == "sub-7" and "sub-7" in str(err.value)
+    no_tr = _scan()
+    no_tr.tr = 0.0
+    with pytest.raises(FmriInputError, match=r"no valid TR \(0.0\).*Fix: set the TR in seconds"):
+        preprocess(no_tr)
+
+
+def test_regions_already_flagged_are_kept_without_a_second_warning():
+    scan = _scan()
+    scan.timeseries[:, 4] = 3.0  # constant: repaired to zero
+    scan.flags["bad_regions"] = [4, 1]  # 4 was flagged when loaded; 1 by an earlier step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing new to warn about
+        ready = preprocess(scan)
+    assert ready.flags["bad_regions"] == [1, 4] and (ready.timeseries[:, 4] == 0).all()
+    scan.timeseries[:, 0] = 0.0
+    with pytest.warns(BadRegionWarning, match=r"1 bad region\(s\) .* indices 0;"):
+        assert preprocess(scan).flags["bad_regions"] == [0, 1, 4]
