@@ -47,7 +47,7 @@ from fmrilm.splits import save_split
 
 
 def _cfg(**kw) -> EvalConfig:
-    return EvalConfig(model="m", cohort=kw.pop("cohort", "c"), task="diagnosis", out="o", **kw)
+    return EvalConfig(model="m", cohort=kw.pop("cohort", "c"), task="diagnosis", out=kw.pop("out", "o"), **kw)
 
 
 # ------------------------------------------------------------------------------------------- model_result
@@ -510,3 +510,108 @@ def test_a_run_is_resumed_only_when_nothing_it_depends_on_changed():
     assert why == "settings changed: lr, steps; the model's files changed; the task file changed"
     assert _why_not_resume({**key, "split_file": "s"}, key) == "the split file changed"
     assert _why_not_resume({**key, "other": 1}, key) == "its key differs"
+
+
+# ------------------------------------------------------------------------------------------ resuming a run
+def test_a_finished_run_is_reused_only_while_settings_model_and_cohort_are_unchanged(
+    cohort_dir, tmp_path, caplog
+):
+    """The work folder beside --out keeps finished runs under a content key: the same settings, model files and
+    cohort reuse them; a changed result setting or a changed model file starts afresh and says why; a setting
+    that changes no number (threads, progress) does not."""
+    from fmrilm.eval.evaluate import RESUME_KEY_FILE, _cached, _store, _work_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"one")
+    (model / "README.md").write_text("card")  # the model card is not the model
+    out = tmp_path / "reports" / "r"
+    cfg = _cfg(cohort=str(cohort_dir), out=str(out), steps=5)
+    work = _work_dir(out, cfg, model)
+    assert work == out.parent / ".r.eval-work" and (work / RESUME_KEY_FILE).exists()
+    result = MethodResult(method="m", task="t", task_type="regression", y_true=[1.0], y_pred=[2.0], shots=2)
+    _store(work, "m-k2", result)
+    assert _cached(work, "m-k2").y_pred == [2.0] and _cached(work, "other") is None
+
+    (model / "README.md").write_text("a new card")
+    assert _cached(
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out), steps=5, threads=3), model), "m-k2"
+    )
+    with caplog.at_level("WARNING", logger="fmrilm.eval"):
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out), steps=6), model)
+    assert "settings changed: steps" in caplog.text and _cached(work, "m-k2") is None
+    _store(work, "m-k2", result)
+    (model / "weights.bin").write_bytes(b"two")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fmrilm.eval"):
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out), steps=6), model)
+    assert "the model's files changed" in caplog.text and _cached(work, "m-k2") is None
+
+
+def test_a_work_folder_eval_did_not_write_is_never_removed(cohort_dir, tmp_path, caplog):
+    from fmrilm.eval.evaluate import _work_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    out = tmp_path / "r"
+    foreign = tmp_path / ".r.eval-work"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FmriInputError, match="not written by fmrilm eval"):
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out)), model)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    (foreign / "settings.sha1").write_text("old")  # an older fmrilm's work folder: restarted, with the reason
+    with caplog.at_level("WARNING", logger="fmrilm.eval"):
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out)), model)
+    assert "keyed runs on paths" in caplog.text and not (foreign / "settings.sha1").exists()
+    (foreign / "resume_key.json").write_text("{not json")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fmrilm.eval"):
+        _work_dir(out, _cfg(cohort=str(cohort_dir), out=str(out)), model)
+    assert "its key file is unreadable" in caplog.text
+
+
+def test_a_task_file_or_split_file_is_part_of_the_resume_key(cohort_dir, tmp_path):
+    from fmrilm.eval.evaluate import resume_key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    split = tmp_path / "split.json"
+    split.write_text('{"train": [0], "test": [1]}')
+    key = resume_key(_cfg(cohort=str(cohort_dir), split=str(split)), model)
+    assert set(key) == {"settings", "model_files", "cohort", "split_file"}
+    assert "model" not in key["settings"] and "cohort" not in key["settings"] and "out" not in key["settings"]
+    split.write_text('{"train": [1], "test": [0]}')
+    assert (
+        resume_key(_cfg(cohort=str(cohort_dir), split=str(split)), model)["split_file"] != key["split_file"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+def test_only_phenotype_tasks_with_a_truth_are_evaluated(cohort_dir):
+    from fmrilm.eval.evaluate import load_eval_task
+
+    table = Cohort.load(cohort_dir).phenotype_table()
+    spec, bound, card = load_eval_task("diagnosis", table, cohort_dir)
+    assert spec.name == "diagnosis" and card.type == "binary" and spec.source == "phenotype"
+    with pytest.raises(FmriInputError, match="answered from descriptors"):
+        load_eval_task("describe", table, cohort_dir)
+
+
+def test_few_shot_probes_need_two_subjects_per_class_and_record_whom_they_were_fitted_on():
+    from fmrilm.eval.evaluate import _few_shot_baselines
+
+    table = _cohort_table(n_per_class=4, scans=1)
+    rng = np.random.default_rng(0)
+    y = (table["diagnosis"] == "patient").to_numpy()
+    fc = rng.normal(size=(len(table), 5)) + 2.0 * y[:, None]
+    codes = rng.normal(size=(len(table), 3))
+    train, test = [0, 1, 4, 5], [2, 3, 6, 7]
+    assert _few_shot_baselines(fc, codes, table, SPEC, train, test, 1, 0, "binary", _cfg()) == []
+    out = _few_shot_baselines(fc, codes, table, SPEC, train, test, 2, 3, "binary", _cfg())
+    assert [r.method for r in out] == ["fc_linear_few_shot", "code_probe_few_shot"]
+    for r in out:
+        assert (r.shots, r.seed, r.n) == (2, 3, 4)
+        assert r.info["train_subjects"] == ["c0", "c1", "p0", "p1"]
+        assert r.subject_ids == ["c2", "c3", "p2", "p3"]
