@@ -73,7 +73,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "fmrilm/splits.py": ["tests/test_splits.py", "tests/test_boundaries.py", "tests/test_cohort_subset.py"],
     "fmrilm/signal.py": ["tests/test_signal.py", "tests/test_boundaries.py"],
-    "eval/baselines.py": ["tests/test_baselines.py"],
+    "eval/baselines.py": ["tests/test_baselines.py", "tests/test_tangent_baseline.py"],
     "fmrilm/model/scoring.py": ["tests/test_scoring.py", "tests/test_behaviour.py"],
     # evaluate() itself (fine-tuning, scoring, report writing) is reached only by the end-to-end tests
     # (test_evaluate.py, test_evaluate_from_test.py, test_metrics_trust.py: minutes each); its mutants count as

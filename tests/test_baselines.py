@@ -275,3 +275,78 @@ def test_row_space_rotation_gives_the_same_predictions():
         else:
             assert fast[-1].C_ == pytest.approx(slow[-1].C_)
             np.testing.assert_allclose(fast.predict_proba(test), slow.predict_proba(test), atol=2e-3)
+
+
+# ------------------------------------------------------------------------------------ gaps mutation testing found
+def test_fc_features_detrend_only_when_asked():
+    """Two regions of independent noise riding one slow drift: detrended they are uncorrelated, raw the drift
+    couples them (so ``detrend=False`` must reach the cleaning, not fall back to the default)."""
+    rng = np.random.default_rng(0)
+    atlas = Atlas(name="two", labels=["a", "b"], coords=np.eye(2, 3) * 10, networks=["n", "n"])
+    drift = np.linspace(0, 20, 100)[:, None]
+    scan = Scan((rng.normal(size=(100, 2)) + drift).astype(np.float32), tr=2.0, atlas=atlas, scan_id="s0")
+    cohort = Cohort.from_scans([scan], [{}], atlas=atlas)
+    assert abs(np.tanh(fc_features(cohort)[0, 0])) < 0.3
+    assert np.tanh(fc_features(cohort, detrend=False)[0, 0]) > 0.9
+
+
+def test_baseline_results_carry_each_rows_subject_and_count_missing_targets(planted):
+    """Subject ids let the bootstrap resample whole subjects; ``n_missing`` is the number of rows without a
+    target (left out of fitting and scoring)."""
+    cohort, split, fc = planted
+    table = cohort.phenotype_table()
+    (r,) = linear_probe(fc, table, load_task("age"), split)
+    scored = [i for i in split["test"] if table.loc[i, "age"] == table.loc[i, "age"]]
+    assert r.subject_ids == table.loc[scored, "subject_id"].astype(str).tolist()
+    assert r.info["n_missing"] == int(table["age"].isna().sum()) > 0
+    for res in run_baselines(cohort, [load_task("diagnosis")], split, fc=fc):
+        assert res.subject_ids == table.loc[split["test"], "subject_id"].astype(str).tolist(), res.method
+
+
+def test_inner_folds_keep_a_subjects_scans_together_and_work_without_groups():
+    from fmrilm.eval.baselines import _inner_cv
+
+    y = np.array(["a", "b"] * 12)
+    groups = np.repeat([f"s{i}" for i in range(12)], 2)
+    for classification in (True, False):
+        folds = _inner_cv(y if classification else np.arange(24.0), groups, classification, 4, 0)
+        assert len(folds) == 4
+        for train, test in folds:
+            assert not set(groups[train]) & set(groups[test])
+    plain = _inner_cv(np.arange(6.0), None, False, 10, 0)  # more folds asked than rows: one row each
+    assert len(plain) == 6 and sorted(int(t) for _, te in plain for t in te) == list(range(6))
+    assert len(_inner_cv(y, None, True, 5, 0)) == 5
+
+
+def test_ungrouped_linear_probe_for_a_regression(planted):
+    cohort, split, fc = planted
+    (r,) = linear_probe(fc, cohort.phenotype_table(), load_task("age"), split, inner_groups=None, n_inner=3)
+    assert r.info["inner_cv"] == "3 folds" and r.task_type == "regression" and np.isfinite(r.y_pred).all()
+
+
+def test_every_refusal_of_a_probe_is_one_clear_error(planted):
+    from types import SimpleNamespace
+
+    from fmrilm.errors import FmriInputError
+
+    cohort, split, fc = planted
+    table = cohort.phenotype_table()
+    with pytest.raises(FmriInputError, match=r"shape \(3, 66\).*Fix: give one feature row per cohort row"):
+        linear_probe(fc[:3], table, "diagnosis", split)
+    bad = fc.copy()
+    bad[1, 1] = np.inf
+    with pytest.raises(FmriInputError, match="NaN or Inf. Fix: impute or drop those features first"):
+        linear_probe(bad, table, "diagnosis", split)
+    with pytest.raises(FmriInputError, match="The cohort has no column 'handedness'"):
+        linear_probe(fc, table, "handedness", split)
+    with pytest.raises(FmriInputError, match="Task 'describe' is open-ended: it has no baseline"):
+        linear_probe(
+            fc, table, SimpleNamespace(name="describe", target="diagnosis", type="open-ended"), split
+        )
+    controls = [i for i in split["train"] if table.loc[i, "diagnosis"] == "control"]
+    with pytest.raises(
+        FmriInputError, match="one class only.*Fix: use a split whose train part has every class"
+    ):
+        linear_probe(fc, table, "diagnosis", {"train": controls, "test": split["test"]})
+    with pytest.raises(FmriInputError, match=r"The split has no 'train' part \(parts: \['test'\]\)"):
+        linear_probe(fc, table, "diagnosis", {"test": split["test"]})
