@@ -464,9 +464,12 @@ class DigitsOnly:
         else:  # v itself (plus decimals) or v followed by j more digits
             v = float(whole)
             spans = [(v * 10**j, (v + 1) * 10**j) for j in range(self.max_int_digits - len(whole) + 1)]
-        for a, b in spans:
-            lo, hi = (a, b) if sign > 0 else (-b, -a)
-            if (self.hi is None or lo <= self.hi) and (self.lo is None or hi >= self.lo):
+        for a, b in spans:  # completions lie in [a, b): in [a, b) when positive, in (-b, -a] when negative
+            if sign > 0:
+                fits = (self.hi is None or a <= self.hi) and (self.lo is None or b > self.lo)
+            else:
+                fits = (self.hi is None or -b < self.hi) and (self.lo is None or -a >= self.lo)
+            if fits:
                 return True
         return False
 
