@@ -21,9 +21,10 @@ estimate of the whole module's share, labelled as such. ``--resume`` with the sa
 tests only the sampled mutants that have no result yet.
 
 ``--survivors`` re-tests only the survivors (and mutants no selected test reached) of the earlier run in each
-work folder, against the checkout's current tests and ``MODULES`` selection: how a new test is shown to kill
-what survived. The other verdicts are kept (tests may be added to a selection, never removed, for this to
-hold). The killed share printed afterwards is that of the whole run (or sample), updated.
+work folder, against the checkout as it is now (source, tests, ``MODULES`` selection): how a new test is shown
+to kill what survived. The other verdicts are carried over for every function whose code is unchanged (tests
+may be added to a selection, never removed, for this to hold); mutants of a changed function are re-tested.
+The killed share printed afterwards is that of the whole run (or sample), updated.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ MODULES: dict[str, list[str]] = {
     "fmrilm/splits.py": ["tests/test_splits.py", "tests/test_boundaries.py", "tests/test_cohort_subset.py"],
     "fmrilm/signal.py": ["tests/test_signal.py", "tests/test_boundaries.py"],
     "eval/baselines.py": ["tests/test_baselines.py", "tests/test_tangent_baseline.py"],
-    "fmrilm/model/scoring.py": ["tests/test_scoring.py", "tests/test_behaviour.py"],
+    "fmrilm/model/scoring.py": [
+        "tests/test_scoring_units.py",
+        "tests/test_scoring.py",
+        "tests/test_behaviour.py",
+    ],
     # evaluate() itself (fine-tuning, scoring, report writing) is reached only by the end-to-end tests
     # (test_evaluate.py, test_evaluate_from_test.py, test_metrics_trust.py: minutes each); its mutants count as
     # "not reached" here, and the killed share is that of the pure steps these unit tests check.
@@ -111,8 +116,7 @@ def prepare(module: str, work: Path, resume: bool = False) -> Path:
 
 
 def refresh_tests(module: str, folder: Path) -> None:
-    """The checkout's tests/ and the module's test selection (``MODULES``) into a work folder, keeping its
-    mutants and their results: how ``--survivors`` re-tests survivors against tests written since."""
+    """The checkout's tests/ and the module's test selection (``MODULES``) into a work folder."""
     shutil.rmtree(folder / "tests", ignore_errors=True)
     shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     selection = "\n    ".join(MODULES[module])
@@ -205,14 +209,6 @@ def run_module(
     seed: int = 0,
     survivors_only: bool = False,
 ) -> Counter:
-    if survivors_only:
-        folder = work_folder(module, work)
-        if not mutant_results(folder, module):
-            raise SystemExit(f"--survivors: {module} has no earlier run in {folder}")
-        refresh_tests(module, folder)
-        resume = True
-    else:
-        folder = prepare(module, work, resume)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -221,21 +217,28 @@ def run_module(
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     mutmut = [sys.executable, "-m", "mutmut"]
-    log = folder / "mutmut-run.log"
     chosen: list[str] | None = None
     names: list[str] = []
-    if sample is not None:
-        chosen = draw_sample(generate(folder, module, env), sample, seed)
-        (folder / "sample.txt").write_text("\n".join(chosen) + "\n")
-        done = mutant_results(folder, module)
-        # mutmut re-runs every mutant named on its command line, so a resumed sample names only the rest.
-        names = [n for n in chosen if done.get(n) is None] if resume else chosen
+    carried: dict[str, int | None] = {}
     if survivors_only:
+        folder, chosen, carried = _carry_over(module, work, env, sample is not None)
         done = mutant_results(folder, module)
-        # survived (0) or reached by no selected test (5, 33): what tests written since may kill
-        names = [n for n in (chosen or sorted(done)) if done.get(n) in (0, 5, 33)]
-        print(f"re-testing {len(names)} survivors / unreached mutants against the current tests", flush=True)
-    before = mutant_results(folder, module) if survivors_only else {}
+        # survived (0), reached by no selected test (5, 33) or not run (None: its function changed since)
+        names = [n for n in (chosen or sorted(done)) if done.get(n) in (None, 0, 5, 33)]
+        print(
+            f"re-testing {len(names)} survivors / unreached / changed mutants against the checkout",
+            flush=True,
+        )
+        resume = True
+    else:
+        folder = prepare(module, work, resume)
+        if sample is not None:
+            chosen = draw_sample(generate(folder, module, env), sample, seed)
+            (folder / "sample.txt").write_text("\n".join(chosen) + "\n")
+            done = mutant_results(folder, module)
+            # mutmut re-runs every mutant named on its command line, so a resumed sample names only the rest.
+            names = [n for n in chosen if done.get(n) is None] if resume else chosen
+    log = folder / "mutmut-run.log"
     if (chosen is None and not survivors_only) or names:
         with open(log, "a" if resume else "w") as handle:
             subprocess.run(
@@ -246,10 +249,8 @@ def run_module(
                 stderr=subprocess.STDOUT,
                 check=False,
             )
-    if survivors_only:
-        # mutmut forgets every verdict when the test selection changes; the tests only grew since the earlier
-        # run, so a mutant it killed is still killed: its verdict is put back (survivors keep their new one).
-        restore_verdicts(folder, module, {k: v for k, v in before.items() if k not in names})
+    if survivors_only:  # in case mutmut reset them (it forgets every verdict when the test selection changes)
+        restore_verdicts(folder, module, {k: v for k, v in carried.items() if k not in names})
     listing = subprocess.run(
         [*mutmut, "results", "--all", "true"],
         cwd=folder,
@@ -270,6 +271,42 @@ def run_module(
     if not counts:
         print(f"{module}: mutmut produced no results; see {log}", file=sys.stderr)
     return counts
+
+
+def _carry_over(
+    module: str, work: Path, env: dict[str, str], sampled: bool
+) -> tuple[Path, list[str] | None, dict[str, int | None]]:
+    """``--survivors``: a fresh work folder from the checkout (its source, tests and selection), with the
+    earlier run's verdicts carried over for every mutant whose function is unchanged, and the earlier
+    sample's names. The tests may only have grown since, so a mutant they killed is still killed."""
+    folder = work_folder(module, work)
+    meta = folder / "mutants" / "src" / (installed_path(module) + ".meta")
+    if not meta.exists():
+        raise SystemExit(f"--survivors: {module} has no earlier run in {folder}")
+    old = json.loads(meta.read_text())
+    old_sample = (folder / "sample.txt").read_text().split() if (folder / "sample.txt").exists() else None
+    if sampled and old_sample is None:
+        raise SystemExit(f"--survivors --sample: {module}'s earlier run in {folder} was not a sample")
+    folder = prepare(module, work)
+    generate(folder, module, env)
+    new = json.loads(meta.read_text())
+    unchanged = {
+        f for f, h in new["hash_by_function_name"].items() if old["hash_by_function_name"].get(f) == h
+    }
+    carried = {
+        k: v
+        for k, v in old["exit_code_by_key"].items()
+        if k in new["exit_code_by_key"] and k.rsplit("__mutmut_", 1)[0].rpartition(".")[2] in unchanged
+    }
+    restore_verdicts(folder, module, carried)
+    chosen = None
+    if sampled:
+        chosen = [n for n in old_sample if n in new["exit_code_by_key"]]
+        gone = len(old_sample) - len(chosen)
+        if gone:
+            print(f"{module}: {gone} sampled mutant(s) no longer exist (their code changed)", flush=True)
+        (folder / "sample.txt").write_text("\n".join(chosen) + "\n")
+    return folder, chosen, carried
 
 
 def summary_line(module: str, counts: Counter, sampled_from: int | None = None) -> str:
