@@ -196,3 +196,69 @@ def test_predict_cohort_table(model):
 @pytest.mark.parametrize("value", ["Autism", " typical  Development ", 1.0, 2.5, True, 3, "M"])
 def test_cohort_values_are_canonicalised_as_task_maps_are(value):
     assert canonical_value(value) == _norm(value)
+
+
+def _aged_cohort() -> Cohort:
+    rng = np.random.default_rng(1)
+    atlas = Atlas(
+        name="toy",
+        labels=[f"r{i}" for i in range(5)],
+        coords=rng.normal(size=(5, 3)) * 30,
+        networks=["A"] * 5,
+    )
+    scans = [
+        Scan(rng.normal(size=(40, 5)).astype(np.float32), tr=2.0, atlas=atlas, scan_id=f"s{i}", subject_id=f"p{i}",
+             site=f"site-{i % 2}")
+        for i in range(3)
+    ]  # fmt: skip
+    return Cohort.from_scans(scans, [{"age": a} for a in (9.0, 33.0, None)], atlas=atlas)
+
+
+def test_predict_cohort_for_a_regression_by_bins_or_by_digits(model):
+    cohort = _aged_cohort()
+    age = load_task("age")
+    card = TaskCard.from_spec(age)
+    bins = model.predict_cohort(cohort, age, method="bins")
+    assert bins["site"].tolist() == ["site-0", "site-1", "site-0"] and bins["subject_id"].tolist() == [
+        "p0",
+        "p1",
+        "p2",
+    ]
+    assert bins["label"].tolist()[:2] == [9.0, 33.0] and bins["label"].isna().tolist()[2]
+    probs = bins[[PROB_PREFIX + o for o in card.options]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(bins["prediction"], probs @ np.asarray(card.bin_values()), rtol=1e-6)
+    assert set(bins["method"]) == {"bins"}
+    digits = model.predict_cohort(cohort, age, [1], method="digits")
+    assert set(digits["method"]) == {"digits"} and not [
+        c for c in digits.columns if c.startswith(PROB_PREFIX)
+    ]
+    value = digits["prediction"].iloc[0]
+    assert value == int(value) and 0 <= value <= 120  # no decimals, inside the valid range
+    with pytest.raises(FmriInputError, match="Unknown regression method 'median'"):
+        model.predict_cohort(cohort, age, method="median")
+
+
+def test_the_digits_constraint_follows_the_tasks_number_format(model, monkeypatch):
+    """decode_number builds its constraint from the card: its decimals, its valid range as bounds and as many
+    integer digits as the range needs."""
+    from fmrilm.model import scoring
+
+    made = []
+
+    class Spy(scoring.DigitsOnly):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "DigitsOnly", Spy)
+    card = TaskCard(
+        name="score", type="regression", options=["1", "2"], questions=["How much?"],
+        number={"decimals": 1, "valid_range": [-12.5, 3.0], "bins": [0, 1, 2]},
+    )  # fmt: skip
+    value, text = scoring.decode_number(model, random_scan(64), card)
+    assert made[-1] == {"decimals": 1, "max_int_digits": 2, "bounds": [-12.5, 3.0]}
+    assert -12.5 <= value <= 3.0 and re.fullmatch(r"-?\d{1,2}(\.\d)?", text)
+    card.number = {"bins": [5, 10, 40]}  # no valid range: the bins' ends bound the answer
+    scoring.decode_number(model, random_scan(64), card)
+    assert made[-1] == {"decimals": 0, "max_int_digits": 2, "bounds": [5, 40]}
