@@ -189,3 +189,20 @@ def test_the_end_tokens_are_the_generation_configs_and_the_tokenizers():
     assert _end_ids(model([3, 4], 4)) == [3, 4]
     assert _end_ids(model(7, 2)) == [7, 2]
     assert _end_ids(model(None, 2)) == [2] and _end_ids(model(None, None)) == []
+
+
+def test_a_task_the_model_stores_is_scored_with_the_stored_answers():
+    """A task spec whose name the model stores is scored with the answers the model was trained with (here one
+    of diagnosis's two codings), so the caller need not name them; explicit options still win."""
+    from fmrilm.model.scoring import store_tasks
+
+    model = SimpleNamespace(processor=SimpleNamespace(config=SimpleNamespace(extra={})))
+    diagnosis = load_task("diagnosis")
+    store_tasks(model, [TaskCard.from_spec(diagnosis, options=["typical development", "autism"])])
+    card = resolve_task(model, diagnosis)
+    assert (
+        card.options == ["typical development", "autism"]
+        and card.label_of("control") == "typical development"
+    )
+    assert resolve_task(model, "diagnosis").options == card.options
+    assert resolve_task(model, diagnosis, ["patient", "control"]).options == ["patient", "control"]
