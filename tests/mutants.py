@@ -92,6 +92,18 @@ MODULES: dict[str, list[str]] = {
 }
 
 
+#: module -> end-to-end tests that reach what its fast subset does not (``--slow``: about a minute per mutant).
+#: ``evaluate()`` itself (loading, zero-shot scoring, baselines, the report folder) is reached only this way; the
+#: few-shot and fine-tuning paths (`finetune_and_score`, `_test_draw_runs`) are not reached even then.
+SLOW: dict[str, list[str]] = {
+    "eval/evaluate.py": [
+        "tests/test_metrics_trust.py::test_every_classification_row_equals_sklearn_on_its_own_predictions",
+        "tests/test_metrics_trust.py::test_a_model_that_scores_the_true_class_higher_gets_the_auc_the_truth_gives",
+        "tests/test_metrics_trust.py::test_every_regression_row_equals_sklearn_and_scipy",
+    ],
+}
+
+
 def installed_path(repo_path: str) -> str:
     top, _, rest = repo_path.partition("/")
     return f"{LAYOUT[top]}/{rest}"
@@ -101,7 +113,7 @@ def work_folder(module: str, work: Path) -> Path:
     return work / module.replace("/", "_").removesuffix(".py")
 
 
-def prepare(module: str, work: Path, resume: bool = False) -> Path:
+def prepare(module: str, work: Path, resume: bool = False, slow: bool = False) -> Path:
     """A fresh work folder for one module: installed layout under src/, tests/, setup.cfg (with ``resume``,
     an existing one is kept, so mutmut goes on with the mutants it has not checked yet)."""
     folder = work_folder(module, work)
@@ -111,15 +123,15 @@ def prepare(module: str, work: Path, resume: bool = False) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for top, target in sorted(LAYOUT.items(), key=lambda kv: kv[1].count("/")):
         shutil.copytree(REPO / top, folder / "src" / target, ignore=ignore, dirs_exist_ok=True)
-    refresh_tests(module, folder)
+    refresh_tests(module, folder, slow)
     return folder
 
 
-def refresh_tests(module: str, folder: Path) -> None:
+def refresh_tests(module: str, folder: Path, slow: bool = False) -> None:
     """The checkout's tests/ and the module's test selection (``MODULES``) into a work folder."""
     shutil.rmtree(folder / "tests", ignore_errors=True)
     shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    selection = "\n    ".join(MODULES[module])
+    selection = "\n    ".join(MODULES[module] + (SLOW.get(module, []) if slow else []))
     (folder / "setup.cfg").write_text(
         "[mutmut]\n"
         "source_paths = src\n"
@@ -208,6 +220,7 @@ def run_module(
     sample: int | None = None,
     seed: int = 0,
     survivors_only: bool = False,
+    slow: bool = False,
 ) -> Counter:
     env = {
         **os.environ,
@@ -221,7 +234,7 @@ def run_module(
     names: list[str] = []
     carried: dict[str, int | None] = {}
     if survivors_only:
-        folder, chosen, carried = _carry_over(module, work, env, sample is not None)
+        folder, chosen, carried = _carry_over(module, work, env, sample is not None, slow)
         done = mutant_results(folder, module)
         # survived (0), reached by no selected test (5, 33) or not run (None: its function changed since)
         names = [n for n in (chosen or sorted(done)) if done.get(n) in (None, 0, 5, 33)]
@@ -231,7 +244,7 @@ def run_module(
         )
         resume = True
     else:
-        folder = prepare(module, work, resume)
+        folder = prepare(module, work, resume, slow)
         if sample is not None:
             chosen = draw_sample(generate(folder, module, env), sample, seed)
             (folder / "sample.txt").write_text("\n".join(chosen) + "\n")
@@ -274,7 +287,7 @@ def run_module(
 
 
 def _carry_over(
-    module: str, work: Path, env: dict[str, str], sampled: bool
+    module: str, work: Path, env: dict[str, str], sampled: bool, slow: bool
 ) -> tuple[Path, list[str] | None, dict[str, int | None]]:
     """``--survivors``: a fresh work folder from the checkout (its source, tests and selection), with the
     earlier run's verdicts carried over for every mutant whose function is unchanged, and the earlier
@@ -287,7 +300,7 @@ def _carry_over(
     old_sample = (folder / "sample.txt").read_text().split() if (folder / "sample.txt").exists() else None
     if sampled and old_sample is None:
         raise SystemExit(f"--survivors --sample: {module}'s earlier run in {folder} was not a sample")
-    folder = prepare(module, work)
+    folder = prepare(module, work, slow=slow)
     generate(folder, module, env)
     new = json.loads(meta.read_text())
     unchanged = {
@@ -348,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
     parser.add_argument(
+        "--slow",
+        action="store_true",
+        help="also run each module's end-to-end tests (SLOW in the script: about a minute per mutant)",
+    )
+    parser.add_argument(
         "--survivors",
         action="store_true",
         help="re-test only the survivors (and unreached mutants) of the earlier run in each work folder, "
@@ -362,9 +380,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown module(s) {unknown}; choose among {list(MODULES)}")
     lines = []
     for module in modules:
-        print(f"=== mutmut on {module} (tests: {' '.join(MODULES[module])})", flush=True)
+        tests = MODULES[module] + (SLOW.get(module, []) if args.slow else [])
+        print(f"=== mutmut on {module} (tests: {' '.join(tests)})", flush=True)
         counts = run_module(
-            module, args.work, args.max_children, args.resume, args.sample, args.seed, args.survivors
+            module,
+            args.work,
+            args.max_children,
+            args.resume,
+            args.sample,
+            args.seed,
+            args.survivors,
+            args.slow,
         )
         total = (
             len(mutant_results(work_folder(module, args.work), module)) if args.sample is not None else None

@@ -531,7 +531,9 @@ def test_a_finished_run_is_reused_only_while_settings_model_and_cohort_are_uncha
     assert work == out.parent / ".r.eval-work" and (work / RESUME_KEY_FILE).exists()
     result = MethodResult(method="m", task="t", task_type="regression", y_true=[1.0], y_pred=[2.0], shots=2)
     _store(work, "m-k2", result)
-    assert _cached(work, "m-k2").y_pred == [2.0] and _cached(work, "other") is None
+    with caplog.at_level("INFO", logger="fmrilm.eval"):
+        assert _cached(work, "m-k2").y_pred == [2.0] and _cached(work, "other") is None
+    assert f"m-k2: reusing the finished run in {work}" in caplog.text
 
     (model / "README.md").write_text("a new card")
     assert _cached(
@@ -615,3 +617,9 @@ def test_few_shot_probes_need_two_subjects_per_class_and_record_whom_they_were_f
         assert (r.shots, r.seed, r.n) == (2, 3, 4)
         assert r.info["train_subjects"] == ["c0", "c1", "p0", "p1"]
         assert r.subject_ids == ["c2", "c3", "p2", "p3"]
+
+
+def test_a_protocol_the_summary_does_not_know_is_shown_by_its_name():
+    text = summary_table([_with_metrics("m", None, 0, (0.5, 0.5, 0.5, 0.5), protocol="external-cohort")])
+    assert "Protocol `external-cohort`: external-cohort.\n" in text
+    assert text.endswith(" |\n")  # each table ends with its last row and a blank line
