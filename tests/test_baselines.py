@@ -350,3 +350,25 @@ def test_every_refusal_of_a_probe_is_one_clear_error(planted):
         linear_probe(fc, table, "diagnosis", {"train": controls, "test": split["test"]})
     with pytest.raises(FmriInputError, match=r"The split has no 'train' part \(parts: \['test'\]\)"):
         linear_probe(fc, table, "diagnosis", {"test": split["test"]})
+
+
+def test_short_scans_at_their_own_tr_give_fc_and_tangent_features():
+    """Both FC baselines read each scan at its own TR and accept scans of 10 timepoints or more (the default
+    signal settings would resample to 2 s and ask for 24)."""
+    from fmrilm.eval.baselines import tangent_features
+
+    atlas = Atlas.builtin("dosenbach160").subset(np.arange(6))
+    scans = []
+    for i in range(5):
+        rng = np.random.default_rng(i)
+        ts = rng.standard_normal((12, 2)) @ rng.standard_normal((2, 6)) + rng.standard_normal((12, 6))
+        scans.append(Scan(ts.astype(np.float32), tr=2.5, atlas=atlas, scan_id=f"s{i}", subject_id=f"sub{i}"))
+    cohort = Cohort.from_scans(scans, [{}] * 5, atlas=atlas)
+    fc = fc_features(cohort)
+    tangent = tangent_features(cohort, [0, 1, 2, 3])
+    assert fc.shape == tangent.shape == (5, 15) and np.isfinite(tangent).all()
+    # the FC of scan 0 is that of its 12 native samples, not of a resampled series
+    from nilearn.signal import clean
+
+    z = clean(scans[0].timeseries, detrend=True, standardize="zscore_sample", t_r=2.5)
+    np.testing.assert_allclose(fc[0], np.arctanh(np.corrcoef(z.T)[np.triu_indices(6, k=1)]), atol=1e-4)
