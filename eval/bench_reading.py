@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_reading [--demo demo_out] [--model DIR --cohort DIR --instructions DIR]
         [--split leave-sites-out] [--task diagnosis]
-        [--no-summary] [--max-windows 0] [--epochs 2] [--batch-size 16] [--threads 1] [--json OUT]
+        [--no-summary] [--max-windows 0] [--connectome-shown K] [--epochs 2] [--batch-size 16] [--threads 1] [--json OUT]
 
 The decision this measures: how a scan should enter the LLM so that instruction tuning teaches it a trait
 in the few passes a CPU affords. The model trains on the task's instruction rows of the split's train part
@@ -12,7 +12,8 @@ chosen by, and on the test sites, which is reported. Fisher-z FC + logistic regr
 scored on the same two sets in the same process (`fmrilm.eval.baselines`), so each figure has its ratio.
 
 ``--no-summary`` turns off the scan summary (the start marker's projection of all connectome components),
-leaving the 32 per-group soft tokens; ``--max-windows`` sets how many window tokens each whole-scan part shows.
+leaving the 32 per-group soft tokens; ``--connectome-shown 1`` keeps the summary but shows one connectome token
+instead of 32 (a prompt of 57 tokens instead of 88); ``--max-windows`` sets how many window tokens each whole-scan part shows.
 The loop is Stage 3's own pieces (`train.stage3.build_examples`, class-balanced batches, `param_groups`); only
 the scoring between epochs is added. On a 2-core CPU an epoch of ABIDE's ~480 fit scans takes minutes idle,
 half an hour under load. ``--demo`` (default ``demo_out``) takes the three folders from a finished
@@ -45,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--positive", default="autism", help="answer scored as the positive class")
     p.add_argument("--no-summary", action="store_true", help="no scan summary: per-group soft tokens only")
     p.add_argument("--max-windows", type=int, default=0, help="window tokens per whole-scan part (default 0)")
+    p.add_argument(
+        "--connectome-shown",
+        type=int,
+        default=None,
+        help="connectome tokens each scan shows (default: all; the summary still reads every group)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = FmriLM.from_pretrained(args.model, is_trainable=True)
     cfg = model.processor.config
     cfg.max_windows = args.max_windows
+    cfg.connectome_shown = args.connectome_shown
     summary = not args.no_summary
     if summary != cfg.uses_scan_summary:  # the Stage-2 model was saved with the other setting
         cfg.scan_summary = summary

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fmrilm.atlas import Atlas
+from fmrilm.errors import FmriInputError
 from fmrilm.scan import Scan
 from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, resampling_weights
 
@@ -148,6 +149,40 @@ def test_every_fmri_part_starts_with_the_connectome_tokens_and_carries_their_val
         rest[np.flatnonzero(fc[b])] = False
         rest[start] = False
         assert not batch["connectome_values"][b][rest].any()  # text and window codes read no values
+
+
+def test_a_prompt_showing_one_connectome_token_keeps_each_scans_whole_vector_on_its_start_marker(
+    model, fitted
+):
+    """``connectome_shown=1``: each part shows only its first connectome token, yet its start marker still
+    reads all M groups of its own scan (two parts in one prompt: the second scan's values stay its own)."""
+    _, scans = fitted
+    proc, tok = model.processor, fitted[0]
+    two = [
+        {
+            "role": "user",
+            "content": [{"type": "fmri"}, {"type": "fmri"}, {"type": "text", "text": "Compare."}],
+        }
+    ]
+    full = proc(two, [scans[0], scans[1]])["input_ids"]
+    proc.config.connectome_shown = 1
+    try:
+        batch = proc(two, [scans[0], scans[1]])
+    finally:
+        proc.config.connectome_shown = None
+    ids, values = batch["input_ids"][0], batch["connectome_values"][0].numpy()
+    assert full.shape[1] - ids.shape[0] == 2 * (SMALL.num_tokens - 1)  # M - 1 fewer tokens per part
+    starts = (ids == proc.ids.start_id).nonzero()[:, 0].tolist()
+    fc = proc.ids.is_connectome(ids).nonzero()[:, 0].tolist()
+    assert fc == [s + 1 for s in starts]  # one connectome token right after each start marker
+    d = SMALL.group_dim
+    for start, scan in zip(starts, scans[:2], strict=True):
+        expected = tok.encode(scan).values
+        np.testing.assert_allclose(values[start], expected.reshape(-1), atol=1e-6)  # the whole vector
+        np.testing.assert_allclose(values[start + 1, :d], expected[0], atol=1e-6)  # group 0 on its token
+        assert not values[start + 1, d:].any()
+    with pytest.raises(FmriInputError, match="connectome_shown"):
+        type(proc.config)(connectome_shown=0)
 
 
 def test_without_values_the_model_is_plain_transformers(model, fitted):

@@ -61,6 +61,10 @@ class FmriProcessorConfig:
     #: (one projection of the whole vector: the LLM learns a scan-level trait from one position far faster
     #: than from 32 group positions; see BENCHMARKS.md, "scan summary")
     scan_summary: bool = False
+    #: how many of a part's connectome tokens the prompt shows (None: all M). With the scan summary the start
+    #: marker already reads all M groups, so showing 1 keeps the whole vector in a prompt 31 tokens shorter
+    #: (Stage 3 on a CPU costs per token; BENCHMARKS.md, "Does the LLM read the scan?")
+    connectome_shown: int | None = None
     fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
     adapters_subfolder: str = ADAPTERS_SUBFOLDER
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +79,14 @@ class FmriProcessorConfig:
         return self.connectome_components // max(self.connectome_tokens, 1)
 
     @property
+    def shown_connectome_tokens(self) -> int:
+        """Connectome tokens one whole-scan part shows: the first ``connectome_shown`` of M (all by default)."""
+        m = int(self.connectome_tokens)
+        if self.connectome_shown is None or not m:
+            return m
+        return min(int(self.connectome_shown), m)
+
+    @property
     def uses_soft_tokens(self) -> bool:
         """Whether connectome-token positions get the projection of their continuous values."""
         return bool(self.soft_tokens and self.connectome_tokens)
@@ -83,6 +95,13 @@ class FmriProcessorConfig:
     def uses_scan_summary(self) -> bool:
         """Whether the start marker of a part with connectome tokens gets the projection of all its values."""
         return bool(self.uses_soft_tokens and self.scan_summary)
+
+    def __post_init__(self) -> None:
+        if self.connectome_shown is not None and int(self.connectome_shown) < 1:
+            raise FmriInputError(
+                f"connectome_shown must be at least 1 (or None for all tokens), got {self.connectome_shown}",
+                fix="show at least one connectome token: the scan summary sits on the start marker before it",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -184,7 +203,7 @@ class FmriLMProcessor:
         return (
             2
             + self.config.num_latents * int(n_windows)
-            + (self.config.connectome_tokens if connectome else 0)
+            + (self.config.shown_connectome_tokens if connectome else 0)
         )
 
     @property
@@ -292,7 +311,7 @@ class FmriLMProcessor:
             return self.vocab.render(codes)
         if values_out is not None:
             values_out.append(connectome.values)
-        return self.vocab.render(codes, connectome.token_codes)
+        return self.vocab.render(codes, connectome.token_codes[: self.config.shown_connectome_tokens])
 
     def apply_chat_template(
         self,
@@ -435,29 +454,29 @@ class FmriLMProcessor:
         if not any(len(e.get("connectome_values", ())) for e in examples):
             return None
         cfg = self.config
-        m, d = cfg.connectome_tokens, cfg.connectome_group_dim
+        m, d, shown = cfg.connectome_tokens, cfg.connectome_group_dim, cfg.shown_connectome_tokens
         ids = np.asarray(padded_ids)
         out = np.zeros((*ids.shape, cfg.connectome_components), dtype=np.float32)
         for b, e in enumerate(examples):
             rows = np.asarray(e.get("connectome_values", np.zeros((0, d))), dtype=np.float32).reshape(-1, d)
             positions = np.flatnonzero(self.ids.is_connectome(ids[b]))
-            if len(positions) != len(rows):
+            if len(positions) * m != len(rows) * shown:  # each part: `shown` tokens, M rows of values
                 raise FmriInputError(
                     f"{len(positions)} connectome tokens but {len(rows)} rows of connectome values",
                     fix="build inputs with the processor, which keeps tokens and values together",
                 )
             for k, pos in enumerate(positions):
-                g = k % m
-                out[b, pos, g * d : (g + 1) * d] = rows[k]
+                part, g = divmod(k, shown)
+                out[b, pos, g * d : (g + 1) * d] = rows[part * m + g]
             if cfg.uses_scan_summary:
-                for first in range(0, len(positions), m):
+                for part, first in enumerate(range(0, len(positions), shown)):
                     start = positions[first] - 1
                     if start < 0 or ids[b, start] != self.ids.start_id:
                         raise FmriInputError(
                             "A part's connectome tokens do not follow its start marker",
                             fix="build inputs with the processor, which keeps tokens and values together",
                         )
-                    out[b, start] = rows[first : first + m].reshape(-1)
+                    out[b, start] = rows[part * m : (part + 1) * m].reshape(-1)
         return out
 
     # ---------------------------------------------------------------------------------------- decoding
