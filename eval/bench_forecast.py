@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_forecast [--abide ../shared/data/abide] [--context-s 96] [--horizon 10]
                                          [--test-sites UCLA_1,KKI,OHSU] [--ar-order 3] [--var-order 2]
-                                         [--model DIR] [--max-test-scans N] [--json OUT.json]
+                                         [--model DIR] [--max-test-scans N] [--threads 1] [--json OUT.json]
 
 Protocol. Scans of the test sites (leave-sites-out: no subject or scanner of theirs is seen in training) give
 their first ``--context-s`` seconds as context and the following ``--horizon`` samples as targets, at the
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", metavar="DIR", help="also forecast with this saved FmriLM")
     parser.add_argument("--max-test-scans", type=int, help="score only the first N test scans (all methods)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the model's forecasts")
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -301,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.signal import resample
 
     warnings.filterwarnings("ignore", category=UserWarning)
+    if args.horizon < 1 or args.context_s <= 0 or args.threads < 1:
+        print("--horizon and --threads must be at least 1 and --context-s positive", file=sys.stderr)
+        return 2
     abide = Path(args.abide)
     if not (abide / "phenotypes.csv").exists():
         print(f"ABIDE folder not found at {abide}", file=sys.stderr)
-        return 2
-    if args.horizon < 1 or args.context_s <= 0:
-        print("--horizon must be at least 1 and --context-s positive", file=sys.stderr)
         return 2
     model = None
     if args.model:
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from fmrilm.model.modeling import FmriLM
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
         model = FmriLM.from_pretrained(args.model).eval()
     start = time.perf_counter()
     with threadpool_limits(1):

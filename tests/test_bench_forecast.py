@@ -132,3 +132,14 @@ def test_the_model_forecasts_from_the_context_alone_at_the_native_tr():
     np.testing.assert_allclose(
         out[0], generated[0] + 0.25 * (generated[1] - generated[0]), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("bad", [["--threads", "0"], ["--horizon", "0"], ["--context-s", "0"]])
+def test_bad_settings_get_one_clear_error_before_any_data_is_read(bad, tmp_path, capsys):
+    from fmrilm.eval.bench_forecast import main
+
+    assert (
+        main(["--abide", str(tmp_path), *bad]) == 2
+    )  # tmp_path holds no ABIDE: the settings are checked first
+    err = capsys.readouterr().err
+    assert "must be at least 1" in err and "ABIDE folder" not in err
