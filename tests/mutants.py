@@ -104,6 +104,10 @@ SLOW: dict[str, list[str]] = {
 }
 
 
+#: mutmut's exit codes of a timed-out mutant (SIGXCPU from its CPU or wall-clock limit, or its own code 36).
+TIMEOUT_CODES = (36, -24, 24, 152, 255)
+
+
 def installed_path(repo_path: str) -> str:
     top, _, rest = repo_path.partition("/")
     return f"{LAYOUT[top]}/{rest}"
@@ -140,6 +144,10 @@ def refresh_tests(module: str, folder: Path, slow: bool = False) -> None:
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -q\n    -x\n"
         "process_isolation = forkserver\n"
         "use_git_change_detection = false\n"
+        # A mutant's wall-clock limit is (its tests' time in the stats run + this) x 15: the stats run times
+        # tests with imports and module fixtures already warm, while each mutant's fresh process builds them
+        # again, on a shared machine; mutmut's default of 1 s turns slow starts into false "timeout" kills.
+        "timeout_constant = 60\n"
         # Its own pytest section makes this folder pytest's rootdir and conftest boundary: otherwise pytest
         # climbs to the checkout's pyproject.toml, loads the checkout's conftest.py, puts the checkout first on
         # sys.path and tests the unmutated package (mutmut then stops: "could not find any test case").
@@ -236,8 +244,9 @@ def run_module(
     if survivors_only:
         folder, chosen, carried = _carry_over(module, work, env, sample is not None, slow)
         done = mutant_results(folder, module)
-        # survived (0), reached by no selected test (5, 33) or not run (None: its function changed since)
-        names = [n for n in (chosen or sorted(done)) if done.get(n) in (None, 0, 5, 33)]
+        # survived (0), reached by no selected test (5, 33), not run (None: its function changed since) or timed
+        # out (possibly the machine's load rather than the mutant)
+        names = [n for n in (chosen or sorted(done)) if done.get(n) in (None, 0, 5, 33, *TIMEOUT_CODES)]
         print(
             f"re-testing {len(names)} survivors / unreached / changed mutants against the checkout",
             flush=True,
@@ -331,7 +340,8 @@ def summary_line(module: str, counts: Counter, sampled_from: int | None = None) 
     known = ("killed", "timeout", "survived", "suspicious", "no tests", "not checked")
     other = sum(v for k, v in counts.items() if k not in known)
     rest = (
-        f"survived {counts['survived']}, not reached by the tests {counts['no tests']}, "
+        f"survived {counts['survived']}, timed out {counts['timeout']} (counted killed), "
+        f"not reached by the tests {counts['no tests']}, "
         f"not run yet {counts['not checked']}, other {other}"
     )
     if sampled_from is None:
