@@ -8,8 +8,11 @@ context when a later turn attaches another one.
 
 `ChatSession` also keeps the model's KV cache between turns: a new turn only runs the LLM over the tokens that
 differ from what the cache already holds (the new message), not over the whole conversation and its brain
-tokens again. Answers are decoded with special tokens skipped, so brain tokens and chat markers never reach the
-user as text.
+tokens again. A chat answer is words: brain tokens (the vocabulary rows the model added for codes, markers and
+connectome tokens) cannot be generated (`TextTokensOnly`; the rest of the distribution is renormalised), because
+their output rows take probability from the words; ``text_only=False`` lets them through again. Answers are
+decoded with special tokens skipped, so chat markers never reach the user as text. Forecasting
+(`FmriLM.forecast`) is the opposite: it generates brain codes only.
 
 A few questions are answered by computing instead of generating (`fmrilm.chat_questions`: "which networks drive
 this prediction?", "what if the default mode network were weaker?"): a fixed dispatch on recognised wordings
@@ -132,6 +135,37 @@ def make_streamer(tokenizer: Any, stream: Stream) -> Any:
     return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+# --------------------------------------------------------------------------------------------- decoding
+class TextTokensOnly:
+    """Logits processor that forbids the brain vocabulary, so generated text is words only.
+
+    Brain tokens sit in the LLM's output layer (tied to the input rows in SmolLM2), so even a trained model puts
+    some probability on them where an answer has words; sampling from the rest renormalises the word
+    distribution, and greedy decoding can no longer pick a brain token.
+    """
+
+    def __init__(self, brain_ids: Sequence[int]) -> None:
+        import torch
+
+        self.ids = torch.as_tensor(sorted({int(i) for i in brain_ids}), dtype=torch.long)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        ids = self.ids.to(scores.device)
+        return scores.index_fill(-1, ids[ids < scores.shape[-1]], float("-inf"))
+
+
+def text_only_kwargs(processor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` keywords with `TextTokensOnly` for ``processor``'s brain tokens added to any given
+    ``logits_processor``."""
+    from transformers import LogitsProcessorList
+
+    brain = TextTokensOnly(processor.ids.all_ids)
+    return {
+        **kwargs,
+        "logits_processor": LogitsProcessorList([*(kwargs.get("logits_processor") or []), brain]),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ session
 class ChatSession:
     """One conversation with an `FmriLM`: history, scans waiting for the next message, and the KV cache.
@@ -139,7 +173,8 @@ class ChatSession:
     ``session.attach(scan)`` queues a scan (a `Scan`, codes, or a file path loaded with the model's atlas) for
     the next message; ``session.ask(text)`` returns the answer and appends both turns to ``session.history``.
     With ``tools`` (default), recognised attribution and what-if questions are computed on the last attached
-    scan (`fmrilm.chat_questions`) instead of generated.
+    scan (`fmrilm.chat_questions`) instead of generated. With ``text_only`` (default) brain tokens cannot be
+    generated (`TextTokensOnly`).
     """
 
     def __init__(
@@ -151,9 +186,11 @@ class ChatSession:
         max_new_tokens: int = 256,
         do_sample: bool = False,
         tools: bool = True,
+        text_only: bool = True,
         **generate_kwargs: Any,
     ) -> None:
         self.model = model
+        self.text_only = bool(text_only)
         self.history: History = list(history or [])
         self.pending: list[dict[str, Any]] = []
         #: Scans attached in this session, with their signal (what computed answers perturb).
@@ -250,6 +287,8 @@ class ChatSession:
         values = inputs.get("connectome_values")
         if values is not None:
             kwargs["connectome_values"] = values.to(model.device)
+        if self.text_only:
+            kwargs = text_only_kwargs(self.processor, kwargs)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids.to(model.device),
@@ -320,13 +359,15 @@ def chat(
     max_new_tokens: int = 256,
     do_sample: bool = False,
     tools: bool = True,
+    text_only: bool = True,
     **generate_kwargs: Any,
 ) -> tuple[str, History]:
     """One turn: ``(answer, history)``; pass ``history`` back with the next message to continue.
 
     ``scan`` is a `Scan`, precomputed codes, a file path (loaded with the model's atlas), a list of these, or
     None to go on talking about the scans already in ``history``. ``tools``: recognised attribution and
-    what-if questions are computed on the scans given in this call (`fmrilm.chat_questions`).
+    what-if questions are computed on the scans given in this call (`fmrilm.chat_questions`). ``text_only``:
+    brain tokens cannot be generated (`TextTokensOnly`).
     """
     session = ChatSession(
         model,
@@ -335,6 +376,7 @@ def chat(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         tools=tools,
+        text_only=text_only,
         **generate_kwargs,
     )
     answer = session.ask(message, scan, stream=stream)

@@ -43,7 +43,7 @@ def test_a_model_scored_against_itself_keeps_everything(models, tmp_path, capsys
     result = json.loads(out.read_text())
     assert result["groups"]["all"]["ratio"] == pytest.approx(1.0, abs=1e-5)
     assert all(r["ratio"] == pytest.approx(1.0, abs=1e-5) for r in result["questions"])
-    assert result["aim_met"] and "-> 1.00x, met" in capsys.readouterr().out
+    assert result["aim_met"] and "raw distribution -> 1.00x, met" in capsys.readouterr().out
 
 
 def test_the_figures_are_the_answer_tokens_mean_loss(models, tmp_path):
@@ -58,11 +58,13 @@ def test_the_figures_are_the_answer_tokens_mean_loss(models, tmp_path):
 
     base, tok = AutoModelForCausalLM.from_pretrained(plain), AutoTokenizer.from_pretrained(plain)
     model = FmriLM.from_pretrained(tuned)
-    nll = {"nll_base": 0.0, "nll_tuned": 0.0}
+    brain = torch.tensor(model.processor.ids.all_ids)
+    nll = {"nll_base": 0.0, "nll_tuned": 0.0, "nll_chat": 0.0}
     tokens = 0
     for row in result["questions"]:
         prompt = bench.prompt_ids(tok, row["question"])
-        answer = bench.greedy_answer(base, tok, prompt, 6)
+        answer = bench.greedy_answer(base, tok, prompt, 6, model.processor.ids.all_ids)
+        assert not set(answer) & set(model.processor.ids.all_ids)  # the base answers in words
         assert (
             row["tokens"] == len(answer)
             and tok.decode(answer, skip_special_tokens=True).strip() == row["answer"]
@@ -74,9 +76,22 @@ def test_the_figures_are_the_answer_tokens_mean_loss(models, tmp_path):
                 mean = float(llm(input_ids=ids, labels=labels).loss)
                 assert row[key] / len(answer) == pytest.approx(mean, rel=1e-4)
                 nll[key] += mean * len(answer)
+            # the chat's distribution: brain-token columns dropped, the words' probabilities renormalised
+            logp = model.llm(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+            words = torch.ones(logp.shape[-1], dtype=torch.bool)
+            words[brain] = False
+            logp = logp[:, words].log_softmax(-1)
+            word_index = torch.cumsum(words.long(), 0) - 1  # vocabulary id -> column among the words
+            chat = -float(logp[torch.arange(len(answer)), word_index[torch.tensor(answer)]].sum())
+            assert row["nll_chat"] == pytest.approx(chat, rel=1e-4)
+            assert row["nll_chat"] <= row["nll_tuned"]  # taking mass from brain tokens only adds to the words
+            nll["nll_chat"] += chat
         tokens += len(answer)
     expected = math.exp(nll["nll_tuned"] / tokens) / math.exp(nll["nll_base"] / tokens)
     assert result["groups"]["all"]["ratio"] == pytest.approx(expected, rel=1e-4)
+    chat_expected = math.exp(nll["nll_chat"] / tokens) / math.exp(nll["nll_base"] / tokens)
+    assert result["groups"]["all"]["chat_ratio"] == pytest.approx(chat_expected, rel=1e-4)
+    assert result["groups"]["all"]["chat_ratio"] < result["groups"]["all"]["ratio"]
     assert result["groups"]["all"]["tokens"] == tokens
     assert 0 < result["groups"]["all"]["brain_probability"] < 1
     # with the adapters switched off, the tuned folder is the plain one: nothing lost

@@ -183,6 +183,7 @@ def test_brain_tokens_in_an_answer_stay_out_of_the_text(trained, model):
         max_new_tokens=K,
         min_new_tokens=K,
         logits_processor=only_codes,
+        text_only=False,  # the chat forbids brain tokens by default (tests/test_chat_text_only.py)
     )
     assert answer == "" and "".join(pieces) == ""
     written = [p for p in history[-1]["content"] if p["type"] == "fmri"]

@@ -1,8 +1,12 @@
-"""A small built-in text -> text replay set for Stage 2, so the LLM keeps answering plain questions.
+"""A small built-in text -> text replay set for Stages 2 and 3, so the LLM keeps answering plain questions.
 
-While LoRA learns brain tokens, a share of every batch is ordinary chat: general questions with short,
-correct answers written for this package (no download, no licence question). Users can add their own
-pairs with ``--replay-file`` (JSON lines with "prompt" and "response").
+While LoRA learns brain tokens (Stage 2) or phenotype answers (Stage 3), a share of every batch is ordinary
+chat: general questions with short, correct answers written for this package (no download, no licence
+question). Users can add their own pairs with ``--replay-file`` (JSON lines with "prompt" and "response").
+Stage 3 can also replace the written answers by the model's own (`own_answers`: what the LLM answered before
+tuning), so replay holds the chat model where it was instead of teaching it the written answers' style.
+
+No prompt here is one of `fmrilm bench retention`'s questions, so that benchmark never scores a trained answer.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from fmrilm.errors import FmriInputError
 
 REPLAY_PAIRS: tuple[tuple[str, str], ...] = (
-    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
     ("How many days are there in a week?", "There are seven days in a week."),
     ("What is 12 plus 7?", "12 plus 7 equals 19."),
     ("Name the largest planet in the solar system.", "Jupiter is the largest planet in the solar system."),
@@ -52,8 +57,8 @@ REPLAY_PAIRS: tuple[tuple[str, str], ...] = (
     ),
     ("What season comes after winter?", "Spring comes after winter."),
     (
-        "Why is the sky blue?",
-        "Air molecules scatter blue sunlight more than red light, so the sky looks blue.",
+        "Why do we have seasons?",
+        "The Earth's axis is tilted, so through the year each hemisphere gets more or less direct sunlight.",
     ),
     ("Spell the word 'science' backwards.", "Backwards, 'science' is 'ecneics'."),
     ("How many continents are there?", "There are seven continents."),
@@ -119,3 +124,55 @@ def load_replay_pairs(path: str | os.PathLike | None = None) -> list[tuple[str, 
                 fix='write one {"prompt": ..., "response": ...} object per line',
             ) from exc
     return pairs
+
+
+#: Where an unfinished answer may be cut so it still ends as a sentence.
+SENTENCE_ENDS = (".", "!", "?")
+
+
+def own_answers(model: Any, prompts: list[str], max_new_tokens: int = 128) -> list[str | None]:
+    """The answers the model's LLM gives to ``prompts`` before tuning: greedy, in its chat template, with its
+    adapters switched off (so a Stage-2 model answers as its base LLM) and brain tokens excluded (as the chat
+    generates). An answer still running at ``max_new_tokens`` is cut after its last full sentence; None when
+    it has none (the pair is then left out)."""
+    import contextlib
+
+    import torch
+
+    from fmrilm.chat import text_only_kwargs
+
+    processor, llm = model.processor, model.llm
+    eos = model.base_llm.generation_config.eos_token_id
+    eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+    was_training = llm.training
+    llm.eval()
+    off = llm.disable_adapter() if model.has_adapters else contextlib.nullcontext()
+    answers: list[str | None] = []
+    try:
+        with off, torch.no_grad():
+            for prompt in prompts:
+                inputs = processor([{"role": "user", "content": prompt}], add_generation_prompt=True)
+                ids = inputs["input_ids"].to(model.device)
+                out = model.generate(
+                    **text_only_kwargs(processor, {}),
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                )
+                new = out[0, ids.shape[1] :].tolist()
+                finished = len(new) < max_new_tokens or new[-1] in eos
+                answers.append(whole_sentences(processor.decode(new), finished))
+    finally:
+        llm.train(was_training)
+    return answers
+
+
+def whole_sentences(text: str, finished: bool) -> str | None:
+    """An answer as a replay target: as it is when the model finished it, else up to its last full sentence
+    (a target cut mid-sentence would teach the model to stop there); None when nothing is left."""
+    text = text.strip()
+    if not finished:
+        cut = max(text.rfind(end) for end in SENTENCE_ENDS)
+        text = text[: cut + 1].strip() if cut > 0 else ""
+    return text or None

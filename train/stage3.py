@@ -7,6 +7,11 @@ the base model's chat template (`FmriLMProcessor.training_example`) with labels 
 Each example's loss is its own mean token loss, so a long open-paradigm sentence does not outweigh a one-word
 answer.
 
+With ``replay_weight`` W > 0, a share W of every batch is plain text -> text chat pairs (`fmrilm.train.replay`:
+the built-in set plus ``--replay-file``), task "replay" in the metrics, so the LLM stays a chat model that
+answers free questions in sentences; the phenotype rows fill the rest of the batch exactly as they would without
+replay (the same balanced shares), so replay never changes the tasks' class balance.
+
 Rows of a set's ``test`` split part are never trained on; ``val`` rows give the held-out loss (per task);
 rows without a split, or in ``train``, are trained on. The batch of step ``s`` is a function of (seed, s) only
 (slices of seeded per-epoch permutations), so a resumed run sees the batches the uninterrupted run would have
@@ -56,6 +61,13 @@ MODEL_DIR = "model"
 PROCESSOR_CONFIG = "fmri_processor_config.json"
 #: Split parts: never trained on / held out for the validation loss.
 TEST_PART, VAL_PART = "test", "val"
+#: Task name of the text replay examples (metrics ``loss_replay`` / ``val_loss_replay``).
+REPLAY_TASK = "replay"
+#: Where a run keeps the replay pairs it trains on (with "own" answers: generated once, reused on resume).
+REPLAY_PAIRS_FILE = "replay_pairs.json"
+REPLAY_ANSWERS = ("written", "own")
+#: Default share of each Stage-3 batch given to text replay (measured: BENCHMARKS.md, "Retention").
+DEFAULT_REPLAY_WEIGHT = 0.0
 
 
 @dataclass(kw_only=True)
@@ -85,6 +97,15 @@ class InstructConfig(LoopConfig):
     cohorts: list[str] = field(default_factory=list)  # override the sets' cohort folders (one per set)
     new_adapters: bool = False
     max_windows: int | None = None
+    #: connectome tokens a whole-scan part shows (None: all); the scan summary still reads every group
+    connectome_shown: int | None = None
+    #: share of every batch given to text replay pairs (0: none), so instruction tuning keeps the chat model
+    replay_weight: float = DEFAULT_REPLAY_WEIGHT
+    #: extra replay pairs (JSON lines with "prompt" and "response") on top of the built-in ones
+    replay_file: str | None = None
+    #: the replay pairs' answers: "written" (as in the pairs) or "own" (the model's own answers before tuning,
+    #: adapters off: `fmrilm.train.replay.own_answers`), which hold the chat where it was
+    replay_answers: str = "written"
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -308,13 +329,33 @@ def task_cards(sources: list[InstructionSource]) -> list[Any]:
 # -------------------------------------------------------------------------------------------------- training
 def batch_rows(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Rows of step ``step``'s batch: consecutive slices of seeded per-epoch permutations of ``n`` rows."""
+    return permutation_rows(n, step * batch_size, batch_size, [seed])
+
+
+def permutation_rows(n: int, position: int, count: int, key: list[int]) -> np.ndarray:
+    """``count`` rows from ``position`` on in the stream of seeded per-epoch permutations of ``n`` rows
+    (epoch ``e`` is ``default_rng([*key, e]).permutation(n)``)."""
     rows: list[int] = []
-    position = step * batch_size
-    while len(rows) < batch_size:
+    while len(rows) < count:
         epoch, offset = divmod(position + len(rows), n)
-        permutation = np.random.default_rng([seed, epoch]).permutation(n)
-        rows.extend(permutation[offset : offset + batch_size - len(rows)].tolist())
+        permutation = np.random.default_rng([*key, epoch]).permutation(n)
+        rows.extend(permutation[offset : offset + count - len(rows)].tolist())
     return np.asarray(rows, dtype=np.int64)
+
+
+def replay_rows_before(weight: float, batch_size: int, step: int) -> int:
+    """Replay rows in the batches of steps ``0 .. step - 1``: ``floor(weight x batch_size x step)``, so step
+    ``s`` holds ``replay_rows_before(s + 1) - replay_rows_before(s)`` of them and the share is ``weight``
+    to within one row over any run length (a fraction of a row is carried to the next step)."""
+    return int(np.floor(weight * batch_size * step + 1e-9))
+
+
+def replay_batch_rows(n_replay: int, weight: float, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Replay rows (indices into the replay examples) of step ``step``: the next ones in seeded
+    permutations of the replay pairs, so every pair is seen equally often; a function of (seed, step)."""
+    start = replay_rows_before(weight, batch_size, step)
+    count = replay_rows_before(weight, batch_size, step + 1) - start
+    return permutation_rows(n_replay, start, count, [seed, 1])
 
 
 #: A task with at most this many distinct answers is class-balanced; more (free text) is sampled uniformly.
@@ -356,11 +397,16 @@ def fit(
     resume: bool = False,
     desc: str = "instruct",
     setup: dict[str, Any] | None = None,
+    replay: list[dict[str, Any]] | None = None,
+    replay_val: list[dict[str, Any]] | None = None,
+    replay_weight: float = 0.0,
 ) -> tuple[Any, Any]:
     """Train ``model``'s trainable tensors on ``train`` examples under accelerate; returns ``(model, state)``.
 
     Writes ``metrics.json`` (train loss per task, validation loss per task) and checkpoints into ``out_dir``;
     ``resume`` continues from the last checkpoint. The returned model is unwrapped and in eval mode.
+    With ``replay_weight`` > 0, that share of every batch comes from the ``replay`` examples (in seeded
+    permutations) and the rest from ``train`` as without replay; ``replay_val`` joins the validation loss.
     """
     import torch
     from fmrilm.train.common import (
@@ -381,13 +427,17 @@ def fit(
         raise FmriInputError(
             "No training example is left", fix="check the instruction rows and their split parts"
         )
+    replay = list(replay or []) if replay_weight > 0 else []
+    replay_val = list(replay_val or []) if replay else []
+    if replay_weight > 0 and not replay:
+        raise FmriInputError("Replay is asked for but there is no replay pair", fix="pass --replay-weight 0")
     accelerator = make_accelerator(out_dir, seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     _trainable_only_checkpoints(accelerator)
     shards = BatchShards(accelerator, cfg.batch_size)  # under `accelerate launch`: each process's share
     show = accelerator.is_main_process and (cfg.progress if cfg.progress is not None else None)
     processor = model.processor
     model.llm.train()
-    longest = max(len(e["input_ids"]) for e in train)
+    longest = max(len(e["input_ids"]) for e in train + replay)
     if checkpointing_wanted(cfg.gradient_checkpointing, cfg.batch_size * longest):
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -406,14 +456,15 @@ def fit(
         "setup",
         {
             "processes": accelerator.num_processes,
-            "train_examples": dict(Counter(e["task"] for e in train)),
-            "val_examples": dict(Counter(e["task"] for e in val)),
+            "train_examples": dict(Counter(e["task"] for e in train + replay)),
+            "val_examples": dict(Counter(e["task"] for e in val + replay_val)),
             "trainable_parameters": sum(p.numel() for p in trainable),
             **(setup or {}),
         },
     )
     rng = np.random.default_rng(cfg.seed + 1)
     val = [val[i] for i in sorted(rng.permutation(len(val))[: cfg.max_val_examples])]
+    val += replay_val  # a few pairs: all of them, beside the task rows
     val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
     weights = balanced_weights(train) if cfg.balance else None
 
@@ -444,12 +495,9 @@ def fit(
         total=cfg.steps, initial=state.step, desc=desc, disable=None if show is None else not show
     ) as bar:
         while state.step < cfg.steps:
-            if cfg.balance:
-                rows = balanced_batch_rows(weights, cfg.batch_size, cfg.seed, state.step)
-            else:
-                rows = batch_rows(len(train), cfg.batch_size, cfg.seed, state.step)
-            answered = sum(has_answer(train[i]) for i in rows)
-            part = shards.take([train[i] for i in rows])
+            chosen = step_examples(train, replay, weights, cfg, replay_weight, state.step)
+            answered = sum(has_answer(e) for e in chosen)
+            part = shards.take(chosen)
             batch = collate(part)
             out = model(**batch, loss_reduction="example")
             loss = shards.loss(out, batch["labels"], answered, trainable)
@@ -487,6 +535,97 @@ def fit(
     return unwrapped, state
 
 
+def step_examples(
+    train: list[dict[str, Any]],
+    replay: list[dict[str, Any]],
+    weights: np.ndarray | None,
+    cfg: LoopConfig,
+    replay_weight: float,
+    step: int,
+) -> list[dict[str, Any]]:
+    """The examples of step ``step``'s batch: task rows (balanced by ``weights``, or in permutations when
+    None) then replay rows; a function of (seed, step) only, so a resumed run draws the same batches."""
+    if not replay:
+        n_tasks, picked = cfg.batch_size, []
+    else:
+        picked = replay_batch_rows(len(replay), replay_weight, cfg.batch_size, cfg.seed, step)
+        n_tasks = cfg.batch_size - len(picked)
+    if weights is not None:
+        rows = balanced_batch_rows(weights, n_tasks, cfg.seed, step)
+    elif not replay:
+        rows = batch_rows(len(train), n_tasks, cfg.seed, step)
+    else:  # the task rows' own stream: what the steps before consumed of it
+        position = step * cfg.batch_size - replay_rows_before(replay_weight, cfg.batch_size, step)
+        rows = permutation_rows(len(train), position, n_tasks, [cfg.seed])
+    return [train[i] for i in rows] + [replay[i] for i in picked]
+
+
+def replay_examples(
+    processor: Any, pairs: list[tuple[str, str]], max_length: int | None = None
+) -> list[dict[str, Any]]:
+    """Training examples of text replay pairs, through the processor's normal path (chat template, loss on
+    the answer only), as task "replay"; a pair longer than ``max_length`` is left out."""
+    examples = []
+    for prompt, response in pairs:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        example = processor.training_example(messages)
+        if max_length and len(example["input_ids"]) > max_length:
+            continue
+        examples.append({**example, "task": REPLAY_TASK, "answer": ""})
+    return examples
+
+
+def split_replay(
+    pairs: list[tuple[str, str]], seed: int, held_out: bool
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(train, val)`` pairs: a seeded tenth (at least one) held out for the validation loss when the
+    instruction sets have validation rows, else all trained on."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    pairs = [pairs[i] for i in order]
+    n_val = max(1, len(pairs) // 10) if held_out and len(pairs) > 1 else 0
+    return pairs[n_val:], pairs[:n_val]
+
+
+def check_replay_settings(weight: float, replay_file: str | None, answers: str = "written") -> None:
+    """One clear error for a replay share outside [0, 1), an unknown answer source, or a replay file that
+    would not be used."""
+    if answers not in REPLAY_ANSWERS:
+        raise FmriInputError(
+            f"Unknown replay answers '{answers}'", fix=f"pass --replay-answers {' or '.join(REPLAY_ANSWERS)}"
+        )
+    if not 0.0 <= weight < 1.0 or not np.isfinite(weight):
+        raise FmriInputError(
+            f"--replay-weight {weight} is not a share of the batch in [0, 1)",
+            fix="pass e.g. --replay-weight 0.25 (a quarter of each batch is text replay), or 0 for none",
+        )
+    if replay_file and weight == 0:
+        raise FmriInputError(
+            "--replay-file is given but --replay-weight is 0, so its pairs would never be trained on",
+            file=replay_file,
+            fix="pass --replay-weight above 0 (e.g. 0.25)",
+        )
+
+
+def own_replay_pairs(
+    model: Any, pairs: list[tuple[str, str]], out_dir: Path, resume: bool
+) -> list[tuple[str, str]]:
+    """The replay prompts with the model's own answers before tuning (`fmrilm.train.replay.own_answers`);
+    kept in ``OUT/replay_pairs.json`` so a resumed run trains on the same ones without generating again."""
+    from fmrilm.train.common import write_json
+    from fmrilm.train.replay import own_answers
+
+    path = out_dir / REPLAY_PAIRS_FILE
+    if resume and path.exists():
+        return [(str(p), str(r)) for p, r in json.loads(path.read_text())]
+    prompts = [prompt for prompt, _ in pairs]
+    logger.info("Stage 3: generating the model's own answers to %d replay prompts", len(prompts))
+    answers = own_answers(model, prompts)
+    own = [(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True) if answer]
+    if is_main_process():
+        write_json(path, own)
+    return own
+
+
 def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: bool, seed: int = 0):
     """The model to tune: its adapters are trained on, or (``new_adapters`` / none) fresh LoRA is added.
 
@@ -515,15 +654,20 @@ def train_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool = 
 
 def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) -> Path:
     from fmrilm.train.common import write_json
+    from fmrilm.train.replay import load_replay_pairs
 
     from fmrilm.model.scoring import store_tasks
 
+    check_replay_settings(cfg.replay_weight, cfg.replay_file, cfg.replay_answers)
+    pairs = load_replay_pairs(cfg.replay_file) if cfg.replay_weight > 0 else []
     out_dir = Path(cfg.out)
     prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     sources = load_sources(cfg.instructions, cfg.cohorts or None)
     model = load_trainable_model(cfg.model, cfg.lora, cfg.new_adapters, cfg.seed)
     if cfg.max_windows is not None:
         model.processor.config.max_windows = int(cfg.max_windows)
+    if cfg.connectome_shown is not None:
+        model.processor.config.connectome_shown = int(cfg.connectome_shown)
     processor = model.processor
 
     train, val, info = [], [], {}
@@ -557,13 +701,36 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
                 sum((skipped_tr + skipped_va).values()),
                 cfg.max_length,
             )
+    if pairs and cfg.replay_answers == "own":
+        pairs = own_replay_pairs(model, pairs, out_dir, resume)
+    replay_train, replay_val = split_replay(pairs, cfg.seed, held_out=bool(val))
+    replay = replay_examples(processor, replay_train, cfg.max_length)
+    replay_held = replay_examples(processor, replay_val, cfg.max_length)
+    replay_info = {
+        "weight": cfg.replay_weight,
+        "file": cfg.replay_file,
+        "answers": cfg.replay_answers,
+        "train_examples": len(replay),
+        "val_examples": len(replay_held),
+        "too_long": len(pairs) - len(replay) - len(replay_held),
+    }
     cards = task_cards(sources)
     if is_main_process():
         write_json(out_dir / TRAIN_CONFIG, cfg.to_dict())
-        write_json(out_dir / DATA_FILE, {"sets": info, "tasks": [c.to_dict() for c in cards]})
-    logger.info("Stage 3: %d training and %d validation examples", len(train), len(val))
+        write_json(
+            out_dir / DATA_FILE,
+            {"sets": info, REPLAY_TASK: replay_info, "tasks": [c.to_dict() for c in cards]},
+        )
+    logger.info(
+        "Stage 3: %d training and %d validation examples, %d text replay pairs (%.0f%% of each batch)",
+        len(train), len(val), len(replay), 100 * cfg.replay_weight,
+    )  # fmt: skip
 
-    model, state = fit(model, train, val, cfg, out_dir, resume=resume, desc="instruct", setup={"sets": info})
+    model, state = fit(
+        model, train, val, cfg, out_dir, resume=resume, desc="instruct",
+        setup={"sets": info, REPLAY_TASK: replay_info},
+        replay=replay, replay_val=replay_held, replay_weight=cfg.replay_weight,
+    )  # fmt: skip
     store_tasks(model, cards)
     final = out_dir / MODEL_DIR
     if is_main_process():
@@ -624,6 +791,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--new-adapters", action="store_true", help="merge the model's adapters and train fresh LoRA on top"
     )
     p.add_argument("--max-windows", type=int, default=None, help="windows of a whole scan shown to the model")
+    p.add_argument(
+        "--connectome-shown", type=int, default=None, metavar="K",
+        help="connectome tokens a whole scan shows (default: all; with the scan summary, 1 keeps the whole "
+        "connectome on the start marker in a prompt M - 1 tokens shorter)",
+    )  # fmt: skip
+    p.add_argument(
+        "--replay-weight", type=float, default=InstructConfig.replay_weight, metavar="W",
+        help="share of every batch given to plain text -> text chat pairs, so the LLM stays a chat model "
+        "(0: none; the phenotype tasks keep their balance in the rest; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--replay-file", default=None, metavar="JSONL",
+        help="extra replay pairs on top of the built-in ones (JSON lines with 'prompt' and 'response')",
+    )  # fmt: skip
+    p.add_argument(
+        "--replay-answers", choices=REPLAY_ANSWERS, default=InstructConfig.replay_answers,
+        help="train replay prompts on their written answers, or on the model's own answers before tuning "
+        "(greedy, adapters off: holds the chat where it was; default %(default)s)",
+    )  # fmt: skip
     add_tuning_arguments(p, InstructConfig)
 
 
@@ -635,6 +821,10 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         cohorts=[str(c) for c in args.cohort],
         new_adapters=bool(args.new_adapters),
         max_windows=args.max_windows,
+        connectome_shown=args.connectome_shown,
+        replay_weight=float(args.replay_weight),
+        replay_file=None if args.replay_file is None else str(args.replay_file),
+        replay_answers=str(args.replay_answers),
         **tuning_kwargs(args),
     )
 

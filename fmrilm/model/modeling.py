@@ -417,10 +417,16 @@ class FmriLM(nn.Module):
         *,
         max_new_tokens: int = 256,
         do_sample: bool = False,
+        text_only: bool = True,
         **generate_kwargs: Any,
     ) -> str:
-        """One assistant reply to ``messages`` (fMRI parts take ``scans`` in order), generated with the KV cache."""
+        """One assistant reply to ``messages`` (fMRI parts take ``scans`` in order), generated with the KV cache;
+        ``text_only``: brain tokens cannot be generated (`fmrilm.chat.TextTokensOnly`), the answer is words."""
         inputs = self.processor(messages, scans, add_generation_prompt=True).to(self.device)
+        if text_only:
+            from fmrilm.chat import text_only_kwargs
+
+            generate_kwargs = text_only_kwargs(self.processor, generate_kwargs)
         out = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
         return self.processor.decode(out[0, inputs["input_ids"].shape[1] :])
 
