@@ -37,19 +37,26 @@ class Preset:
     sim_subjects: int = 120
     tokenizer_preset: str = "small"
     #: 800 steps of "small" reach held-out R² ~0.12 in ~2 min on 2 cores ("tiny"/150: 0.02 in 20 s).
-    tokenizer_steps: int = 800
+    tokenizer_steps: int = 400
     #: "input" embeds descriptors with the LLM's input embeddings (seconds on CPU); "hidden" runs the LLM.
     text_pooling: str = "input"
-    align_steps: int = 40
+    align_steps: int = 20
     #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
     align_text_columns: str = "text_graph"
-    align_max_length: int = 320
+    align_max_length: int = 256
     #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
     #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
     max_windows: int = 1
     #: Window tokens in Stage 3 prompts: 0 shows the connectome tokens and the scan summary only (the
     #: phenotype and descriptor questions are about connectivity), which halves a CPU step; None keeps Stage 2's.
     instruct_max_windows: int | None = 0
+    #: Connectome tokens a Stage-3 prompt shows: with the scan summary on the start marker reading all 32
+    #: groups, 1 token keeps the whole connectome in 57-token prompts instead of 88 (BENCHMARKS.md, "Does the
+    #: LLM read the scan?"); None shows all.
+    instruct_connectome_shown: int | None = 1
+    #: Gradient checkpointing in Stages 2 and 3 (None: the batch-token rule). Off on a CPU with memory to
+    #: spare: recomputing every layer costs a third more time per step.
+    gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
     instruct_steps: int = 90
@@ -94,6 +101,8 @@ PRESETS: dict[str, Preset] = {
         eval_seeds=3,
         eval_tasks=("diagnosis", "sex", "age"),
         instruct_paradigms=None,
+        instruct_connectome_shown=None,
+        gradient_checkpointing=None,
     ),
 }
 PRESETS["gpu"] = Preset(**{**PRESETS["full"].__dict__, "batch_size": 16, "device_args": []})
@@ -180,6 +189,10 @@ class Demo:
         if code != 0:
             raise SystemExit(f"demo step failed ({title}); fix the error above and re-run to resume")
         print(f"    done in {elapsed:.0f} s (peak memory so far {peak_mib():.0f} MiB)", flush=True)
+
+    def checkpointing(self) -> list[str]:
+        flag = self.p.gradient_checkpointing
+        return [] if flag is None else ["--gradient-checkpointing" if flag else "--no-gradient-checkpointing"]
 
     def common(self) -> list[str]:
         return ["--threads", str(self.threads)] if self.threads else []
@@ -327,6 +340,7 @@ class Demo:
             + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
             + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
             + ["--max-windows", str(self.p.max_windows)]
+            + self.checkpointing()
             + self.common(),
             done=Path(align) / "model" / "config.json",
         )
@@ -342,6 +356,12 @@ class Demo:
                 if self.p.instruct_max_windows is None
                 else ["--max-windows", str(self.p.instruct_max_windows)]
             )
+            + (
+                []
+                if self.p.instruct_connectome_shown is None
+                else ["--connectome-shown", str(self.p.instruct_connectome_shown)]
+            )
+            + self.checkpointing()
             + self.common(),
             done=Path(instruct) / "model" / "config.json",
         )
