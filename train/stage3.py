@@ -99,8 +99,6 @@ class InstructConfig(LoopConfig):
     max_windows: int | None = None
     #: connectome tokens a whole-scan part shows (None: all); the scan summary still reads every group
     connectome_shown: int | None = None
-    #: connectome tokens a whole-scan part shows (None: all); the scan summary still reads every group
-    connectome_shown: int | None = None
     #: share of every batch given to text replay pairs (0: none), so instruction tuning keeps the chat model
     replay_weight: float = DEFAULT_REPLAY_WEIGHT
     #: extra replay pairs (JSON lines with "prompt" and "response") on top of the built-in ones
@@ -670,8 +668,6 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         model.processor.config.max_windows = int(cfg.max_windows)
     if cfg.connectome_shown is not None:
         model.processor.config.connectome_shown = int(cfg.connectome_shown)
-    if cfg.connectome_shown is not None:
-        model.processor.config.connectome_shown = int(cfg.connectome_shown)
     processor = model.processor
 
     train, val, info = [], [], {}
@@ -801,11 +797,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "connectome on the start marker in a prompt M - 1 tokens shorter)",
     )  # fmt: skip
     p.add_argument(
-        "--connectome-shown", type=int, default=None, metavar="K",
-        help="connectome tokens a whole scan shows (default: all; with the scan summary, 1 keeps the whole "
-        "connectome on the start marker in a prompt M - 1 tokens shorter)",
-    )  # fmt: skip
-    p.add_argument(
         "--replay-weight", type=float, default=InstructConfig.replay_weight, metavar="W",
         help="share of every batch given to plain text -> text chat pairs, so the LLM stays a chat model "
         "(0: none; the phenotype tasks keep their balance in the rest; default %(default)s)",
@@ -830,7 +821,6 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         cohorts=[str(c) for c in args.cohort],
         new_adapters=bool(args.new_adapters),
         max_windows=args.max_windows,
-        connectome_shown=args.connectome_shown,
         connectome_shown=args.connectome_shown,
         replay_weight=float(args.replay_weight),
         replay_file=None if args.replay_file is None else str(args.replay_file),
