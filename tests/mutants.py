@@ -303,10 +303,19 @@ def _carry_over(
     sample's names. The tests may only have grown since, so a mutant they killed is still killed."""
     folder = work_folder(module, work)
     meta = folder / "mutants" / "src" / (installed_path(module) + ".meta")
-    if not meta.exists():
+    # the earlier verdicts are kept beside the work folder until they are carried over, so a re-test stopped
+    # before that can be started again
+    keep = work / f".{folder.name}.previous"
+    if meta.exists():
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        shutil.copy2(meta, keep / "meta.json")
+        if (folder / "sample.txt").exists():
+            shutil.copy2(folder / "sample.txt", keep / "sample.txt")
+    if not (keep / "meta.json").exists():
         raise SystemExit(f"--survivors: {module} has no earlier run in {folder}")
-    old = json.loads(meta.read_text())
-    old_sample = (folder / "sample.txt").read_text().split() if (folder / "sample.txt").exists() else None
+    old = json.loads((keep / "meta.json").read_text())
+    old_sample = (keep / "sample.txt").read_text().split() if (keep / "sample.txt").exists() else None
     if sampled and old_sample is None:
         raise SystemExit(f"--survivors --sample: {module}'s earlier run in {folder} was not a sample")
     folder = prepare(module, work, slow=slow)
@@ -321,6 +330,7 @@ def _carry_over(
         if k in new["exit_code_by_key"] and k.rsplit("__mutmut_", 1)[0].rpartition(".")[2] in unchanged
     }
     restore_verdicts(folder, module, carried)
+    shutil.rmtree(keep, ignore_errors=True)
     chosen = None
     if sampled:
         chosen = [n for n in old_sample if n in new["exit_code_by_key"]]
