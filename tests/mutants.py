@@ -3,6 +3,8 @@ subset of the tests that exercise it; prints the share of mutants killed per mod
 
     python tests/mutants.py [MODULE ...] [--max-children N] [--work build/mutants] [--resume]
     python tests/mutants.py [MODULE ...] --sample 50 [--seed 0]     # a seeded random sample per module
+    python tests/mutants.py [MODULE ...] --sample 50 --survivors     # re-test that sample's survivors
+    python tests/mutants.py eval/evaluate.py --slow ...             # also its end-to-end tests (SLOW)
 
 mutmut imports the code under test from its own ``mutants/`` copy, which needs the installed package layout
 (``fmrilm.eval`` is the repository's ``eval/`` folder, mapped by setuptools). So each module gets a work folder
@@ -20,8 +22,8 @@ a seeded random sample of N mutants per module instead (the same seed and source
 estimate of the whole module's share, labelled as such. ``--resume`` with the same ``--sample``/``--seed``
 tests only the sampled mutants that have no result yet.
 
-``--survivors`` re-tests only the survivors (and mutants no selected test reached) of the earlier run in each
-work folder, against the checkout as it is now (source, tests, ``MODULES`` selection): how a new test is shown
+``--survivors`` re-tests only the survivors (and mutants no selected test reached, or that timed out) of the
+earlier run in each work folder, against the checkout as it is now (source, tests, ``MODULES`` selection): how a new test is shown
 to kill what survived. The other verdicts are carried over for every function whose code is unchanged (tests
 may be added to a selection, never removed, for this to hold); mutants of a changed function are re-tested.
 The killed share printed afterwards is that of the whole run (or sample), updated.
