@@ -6,10 +6,9 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default) took 12.5 minutes on an idle 2-core CPU with its earlier Stage 3 (40 steps
-of 8 over both cohorts); its Stage 3 is now 90 steps of 16 on ABIDE with connectome tokens only (about one pass
-over the autism task, the least `fmrilm bench reading` found to lift held-out AUC to 0.64), not yet timed
-idle. ``full`` and ``gpu`` are bigger.
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 67 minutes on a shared 2-core CPU at one
+thread, Stage 3 90 steps of 16 on ABIDE with the scan summary and one connectome token; its model is still at
+chance on held-out sites). ``full`` and ``gpu`` are bigger.
 """
 
 from __future__ import annotations
