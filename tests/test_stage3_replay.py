@@ -14,15 +14,13 @@ from fmrilm.eval.bench_retention import QUESTIONS
 from fmrilm.train.replay import REPLAY_PAIRS, own_answers, whole_sentences
 from fmrilm.train.stage3 import LoopConfig, balanced_weights, replay_examples, step_examples
 
-from fmrilm.atlas import Atlas
 from fmrilm.cli import main as cli_main
-from fmrilm.cohort import Cohort
 from fmrilm.model.adapters import LoraSettings
 from fmrilm.model.modeling import FmriLM
 from fmrilm.model.processing import IGNORE_INDEX
 from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
-from fmrilm.scan import Scan
 from fmrilm.splits import save_split
+from tests.test_stage3 import toy_cohort  # the same noise cohort (it also has a "hand" column)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -72,24 +70,6 @@ def test_unbalanced_batches_still_see_every_task_row_equally_often():
     rows = Counter(id(e) for b in batches for e in b if e["task"] != "replay")
     assert sum(rows.values()) == 100 * 12
     assert len(rows) == len(TASKS) and set(rows.values()) == {8}  # 1200 rows over 150 examples: 8 each
-
-
-def toy_cohort(n: int) -> Cohort:
-    """``n`` scans of noise with a sex column (tests/test_stage3.py's cohort, without the YAML task)."""
-    rng = np.random.default_rng(0)
-    atlas = Atlas(
-        name="toy",
-        labels=[f"r{i}" for i in range(6)],
-        coords=rng.normal(size=(6, 3)) * 30,
-        networks=["A"] * 6,
-    )
-    scans = [
-        Scan(
-            rng.normal(size=(48, 6)).astype(np.float32), 2.0, atlas, scan_id=f"scan{i}", subject_id=f"sub{i}"
-        )
-        for i in range(n)
-    ]
-    return Cohort.from_scans(scans, [{"sex": "male" if i % 3 else "female"} for i in range(n)], atlas=atlas)
 
 
 @pytest.fixture(scope="module")
