@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_reading [--demo demo_out] [--model DIR --cohort DIR --instructions DIR]
         [--split leave-sites-out] [--task diagnosis]
-        [--no-summary] [--max-windows 0] [--connectome-shown K] [--epochs 2] [--batch-size 16] [--threads 1] [--json OUT]
+        [--no-summary] [--max-windows 0] [--connectome-shown K] [--system-prompt TEXT] [--epochs 2] [--batch-size 16] [--threads 1] [--json OUT]
 
 The decision this measures: how a scan should enter the LLM so that instruction tuning teaches it a trait
 in the few passes a CPU affords. The model trains on the task's instruction rows of the split's train part
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="connectome tokens each scan shows (default: all; the summary still reads every group)",
+    )
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system turn of every prompt (default: the model's; '' for an empty turn, 17 tokens shorter)",
     )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
@@ -116,6 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = model.processor.config
     cfg.max_windows = args.max_windows
     cfg.connectome_shown = args.connectome_shown
+    if args.system_prompt is not None:
+        cfg.system_prompt = args.system_prompt
     summary = not args.no_summary
     if summary != cfg.uses_scan_summary:  # the Stage-2 model was saved with the other setting
         cfg.scan_summary = summary

@@ -192,3 +192,28 @@ def test_processor_round_trips_through_save(tmp_path):
     messages = user(FMRI, text("Describe."))
     assert again(messages, [scan])["input_ids"].tolist() == proc(messages, [scan])["input_ids"].tolist()
     assert again.config.to_dict() == proc.config.to_dict()
+
+
+def test_a_saved_system_prompt_starts_every_prompt_and_training_example(tmp_path):
+    """``system_prompt`` replaces the template's default system turn (SmolLM2's costs 21 tokens a prompt) in
+    inference prompts and training examples alike; a conversation's own system message wins; saved with it."""
+    proc = make_processor()
+    proc.config.system_prompt = ""
+    qa = user(FMRI, text("Describe.")) + [{"role": "assistant", "content": "ok"}]
+    prompt = proc.apply_chat_template(qa[:1], [codes(1)])
+    assert prompt.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+    example = proc.training_example(qa, [codes(1)])
+    prompt_ids = proc(qa[:1], [codes(1)], return_tensors=None)["input_ids"][0]
+    assert example["input_ids"][: len(prompt_ids)] == prompt_ids
+    learned = [
+        t for t, lab in zip(example["input_ids"], example["labels"], strict=True) if lab != IGNORE_INDEX
+    ]
+    assert proc.tokenizer.decode(learned).strip() == "ok<|im_end|>"
+    own = [{"role": "system", "content": "Be brief."}, *qa[:1]]
+    assert proc.apply_chat_template(own, [codes(1)]).count("<|im_start|>system") == 1
+    assert "Be brief." in proc.apply_chat_template(own, [codes(1)])
+    proc.save_pretrained(tmp_path)
+    again = FmriLMProcessor.from_pretrained(tmp_path)
+    assert again.apply_chat_template(qa[:1], [codes(1)]) == prompt
+    proc.config.system_prompt = None
+    assert proc.apply_chat_template(qa[:1], [codes(1)]).startswith("<|im_start|>user\n")

@@ -65,6 +65,10 @@ class FmriProcessorConfig:
     #: marker already reads all M groups, so showing 1 keeps the whole vector in a prompt 31 tokens shorter
     #: (Stage 3 on a CPU costs per token; BENCHMARKS.md, "Does the LLM read the scan?")
     connectome_shown: int | None = None
+    #: the system turn every prompt starts with when the conversation has none (None: the chat template's own
+    #: default, e.g. SmolLM2's 21-token "You are a helpful AI assistant named SmolLM..."; "": an empty system
+    #: turn, 4 tokens in ChatML). Training and chat read it from here, so they format prompts alike
+    system_prompt: str | None = None
     fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
     adapters_subfolder: str = ADAPTERS_SUBFOLDER
     extra: dict[str, Any] = field(default_factory=dict)
@@ -325,6 +329,9 @@ class FmriLMProcessor:
         return self._template(self.render_messages(messages, scans, values_out), add_generation_prompt)
 
     def _template(self, rendered: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        system = self.config.system_prompt
+        if system is not None and rendered and rendered[0].get("role") != "system":
+            rendered = [{"role": "system", "content": system}, *rendered]
         return self.tokenizer.apply_chat_template(
             rendered, tokenize=False, add_generation_prompt=add_generation_prompt
         )
