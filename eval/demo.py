@@ -53,12 +53,17 @@ class Preset:
     #: groups, 1 token keeps the whole connectome in 57-token prompts instead of 88 (BENCHMARKS.md, "Does the
     #: LLM read the scan?"); None shows all.
     instruct_connectome_shown: int | None = 1
+    #: The system turn of Stage-3 prompts (and of the model's chat): "" replaces SmolLM2's 21-token default by
+    #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
+    instruct_system_prompt: str | None = ""
+    #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares.
+    instruct_task_weights: str | None = "diagnosis=2"
     #: Gradient checkpointing in Stages 2 and 3 (None: the batch-token rule). Off on a CPU with memory to
     #: spare: recomputing every layer costs a third more time per step.
     gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
-    instruct_steps: int = 90
+    instruct_steps: int = 60
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
@@ -101,6 +106,8 @@ PRESETS: dict[str, Preset] = {
         eval_tasks=("diagnosis", "sex", "age"),
         instruct_paradigms=None,
         instruct_connectome_shown=None,
+        instruct_system_prompt=None,
+        instruct_task_weights=None,
         gradient_checkpointing=None,
     ),
 }
@@ -359,6 +366,16 @@ class Demo:
                 []
                 if self.p.instruct_connectome_shown is None
                 else ["--connectome-shown", str(self.p.instruct_connectome_shown)]
+            )
+            + (
+                []
+                if self.p.instruct_system_prompt is None
+                else ["--system-prompt", self.p.instruct_system_prompt]
+            )
+            + (
+                []
+                if self.p.instruct_task_weights is None
+                else ["--task-weights", self.p.instruct_task_weights]
             )
             + self.checkpointing()
             + self.common(),

@@ -321,3 +321,35 @@ def test_balanced_batches_give_every_task_and_every_answer_the_same_share():
     assert np.array_equal(rows, balanced_batch_rows(w, 4000, seed=0, step=3))  # a function of (seed, step)
     drawn = np.mean([examples[i]["answer"] == "female" for i in rows])
     assert drawn == pytest.approx(1 / 6, abs=0.03)  # 5 of 190 examples, drawn a sixth of the time
+
+
+def test_task_weights_set_each_tasks_share_and_refuse_unknown_tasks_and_bad_numbers():
+    """``--task-weights diagnosis=2``: diagnosis gets half of three tasks' batches, its classes still
+    balanced; a task not being trained or a weight that is not positive gets one clear error."""
+    import argparse
+
+    from fmrilm.errors import FmriInputError
+    from fmrilm.train.stage3 import balanced_weights, parse_task_weights
+
+    examples = (
+        [{"task": "diagnosis", "answer": "autism"}] * 10
+        + [{"task": "diagnosis", "answer": "typical"}] * 30
+        + [{"task": "sex", "answer": "male"}] * 20
+        + [{"task": "modularity", "answer": "higher"}] * 20
+    )
+    w = balanced_weights(examples, parse_task_weights("diagnosis=2"))
+    share = lambda task, answer=None: sum(  # noqa: E731
+        wi for wi, e in zip(w, examples, strict=True) if e["task"] == task and answer in (None, e["answer"])
+    )
+    assert share("diagnosis") == pytest.approx(1 / 2)
+    assert share("sex") == pytest.approx(1 / 4) and share("modularity") == pytest.approx(1 / 4)
+    assert share("diagnosis", "autism") == pytest.approx(1 / 4)
+    assert np.allclose(balanced_weights(examples, {"sex": 1.0}), balanced_weights(examples))
+    with pytest.raises(FmriInputError, match="'age'.*not among.*diagnosis, modularity, sex"):
+        balanced_weights(examples, {"age": 2.0})
+    with pytest.raises(FmriInputError, match="weight"):
+        balanced_weights(examples, {"sex": 0.0})
+    for bad in ("diagnosis", "diagnosis=-1", "diagnosis=x", "=2", ","):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_task_weights(bad)
+    assert parse_task_weights(" diagnosis=2, sex=0.5 ") == {"diagnosis": 2.0, "sex": 0.5}

@@ -85,6 +85,9 @@ class LoopConfig(LoopSettings):
     soft_lr_scale: float = 10.0
     #: draw batches so every task, and every answer of a task, gets the same share (see balanced_weights)
     balance: bool = True
+    #: with balance: each task's share of the batches relative to the others (missing tasks: 1), so a CPU run
+    #: spends its few steps where it is judged (e.g. {"diagnosis": 2} gives diagnosis half of three tasks)
+    task_weights: dict[str, float] | None = None
 
 
 @dataclass(kw_only=True)
@@ -364,11 +367,15 @@ def replay_batch_rows(n_replay: int, weight: float, batch_size: int, seed: int, 
 MAX_BALANCED_ANSWERS = 12
 
 
-def balanced_weights(examples: list[dict[str, Any]]) -> np.ndarray:
-    """Sampling probability of each example: every task gets the same share of the batches, and inside a
-    task every answer (class, age bin) the same share, so a rare class or a small task is seen as often as
-    the rest (Stage 3 learns each phenotype task, not the most frequent answer of the largest one)."""
+def balanced_weights(
+    examples: list[dict[str, Any]], task_weights: dict[str, float] | None = None
+) -> np.ndarray:
+    """Sampling probability of each example: every task gets the same share of the batches (or the share
+    ``task_weights`` gives it), and inside a task every answer (class, age bin) the same share, so a rare
+    class or a small task is seen as often as the rest (Stage 3 learns each phenotype task, not the most
+    frequent answer of the largest one)."""
     tasks = [str(e.get("task")) for e in examples]
+    share = check_task_weights(task_weights, set(tasks))
     answers = [str(e.get("answer", "")) for e in examples]
     by_task: dict[str, set[str]] = {}
     for t, a in zip(tasks, answers, strict=True):
@@ -378,8 +385,45 @@ def balanced_weights(examples: list[dict[str, Any]]) -> np.ndarray:
     ]
     counts = Counter(keys)
     classes = Counter(t for t, _ in counts)
-    w = np.asarray([1.0 / (len(by_task) * classes[t] * counts[(t, a)]) for t, a in keys])
+    w = np.asarray([share.get(t, 1.0) / (len(by_task) * classes[t] * counts[(t, a)]) for t, a in keys])
     return w / w.sum()
+
+
+def check_task_weights(task_weights: dict[str, float] | None, tasks: set[str]) -> dict[str, float]:
+    """``task_weights`` checked against the tasks being trained: a name that is not one of them, or a weight
+    that is not a positive finite number, is refused with the known task names."""
+    share = dict(task_weights or {})
+    for name, weight in share.items():
+        if name not in tasks:
+            raise FmriInputError(
+                f"--task-weights names task {name!r}, which is not among the training tasks",
+                fix=f"use one of: {', '.join(sorted(tasks))}",
+            )
+        if not (isinstance(weight, int | float) and np.isfinite(weight) and weight > 0):
+            raise FmriInputError(
+                f"--task-weights gives task {name!r} the weight {weight!r}",
+                fix="give every task a positive number (1 is the default share)",
+            )
+    return {k: float(v) for k, v in share.items()}
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"diagnosis=2,modularity=1"`` -> ``{"diagnosis": 2.0, "modularity": 1.0}`` (argparse type)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or not np.isfinite(weight) or weight <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not TASK=WEIGHT with a positive weight (e.g. diagnosis=2,modularity=1)"
+            )
+        out[name.strip()] = weight
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one TASK=WEIGHT (e.g. diagnosis=2)")
+    return out
 
 
 def balanced_batch_rows(weights: np.ndarray, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -468,7 +512,7 @@ def fit(
     val = [val[i] for i in sorted(rng.permutation(len(val))[: cfg.max_val_examples])]
     val += replay_val  # a few pairs: all of them, beside the task rows
     val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
-    weights = balanced_weights(train) if cfg.balance else None
+    weights = balanced_weights(train, cfg.task_weights) if cfg.balance else None
 
     def collate(examples: list[dict[str, Any]]):
         keys = ("input_ids", "labels", "connectome_values")
@@ -766,6 +810,11 @@ def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig])
         action="store_true",
         help="draw batches uniformly over examples instead of balancing tasks and their answers",
     )
+    p.add_argument(
+        "--task-weights", type=parse_task_weights, default=None, metavar="TASK=W,...",
+        help="each task's share of the balanced batches relative to the others (unnamed tasks: 1), "
+        "e.g. diagnosis=2",
+    )  # fmt: skip
     add_loop_arguments(p, defaults)
 
 
@@ -777,6 +826,7 @@ def tuning_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_length": args.max_length,
         "soft_lr_scale": args.soft_lr_scale,
         "balance": not args.no_balance,
+        "task_weights": args.task_weights,
     }
 
 
