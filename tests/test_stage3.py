@@ -328,8 +328,9 @@ def test_task_weights_set_each_tasks_share_and_refuse_unknown_tasks_and_bad_numb
     balanced; a task not being trained or a weight that is not positive gets one clear error."""
     import argparse
 
-    from fmrilm.errors import FmriInputError
     from fmrilm.train.stage3 import balanced_weights, parse_task_weights
+
+    from fmrilm.errors import FmriInputError
 
     examples = (
         [{"task": "diagnosis", "answer": "autism"}] * 10
