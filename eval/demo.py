@@ -6,9 +6,10 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 67 minutes on a shared 2-core CPU at one
-thread, Stage 3 90 steps of 16 on ABIDE with the scan summary and one connectome token; its model is still at
-chance on held-out sites). ``full`` and ``gpu`` are bigger.
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": over an hour on a shared 2-core CPU at one
+thread; Stage 3 60 steps of 16 on ABIDE, autism half of them, with the scan summary, one connectome token and an
+empty system turn, 12 minutes at two threads; its model is still at chance on held-out sites). ``full`` and
+``gpu`` are bigger.
 """
 
 from __future__ import annotations
