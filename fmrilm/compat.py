@@ -2,29 +2,13 @@
 (and no deprecation warning reaches a user's conversation or report).
 
 transformers 5.x renamed the KV cache from ``past_key_values`` to ``cache``: as a ``generate`` / ``forward``
-argument and as an output field (the old names still work but warn). It also renamed
-``is_gradient_checkpointing`` to ``is_activation_checkpointing``; peft still reads the old name when it wraps a
-model (`quiet_peft`).
+argument and as an output field (the old names still work but warn).
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
-
-
-@contextlib.contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Wrap a model with peft without transformers' FutureWarning about ``is_gradient_checkpointing`` (peft
-    reads that deprecated property; the warning is about peft, not about anything a user did)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        yield
 
 
 @cache

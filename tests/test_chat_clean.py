@@ -119,18 +119,3 @@ def test_a_log_file_in_a_missing_folder_is_one_sentence(saved):
     done = _chat("--model", saved.model_dir, "--log-file", saved.root / "nowhere" / "x.log", stdin="")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "Cannot open the log file" in done.stderr
-
-
-def test_adding_lora_raises_no_library_future_warning():
-    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model; the
-    FutureWarning that causes is about peft, and no command a user runs shows it."""
-    import warnings
-
-    from fmrilm.model.adapters import add_lora
-    from fmrilm.model.testing import tiny_causal_lm
-
-    llm, _ = tiny_causal_lm("llama")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        add_lora(llm, None)
-    assert not [w for w in caught if "checkpointing" in str(w.message)]

@@ -73,10 +73,7 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
         task_type="CAUSAL_LM",
         **settings.extra,
     )
-    from fmrilm.compat import quiet_peft
-
-    with quiet_peft():
-        return get_peft_model(model, config)
+    return get_peft_model(model, config)
 
 
 def is_peft_model(model: Any) -> bool:

@@ -240,10 +240,7 @@ class FmriLM(nn.Module):
         if adapters and (adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
 
-            from fmrilm.compat import quiet_peft
-
-            with quiet_peft():
-                llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+            llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
         if not is_trainable:
             llm.eval()
         soft = None
