@@ -29,6 +29,9 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert (out / "stage3_instruct" / "model" / "fmri_processor_config.json").exists()
     config = json.loads((out / "stage3_instruct" / "model" / "fmri_processor_config.json").read_text())
     assert config["connectome_tokens"] == 4  # the tiny preset's connectome tokens reached the model
+    assert config["system_prompt"] == ""  # the preset's empty system turn is saved for chat
+    run = json.loads((out / "stage3_instruct" / "train_config.json").read_text())
+    assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
     # the held-out descriptor answers are scored next to the most-frequent-answer bar
     assert "held-out scans (always '" in text
     report = json.loads((out / "eval" / "sim_diagnosis" / "report.json").read_text())

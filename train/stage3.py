@@ -707,8 +707,11 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
     check_replay_settings(cfg.replay_weight, cfg.replay_file, cfg.replay_answers)
     pairs = load_replay_pairs(cfg.replay_file) if cfg.replay_weight > 0 else []
     out_dir = Path(cfg.out)
-    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     sources = load_sources(cfg.instructions, cfg.cohorts or None)
+    # a misspelt task fails here, before anything is written, the model loads or the scans are encoded
+    # (fit checks it again against the tasks that have training rows)
+    check_task_weights(cfg.task_weights, {str(t) for source in sources for t in source.dataset["task"]})
+    prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
     model = load_trainable_model(cfg.model, cfg.lora, cfg.new_adapters, cfg.seed)
     if cfg.max_windows is not None:
         model.processor.config.max_windows = int(cfg.max_windows)
