@@ -37,10 +37,10 @@ class Preset:
     sim_subjects: int = 120
     tokenizer_preset: str = "small"
     #: 800 steps of "small" reach held-out R² ~0.12 in ~2 min on 2 cores ("tiny"/150: 0.02 in 20 s).
-    tokenizer_steps: int = 400
+    tokenizer_steps: int = 200
     #: "input" embeds descriptors with the LLM's input embeddings (seconds on CPU); "hidden" runs the LLM.
     text_pooling: str = "input"
-    align_steps: int = 20
+    align_steps: int = 10
     #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
     align_text_columns: str = "text_graph"
     align_max_length: int = 256
@@ -59,6 +59,13 @@ class Preset:
     instruct_system_prompt: str | None = ""
     #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares.
     instruct_task_weights: str | None = "diagnosis=2"
+    #: Stage 3's learning rate after its warm-up (`train instruct --lr-schedule`): a run of a few dozen steps
+    #: keeps learning to its end at "constant" (cosine spends its second half at a fraction of the rate).
+    instruct_lr_schedule: str | None = "constant"
+    instruct_warmup_steps: int | None = 5
+    #: Dropout on the LoRA input (Stage 2 creates the adapters, Stage 3 continues them): 0 lets peft skip the
+    #: dropout copy of every linear layer's input, a fifth of a CPU step; a few dozen steps cannot overfit.
+    lora_dropout: float | None = 0.0
     #: Gradient checkpointing in Stages 2 and 3 (None: the batch-token rule). Off on a CPU with memory to
     #: spare: recomputing every layer costs a third more time per step.
     gradient_checkpointing: bool | None = False
@@ -109,6 +116,9 @@ PRESETS: dict[str, Preset] = {
         instruct_connectome_shown=None,
         instruct_system_prompt=None,
         instruct_task_weights=None,
+        instruct_lr_schedule=None,
+        instruct_warmup_steps=None,
+        lora_dropout=None,
         gradient_checkpointing=None,
     ),
 }
@@ -347,6 +357,7 @@ class Demo:
             + ["--steps", str(self.p.align_steps), "--batch-size", str(self.p.batch_size)]
             + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
             + ["--max-windows", str(self.p.max_windows)]
+            + ([] if self.p.lora_dropout is None else ["--lora-dropout", str(self.p.lora_dropout)])
             + self.checkpointing()
             + self.common(),
             done=Path(align) / "model" / "config.json",
@@ -378,6 +389,12 @@ class Demo:
                 if self.p.instruct_task_weights is None
                 else ["--task-weights", self.p.instruct_task_weights]
             )
+            + ([] if self.p.instruct_lr_schedule is None else ["--lr-schedule", self.p.instruct_lr_schedule])
+            + (
+                []
+                if self.p.instruct_warmup_steps is None
+                else ["--warmup-steps", str(self.p.instruct_warmup_steps)]
+            )
             + self.checkpointing()
             + self.common(),
             done=Path(instruct) / "model" / "config.json",
@@ -400,12 +417,8 @@ class Demo:
               f"held-out scan {scan.scan_id} (site {scan.site}, never trained on)")  # fmt: skip
         start = time.perf_counter()
         model = FmriLM.from_pretrained(model_dir)
-        questions = [
-            ("coupled_pair", "Which pair of networks is most strongly coupled relative to the reference population?"),
-            ("modularity", "Is modularity in this scan higher or lower than in the reference population?"),
-        ]  # fmt: skip
         history = None
-        for task, question in questions:
+        for task, question in CHAT_QUESTIONS:
             print(f"\n  user> {question}\n  fmrilm> ", end="", flush=True)
             answer, history = model.chat(scan if history is None else None, question, history=history,
                                          max_new_tokens=40, stream=True)  # fmt: skip
@@ -422,32 +435,27 @@ class Demo:
         self.timings.append(("Reload and chat", time.perf_counter() - start))
 
     def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
-        """How often the model answers the descriptor questions right on held-out scans, next to always
+        """How often the model's chat answers the descriptor questions right on held-out scans, next to always
         giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
-        A task bound to this cohort's own answers (``NAME@COHORT``) is scored with those answers."""
-        from fmrilm.model.scoring import stored_tasks
 
+        Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers); an answer is right
+        when it is the recorded one, a network pair in either order. Generating costs a few tokens per scan,
+        where scoring every one of the 78 network pairs cost minutes."""
         answers = answer_table(instruction_set)
         test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
         train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
-        stored = stored_tasks(model)
-        for task in ("coupled_pair", "modularity"):
+        for task, question in CHAT_QUESTIONS:
             rows = answers[answers["task"] == task]
-            bound = f"{task}@{cohort.name}" if f"{task}@{cohort.name}" in stored else task
             truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
             majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
             scored = [sid for sid in test_ids if sid in truth]
             if majority.empty or not scored:
                 continue
-            try:
-                frame = model.predict_cohort(cohort, bound, [test_ids[s] for s in scored])
-            except Exception as exc:  # a task the model was not trained on: say so, do not stop the demo
-                print(f"  {task}: not scored ({exc})")
-                continue
-            right = float(np.mean([p == truth[s] for p, s in zip(frame["prediction"], scored, strict=True)]))
+            said = [model.chat(cohort.scan(test_ids[s]), question, max_new_tokens=24)[0] for s in scored]
+            right = float(np.mean([same_answer(a, truth[s]) for a, s in zip(said, scored, strict=True)]))
             base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
             print(
-                f"  {task}: right on {right:.0%} of {len(scored)} held-out scans "
+                f"  {task}: chat answers right on {right:.0%} of {len(scored)} held-out scans "
                 f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%})"
             )
 
@@ -484,6 +492,27 @@ class Demo:
         print(f"Demo wall time {wall / 60:.1f} min; peak memory {peak_mib():.0f} MiB (this process).")
         print(f"Everything is in {self.out}/ ; the trained model loads with FmriLM.from_pretrained.")
         sys.stdout.flush()
+
+
+#: The descriptor questions the demo's chat asks (held-out scans are scored on the same wording).
+CHAT_QUESTIONS = (
+    ("coupled_pair", "Which pair of networks is most strongly coupled relative to the reference population?"),
+    ("modularity", "Is modularity in this scan higher or lower than in the reference population?"),
+)
+
+
+def same_answer(said: str, recorded: str) -> bool:
+    """Whether a chat answer is the recorded one: case, surrounding space and a final full stop aside, and a
+    pair of networks in either order ("A and B" is "B and A")."""
+
+    def words(text: str) -> str:
+        return " ".join(text.strip().rstrip(".").lower().split())
+
+    said, recorded = words(said), words(recorded)
+    if said == recorded:
+        return True
+    pair = recorded.split(" and ")
+    return len(pair) == 2 and said == f"{pair[1]} and {pair[0]}"
 
 
 def peak_mib() -> float:

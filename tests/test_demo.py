@@ -32,9 +32,21 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert config["system_prompt"] == ""  # the preset's empty system turn is saved for chat
     run = json.loads((out / "stage3_instruct" / "train_config.json").read_text())
     assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
+    assert run["lr_schedule"] == "constant" and run["warmup_steps"] == 5 and run["lora"]["dropout"] == 0.0
     # the held-out descriptor answers are scored next to the most-frequent-answer bar
-    assert "held-out scans (always '" in text
+    assert "chat answers right on" in text and "held-out scans (always '" in text
     report = json.loads((out / "eval" / "sim_diagnosis" / "report.json").read_text())
     methods = {r["method"] for r in report["results"]}
     assert {"fmrilm_zero_shot", "fc_linear", "tangent_linear"} <= methods
     assert "Warning" not in text and "Warning" not in proc.stderr  # library warnings go to warnings.log
+
+
+def test_a_chat_answer_is_right_when_it_is_the_recorded_one_or_the_same_pair_reversed():
+    from fmrilm.eval.demo import same_answer
+
+    assert same_answer(" Higher.", "higher")
+    assert same_answer("salience and  visual", "visual and salience")
+    assert same_answer("visual and salience", "visual and salience")
+    assert not same_answer("lower", "higher")
+    assert not same_answer("visual and default-mode", "visual and salience")
+    assert not same_answer("visual", "visual and salience")

@@ -354,3 +354,25 @@ def test_task_weights_set_each_tasks_share_and_refuse_unknown_tasks_and_bad_numb
         with pytest.raises(argparse.ArgumentTypeError):
             parse_task_weights(bad)
     assert parse_task_weights(" diagnosis=2, sex=0.5 ") == {"diagnosis": 2.0, "sex": 0.5}
+
+
+def test_constant_schedule_holds_the_peak_rate_after_warm_up_where_cosine_decays(tmp_path):
+    """`--lr-schedule constant` (what a short CPU run wants) keeps ``--lr`` to the last step; the default decays."""
+    cohort = toy_cohort(8)
+    cohort.save(tmp_path / "cohort")
+    base = save_base(tmp_path / "base")
+    assert cli_main(["instructions", "build", str(tmp_path / "cohort"), "--tasks", "sex", "--out",
+                     str(tmp_path / "instr")]) == 0  # fmt: skip
+    train = ["train", "instruct", "--model", base, "--instructions", str(tmp_path / "instr"), "--lr", "1e-3"]
+    train += ["--batch-size", "2", "--steps", "6", "--warmup-steps", "2", "--log-every", "1", "--no-progress"]
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        out = tmp_path / schedule
+        assert cli_main([*train, "--out", str(out), "--lr-schedule", schedule]) == 0
+        rates[schedule] = [e["lr"] for e in json.loads((out / "metrics.json").read_text())["train"]]
+        assert json.loads((out / "train_config.json").read_text())["lr_schedule"] == schedule
+    assert rates["constant"][1:] == pytest.approx([1e-3] * 5)
+    assert rates["cosine"][-1] == pytest.approx(1e-4) and rates["cosine"][1] == pytest.approx(1e-3)
+    with pytest.raises(SystemExit):
+        cli_main([*train, "--out", str(tmp_path / "bad"), "--lr-schedule", "linear"])
+    assert not (tmp_path / "bad").exists()

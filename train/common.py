@@ -76,6 +76,10 @@ class LoopSettings:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 20
+    #: After the warm-up: "cosine" decays to a tenth of ``lr`` by the last step; "constant" holds ``lr`` (a
+    #: short run, such as the CPU demo's Stage 3, keeps learning to its end). None reads as "cosine", so
+    #: runs saved before this setting existed still resume.
+    lr_schedule: str | None = None
     grad_clip: float = 1.0
     eval_every: int = 100
     save_every: int = 100
@@ -160,12 +164,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 # -------------------------------------------------------------------------------------------- CLI flags
-_LOOP_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "eval_every", "save_every", "log_every", "seed")
+_LOOP_FLAGS = (
+    "steps", "batch_size", "lr", "warmup_steps", "lr_schedule", "eval_every", "save_every", "log_every", "seed",
+)  # fmt: skip
+LR_SCHEDULES = ("cosine", "constant")
 _LOOP_HELP = {
     "steps": "optimizer steps of the whole run",
     "batch_size": "examples per optimizer step",
     "lr": "peak learning rate (linear warm-up, then cosine decay)",
     "warmup_steps": "learning-rate warm-up steps",
+    "lr_schedule": "learning rate after the warm-up: cosine decay to a tenth, or constant (default cosine)",
     "eval_every": "steps between held-out evaluations",
     "save_every": "steps between checkpoints (what --resume continues from)",
     "log_every": "steps between training-loss records in metrics.json",
@@ -234,6 +242,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings |
 
     p = parser
     for name in _LOOP_FLAGS:
+        if name == "lr_schedule":
+            p.add_argument(
+                "--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule, help=_LOOP_HELP[name]
+            )
+            continue
         kind = {"lr": positive_float, "warmup_steps": nonnegative_int, "seed": nonnegative_int}.get(
             name, positive_int
         )
@@ -664,6 +677,28 @@ def progress_bar(total: int, initial: int = 0, desc: str = "training", disable: 
 
 
 # ---------------------------------------------------------------------------------------------- scheduling
+def lr_multiplier(cfg: LoopSettings):
+    """The LR multiplier of a run's ``lr_schedule`` (for `torch.optim.lr_scheduler.LambdaLR`)."""
+    schedule = cfg.lr_schedule or "cosine"
+    if schedule not in LR_SCHEDULES:
+        raise FmriInputError(
+            f"Unknown learning-rate schedule {schedule!r} (lr_schedule)",
+            fix=f"use one of {', '.join(LR_SCHEDULES)}",
+        )
+    if schedule == "constant":
+        return warmup_constant(cfg.warmup_steps)
+    return warmup_cosine(cfg.warmup_steps, cfg.steps)
+
+
+def warmup_constant(warmup_steps: int):
+    """LR multiplier: linear warm-up, then the peak rate to the end."""
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, warmup_steps))
+
+    return factor
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
     """LR multiplier: linear warm-up, then cosine decay to ``min_ratio`` (for `torch.optim.lr_scheduler.LambdaLR`)."""
 

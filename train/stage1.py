@@ -276,7 +276,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
         progress_bar,
         save_checkpoint,
         subject_split,
-        warmup_cosine,
+        lr_multiplier,
         write_json,
     )
 
@@ -407,7 +407,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
     )
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     model, loss_fn, optimizer, scheduler = accelerator.prepare(model, loss_fn, optimizer, scheduler)
     device = accelerator.device
 

@@ -383,7 +383,7 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
         progress_bar,
         save_checkpoint,
         subject_split,
-        warmup_cosine,
+        lr_multiplier,
         write_json,
     )
     from fmrilm.train.replay import load_replay_pairs
@@ -462,7 +462,7 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
     optimizer = make_optimizer(
         param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, eight_bit=cfg.optim_8bit
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
 

@@ -465,7 +465,7 @@ def fit(
         optimizer_step,
         progress_bar,
         save_checkpoint,
-        warmup_cosine,
+        lr_multiplier,
     )
     from fmrilm.train.stage2 import _trainable_only_checkpoints
 
@@ -488,7 +488,7 @@ def fit(
         enable_gradient_checkpointing(model.llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
 
