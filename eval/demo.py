@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import sys
@@ -44,6 +45,8 @@ class Preset:
     #: Stage 2 describes windows with these corpus columns; one short family keeps CPU steps affordable.
     align_text_columns: str = "text_graph"
     align_max_length: int = 256
+    #: Stage 2's held-out loss reads this many examples per task (its default 32: a minute of a CPU demo).
+    align_max_val_examples: int | None = 8
     #: Window tokens per fMRI part (the last windows of a scan): each window is K tokens; the connectome tokens
     #: carry the trait signal, so the CPU preset shows one window and keeps prompts short.
     max_windows: int = 1
@@ -58,7 +61,7 @@ class Preset:
     #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
     instruct_system_prompt: str | None = ""
     #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares.
-    instruct_task_weights: str | None = "diagnosis=2"
+    instruct_task_weights: str | None = "diagnosis=4"
     #: Stage 3's learning rate after its warm-up (`train instruct --lr-schedule`): a run of a few dozen steps
     #: keeps learning to its end at "constant" (cosine spends its second half at a fraction of the rate).
     instruct_lr_schedule: str | None = "constant"
@@ -103,6 +106,7 @@ PRESETS: dict[str, Preset] = {
         sim_tasks="diagnosis,sex,age,coupled_pair,modularity,describe",
         abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
         align_steps=1000,
+        align_max_val_examples=None,
         instruct_steps=2000,
         instruct_batch_size=16,
         max_windows=4,
@@ -211,6 +215,10 @@ class Demo:
         flag = self.p.gradient_checkpointing
         return [] if flag is None else ["--gradient-checkpointing" if flag else "--no-gradient-checkpointing"]
 
+    def workers(self) -> int:
+        """Worker processes of the per-scan steps (descriptor corpora): ``--threads``, else every core."""
+        return max(1, self.threads or os.cpu_count() or 1)
+
     def common(self) -> list[str]:
         return ["--threads", str(self.threads)] if self.threads else []
 
@@ -285,6 +293,7 @@ class Demo:
         for name, c in cohorts.items():
             corpus = self.path("corpora", name)
             argv = ["corpus", "build", c["dir"], "--out", corpus, "--fit-on-split", f"{c['split']}:train"]
+            argv += ["--num-proc", str(self.workers())]
             self.step(
                 f"Descriptor corpus of '{name}' (reference statistics fitted on its train part only)",
                 argv + ["--scan-level", "--quiet"],
@@ -358,6 +367,11 @@ class Demo:
             + ["--text-columns", self.p.align_text_columns, "--max-length", str(self.p.align_max_length)]
             + ["--max-windows", str(self.p.max_windows)]
             + ([] if self.p.lora_dropout is None else ["--lora-dropout", str(self.p.lora_dropout)])
+            + (
+                []
+                if self.p.align_max_val_examples is None
+                else ["--max-val-examples", str(self.p.align_max_val_examples)]
+            )
             + self.checkpointing()
             + self.common(),
             done=Path(align) / "model" / "config.json",

@@ -46,7 +46,7 @@ class ConnectomeConfig:
     codebook_size: int = 256
     num_levels: int = 4
     kernel_sigma_mm: float = 4.0
-    quantizer_steps: int = 400
+    quantizer_steps: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
