@@ -60,8 +60,9 @@ class Preset:
     #: The system turn of Stage-3 prompts (and of the model's chat): "" replaces SmolLM2's 21-token default by
     #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
     instruct_system_prompt: str | None = ""
-    #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares.
-    instruct_task_weights: str | None = "diagnosis=4"
+    #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares. Autism
+    #: half of 140 steps of 16: two passes over its 549 training scans, one pass over each descriptor question.
+    instruct_task_weights: str | None = "diagnosis=2"
     #: Stage 3's learning rate after its warm-up (`train instruct --lr-schedule`): a run of a few dozen steps
     #: keeps learning to its end at "constant" (cosine spends its second half at a fraction of the rate).
     instruct_lr_schedule: str | None = "constant"
@@ -74,15 +75,16 @@ class Preset:
     gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
-    instruct_steps: int = 60
+    instruct_steps: int = 140
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
-    #: text (~900 tokens each, four times the cost of a brain-token prompt). None builds every paradigm.
-    instruct_paradigms: str | None = "brain"
+    #: text (~900 tokens each, four times the cost of a brain-token prompt) and keeps second questions of a
+    #: chat (followup: without them the chat answered a second question at 0%). None builds every paradigm.
+    instruct_paradigms: str | None = "brain,followup"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,coupled_pair,modularity"
-    #: Stage 3 on CPU affords well under one pass per task over ABIDE's ~550 training subjects: the cpu preset
-    #: trains the task it is judged on (autism) and the two descriptor questions its chat asks.
+    #: Stage 3 on CPU affords about one pass per task over ABIDE's 549 training subjects for three tasks: the
+    #: cpu preset trains the task it is judged on (autism) and the two descriptor questions its chat asks.
     abide_tasks: str = "diagnosis,coupled_pair,modularity"
     batch_size: int = 4
     eval_shots: str = "0"
@@ -452,26 +454,39 @@ class Demo:
         """How often the model's chat answers the descriptor questions right on held-out scans, next to always
         giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
 
-        Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers); an answer is right
-        when it is the recorded one, a network pair in either order. Generating costs a few tokens per scan,
-        where scoring every one of the 78 network pairs cost minutes."""
+        Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers), and every question
+        after the first once more as the next turn of the first question's chat, the way a user goes on asking
+        about a scan. An answer is right when it is the recorded one, a network pair in either order.
+        Generating costs a few tokens per scan, where scoring every one of the 78 network pairs cost minutes."""
         answers = answer_table(instruction_set)
         test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
         train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
-        for task, question in CHAT_QUESTIONS:
+        first_chats: dict[str, list] = {}  # scan id -> the history of the first question's chat
+        for k, (task, question) in enumerate(CHAT_QUESTIONS):
             rows = answers[answers["task"] == task]
             truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
             majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
             scored = [sid for sid in test_ids if sid in truth]
             if majority.empty or not scored:
                 continue
-            said = [model.chat(cohort.scan(test_ids[s]), question, max_new_tokens=24)[0] for s in scored]
-            right = float(np.mean([same_answer(a, truth[s]) for a, s in zip(said, scored, strict=True)]))
             base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
-            print(
-                f"  {task}: chat answers right on {right:.0%} of {len(scored)} held-out scans "
-                f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%})"
-            )
+            asked = {"in a fresh chat": {s: None for s in scored}}
+            if k > 0 and first_chats:
+                asked["as the second question of a chat"] = {
+                    s: first_chats[s] for s in scored if s in first_chats
+                }
+            for how, histories in asked.items():
+                right = []
+                for s, history in histories.items():
+                    scan = cohort.scan(test_ids[s]) if history is None else None
+                    said, chat = model.chat(scan, question, history=history, max_new_tokens=24)
+                    right.append(same_answer(said, truth[s]))
+                    if k == 0:
+                        first_chats[s] = chat
+                print(
+                    f"  {task}: chat answers right on {np.mean(right):.0%} of {len(right)} held-out scans {how} "
+                    f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%})"
+                )
 
     def evaluate(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> list[Path]:
         name = "abide" if "abide" in cohorts else "sim"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fmrilm.instructions.spec import PARADIGMS, TaskSpec
+from fmrilm.instructions.spec import DERIVED_PARADIGMS, PARADIGMS, TaskSpec
 
 from fmrilm.cohort import is_missing as _missing
 from fmrilm.errors import FmriInputError
@@ -394,6 +394,9 @@ def build_instructions(
                     check_no_phenotype(text, extra=site_names, file=descriptors.source, subject=subject)
                 checked_text.add(key)
             multi: list[tuple[BoundTask, str, Any]] = []
+            turns: list[
+                tuple[BoundTask, dict[str, Any], str, str, Any]
+            ] = []  # brain turns, for followup rows
             for b in bound:
                 spec = b.spec
                 texts = (
@@ -405,6 +408,7 @@ def build_instructions(
                     rec.get(spec.target) if spec.source == "phenotype" else None, zmap, texts, subject
                 )
                 todo = [p for p in spec.paradigms if p in wanted]
+                followup = "followup" in wanted and DERIVED_PARADIGMS["followup"] in spec.paradigms
                 if answer is None:
                     counts[spec.name][f"skipped_{value}"] += len([p for p in todo if p != "multi"])
                     continue
@@ -429,6 +433,19 @@ def build_instructions(
                     reply = _answer_text(b, answer, paradigm, rng)
                     rows.append(_row(base, window, spec, paradigm, user, reply, answer, b.options, value, []))
                     counts[spec.name]["rows"] += 1
+                if followup:
+                    rng = _rng(seed, scan_id, window, spec.name, "brain")  # the brain row's own question
+                    user = question_message(spec, b.options, scan_id=scan_id, window=window, seed=rng)
+                    turns.append((b, user, _answer_text(b, answer, "brain", rng), answer, value))
+            for k, (b, _, reply, answer, value) in enumerate(turns if len(turns) >= 2 else []):
+                rng = _rng(seed, scan_id, window, b.spec.name, "followup")
+                first = [t for j, t in enumerate(turns) if j != k][int(rng.integers(len(turns) - 1))]
+                history = [first[1], {"role": "assistant", "content": [_text(first[2])]}]
+                user = [_text(_question(b, rng))]  # the scan is already in the chat: a question alone
+                rows.append(
+                    _row(base, window, b.spec, "followup", user, reply, answer, b.options, value, [], history)
+                )
+                counts[b.spec.name]["followup_rows"] += 1
             if len(multi) >= 2:
                 rng = _rng(seed, scan_id, window, "multi")
                 n = int(rng.integers(2, min(max_multi, len(multi)) + 1))
@@ -486,8 +503,11 @@ def build_instructions(
     return dataset, meta
 
 
-def _row(base, window, spec, paradigm, user, reply, answer, options, value, parts) -> dict[str, Any]:
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": [_text(reply)]}]
+def _row(
+    base, window, spec, paradigm, user, reply, answer, options, value, parts, history=()
+) -> dict[str, Any]:
+    """One instruction row; ``history`` holds earlier turns of the chat (the followup paradigm's first question)."""
+    messages = [*history, {"role": "user", "content": user}, {"role": "assistant", "content": [_text(reply)]}]
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     return {
         **base,

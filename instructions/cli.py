@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="whole",
         help="'whole' (one row per scan, all windows in one fMRI part), 'all' (one row per window) or N windows per scan",
     )
-    build.add_argument("--paradigms", help="restrict to some of brain,brain_descriptors,multi,open")
+    build.add_argument("--paradigms", help="restrict to some of brain,brain_descriptors,multi,open,followup")
     build.add_argument("--max-multi", type=int, default=3, help="most questions in one multi-question turn")
     sub.add_parser(
         "list", help="List the built-in tasks.", description="List the built-in tasks: name, type, source."

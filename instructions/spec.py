@@ -49,8 +49,12 @@ from fmrilm.errors import FmriInputError
 TASK_TYPES = ("binary", "multiclass", "regression", "open-ended")
 SOURCES = ("phenotype", "descriptors")
 #: brain: brain tokens only; brain_descriptors: brain tokens plus the scan's descriptor text; multi: several
-#: questions in one turn; open: the answer is a full sentence (or, for open-ended tasks, a free description).
-PARADIGMS = ("brain", "brain_descriptors", "multi", "open")
+#: questions in one turn; open: the answer is a full sentence (or, for open-ended tasks, a free description);
+#: followup: the question asked in a second turn of a chat whose first turn asked another task about the same
+#: scan (built for every task with the brain paradigm), so a chat answers each question, not only the first.
+PARADIGMS = ("brain", "brain_descriptors", "multi", "open", "followup")
+#: Paradigms a task YAML need not list: built from another one it lists (followup from brain).
+DERIVED_PARADIGMS = {"followup": "brain"}
 DERIVE_RULES = ("argmax", "argmin", "threshold")
 MIN_QUESTIONS = 20
 LIST_OPTIONS_AUTO_MAX = 12

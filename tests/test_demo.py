@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from datasets import load_from_disk
 
 
 @pytest.mark.slow
@@ -31,10 +32,13 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert config["connectome_tokens"] == 4  # the tiny preset's connectome tokens reached the model
     assert config["system_prompt"] == ""  # the preset's empty system turn is saved for chat
     run = json.loads((out / "stage3_instruct" / "train_config.json").read_text())
-    assert run["task_weights"] == {"diagnosis": 4.0}  # and its task shares reached Stage 3
+    assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
     assert run["lr_schedule"] == "constant" and run["warmup_steps"] == 5 and run["lora"]["dropout"] == 0.0
     # the held-out descriptor answers are scored next to the most-frequent-answer bar
-    assert "chat answers right on" in text and "held-out scans (always '" in text
+    assert "held-out scans in a fresh chat (always '" in text
+    assert "held-out scans as the second question of a chat (always '" in text  # a chat goes on about a scan
+    rows = load_from_disk(str(out / "instructions" / "sim" / "dataset"))
+    assert {"brain", "followup"} <= set(rows["paradigm"])  # and Stage 3 trained second questions
     report = json.loads((out / "eval" / "sim_diagnosis" / "report.json").read_text())
     methods = {r["method"] for r in report["results"]}
     assert {"fmrilm_zero_shot", "fc_linear", "tangent_linear"} <= methods

@@ -175,8 +175,9 @@ def test_yaml_only_task_builds_end_to_end(tmp_path):
     )
     ds, meta, specs = load_instruction_set(out)
     assert set(specs) == {"handedness", "sex"}  # the set carries its task specs
-    rows = [r for r in ds if r["task"] == "handedness"]
+    rows = [r for r in ds if r["task"] == "handedness" and r["paradigm"] != "followup"]
     assert len(rows) == 7 * 2  # 7 scans with a value x (brain, open)
+    assert meta["counts"]["handedness"]["followup_rows"] == 7  # every paradigm by default: followup too
     assert meta["counts"]["handedness"]["skipped_missing"] == 2
     by_scan = {f"scan{i}": {"L": "left", "R": "right"}.get(h) for i, h in enumerate(hands)}
     for r in rows:
@@ -402,3 +403,33 @@ def test_regression_bins_give_an_expectation():
     assert fmt.expectation(p) == pytest.approx(fmt.centers()[fmt.bin_index(24.0)])
     assert fmt.expectation(np.ones(len(p))) == pytest.approx(np.mean(fmt.centers()))
     assert fmt.format(23.6) == "24" and not fmt.is_valid(-9999) and not fmt.is_valid(None)
+
+
+def test_followup_rows_ask_a_second_question_about_the_same_scan_in_a_later_turn():
+    """A chat asks several questions about one scan: followup rows train the second turn (the scan is only in
+    the first one), its first turn being another task's brain row of that scan, word for word."""
+    cohort = toy_cohort()
+    tasks = {t.name: t for t in load_tasks("sex,age,diagnosis")}
+    ds, meta = build_instructions(cohort, list(tasks.values()), seed=0, paradigms=["brain", "followup"])
+    brain = {(r["scan_id"], r["task"]): r for r in ds if r["paradigm"] == "brain"}
+    followups = [r for r in ds if r["paradigm"] == "followup"]
+    assert len(followups) == len(brain)  # one per brain row: every scan has 2+ answerable tasks here
+    assert meta["counts"]["sex"]["followup_rows"] == len(cohort)
+    first_tasks = set()
+    for r in followups:
+        messages = json.loads(r["messages"])
+        assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+        earlier = next(
+            b
+            for (scan, task), b in brain.items()
+            if scan == r["scan_id"] and json.loads(b["messages"]) == messages[:2]
+        )
+        assert earlier["task"] != r["task"]
+        first_tasks.add(earlier["task"])
+        assert all(p["type"] == "text" for p in messages[2]["content"])  # the scan is not sent again
+        question = messages[2]["content"][0]["text"]
+        assert any(question.startswith(q) for q in tasks[r["task"]].questions)
+        assert messages[3]["content"][0]["text"] == r["answer"] == brain[(r["scan_id"], r["task"])]["answer"]
+    assert first_tasks == set(tasks)  # the first question varies
+    alone, _ = build_instructions(cohort, [tasks["sex"]], seed=0, paradigms=["brain", "followup"])
+    assert set(alone["paradigm"]) == {"brain"}  # one task: nothing to follow up

@@ -271,12 +271,12 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
         MetricsLog,
         TrainState,
         load_checkpoint,
+        lr_multiplier,
         make_accelerator,
         optimizer_step,
         progress_bar,
         save_checkpoint,
         subject_split,
-        lr_multiplier,
         write_json,
     )
 

@@ -378,12 +378,12 @@ def _train_align(cfg: Stage2Config, resume: bool, overwrite: bool = False) -> Pa
         TrainState,
         has_answer,
         load_checkpoint,
+        lr_multiplier,
         make_accelerator,
         optimizer_step,
         progress_bar,
         save_checkpoint,
         subject_split,
-        lr_multiplier,
         write_json,
     )
     from fmrilm.train.replay import load_replay_pairs

@@ -461,11 +461,11 @@ def fit(
         TrainState,
         has_answer,
         load_checkpoint,
+        lr_multiplier,
         make_accelerator,
         optimizer_step,
         progress_bar,
         save_checkpoint,
-        lr_multiplier,
     )
     from fmrilm.train.stage2 import _trainable_only_checkpoints
 
