@@ -6,9 +6,10 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": over an hour on a shared 2-core CPU at one
-thread; Stage 3 60 steps of 16 on ABIDE, autism half of them, with the scan summary, one connectome token and an
-empty system turn, 12 minutes at two threads; its model is still at chance on held-out sites). ``full`` and
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 13.3 minutes on an idle 2-core Xeon at two
+threads; Stage 3 100 steps of 16 on ABIDE, autism half of them, half of every task's rows a chat's second
+question, prompts with the scan summary, one connectome token and an empty system turn; its model is not yet
+reliably above chance on held-out sites: autism AUC 0.54-0.60 over three runs, FC 0.67). ``full`` and
 ``gpu`` are bigger.
 """
 
@@ -61,7 +62,8 @@ class Preset:
     #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
     instruct_system_prompt: str | None = ""
     #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares. Autism
-    #: half of 140 steps of 16: two passes over its 549 training scans, one pass over each descriptor question.
+    #: half of 100 steps of 16 (800 rows, half of them a chat's second question, whose first question trains
+    #: too): about 1.5 passes over its 549 training scans and one over each descriptor question, in 6 minutes.
     instruct_task_weights: str | None = "diagnosis=2"
     #: Stage 3's learning rate after its warm-up (`train instruct --lr-schedule`): a run of a few dozen steps
     #: keeps learning to its end at "constant" (cosine spends its second half at a fraction of the rate).
@@ -75,11 +77,11 @@ class Preset:
     gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
-    instruct_steps: int = 140
+    instruct_steps: int = 100
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt) and keeps second questions of a
-    #: chat (followup: without them the chat answered a second question at 0%). None builds every paradigm.
+    #: chat (followup: without them a second question was answered right on 0-7%, BENCHMARKS.md). None builds every paradigm.
     instruct_paradigms: str | None = "brain,followup"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,coupled_pair,modularity"
@@ -470,22 +472,26 @@ class Demo:
             if majority.empty or not scored:
                 continue
             base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
+            options = next(iter(rows["options"]), None)
+            options = list(options) if options is not None and len(options) else sorted(set(rows["answer"]))
             asked = {"in a fresh chat": {s: None for s in scored}}
             if k > 0 and first_chats:
                 asked["as the second question of a chat"] = {
                     s: first_chats[s] for s in scored if s in first_chats
                 }
             for how, histories in asked.items():
-                right = []
+                right, valid = [], []
                 for s, history in histories.items():
                     scan = cohort.scan(test_ids[s]) if history is None else None
                     said, chat = model.chat(scan, question, history=history, max_new_tokens=24)
                     right.append(same_answer(said, truth[s]))
+                    valid.append(any(same_answer(said, o) for o in options))
                     if k == 0:
                         first_chats[s] = chat
                 print(
                     f"  {task}: chat answers right on {np.mean(right):.0%} of {len(right)} held-out scans {how} "
-                    f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%})"
+                    f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%}); "
+                    f"one of the question's answers on {np.mean(valid):.0%}"
                 )
 
     def evaluate(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> list[Path]:
@@ -551,11 +557,11 @@ def peak_mib() -> float:
 
 
 def answer_table(instruction_set: str):
-    """Scan id, task and answer of the set's brain-paradigm rows (one per scan and task), as a DataFrame."""
+    """Scan id, task, answer and options of the set's brain-paradigm rows (one per scan and task), as a DataFrame."""
     import datasets
 
     rows = datasets.load_from_disk(str(Path(instruction_set) / "dataset"))
-    columns = rows.select_columns(["scan_id", "paradigm", "task", "answer"]).to_pandas()
+    columns = rows.select_columns(["scan_id", "paradigm", "task", "answer", "options"]).to_pandas()
     return columns[columns["paradigm"] == "brain"].drop_duplicates(["scan_id", "task"])
 
 

@@ -37,6 +37,7 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     # the held-out descriptor answers are scored next to the most-frequent-answer bar
     assert "held-out scans in a fresh chat (always '" in text
     assert "held-out scans as the second question of a chat (always '" in text  # a chat goes on about a scan
+    assert "; one of the question's answers on " in text  # whether it answers the question asked at all
     rows = load_from_disk(str(out / "instructions" / "sim" / "dataset"))
     assert {"brain", "followup"} <= set(rows["paradigm"])  # and Stage 3 trained second questions
     report = json.loads((out / "eval" / "sim_diagnosis" / "report.json").read_text())
