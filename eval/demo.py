@@ -81,7 +81,8 @@ class Preset:
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt) and keeps second questions of a
-    #: chat (followup: without them a second question was answered right on 0-7%, BENCHMARKS.md). None builds every paradigm.
+    #: chat (followup: without them a second question was answered right on 0-7%, BENCHMARKS.md). None builds
+    #: every paradigm.
     instruct_paradigms: str | None = "brain,followup"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,coupled_pair,modularity"
