@@ -407,8 +407,10 @@ def build_instructions(
                 answer, value = b.answer(
                     rec.get(spec.target) if spec.source == "phenotype" else None, zmap, texts, subject
                 )
-                todo = [p for p in spec.paradigms if p in wanted]
-                followup = "followup" in wanted and DERIVED_PARADIGMS["followup"] in spec.paradigms
+                todo = [p for p in spec.paradigms if p in wanted and p not in DERIVED_PARADIGMS]
+                followup = "followup" in wanted and (
+                    "followup" in spec.paradigms or DERIVED_PARADIGMS["followup"] in spec.paradigms
+                )
                 if answer is None:
                     counts[spec.name][f"skipped_{value}"] += len([p for p in todo if p != "multi"])
                     continue
