@@ -315,20 +315,24 @@ def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
-    """LoRA flags of the commands that train adapters (`fmrilm train align` / `instruct`, `fmrilm finetune`)."""
+def add_lora_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """LoRA flags of the commands that train adapters (`fmrilm train align` / `instruct`, `fmrilm finetune`);
+    ``note`` ends every help text (Stage 3 says when its flags apply: it continues a model's own adapters)."""
     from fmrilm.safety import positive_int, probability
 
     p = parser
-    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank")
+    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank" + note)
     p.add_argument(
-        "--lora-alpha", type=positive_int, default=32, help="LoRA scaling numerator (scale = alpha / r)"
+        "--lora-alpha",
+        type=positive_int,
+        default=32,
+        help="LoRA scaling numerator (scale = alpha / r)" + note,
     )
-    p.add_argument("--lora-dropout", type=probability, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-dropout", type=probability, default=0.05, help="dropout on the LoRA input" + note)
     p.add_argument(
         "--target-modules",
         default="all-linear",
-        help="LoRA targets: 'all-linear' or comma-separated module names",
+        help="LoRA targets: 'all-linear' or comma-separated module names" + note,
     )
 
 

@@ -796,9 +796,9 @@ def is_main_process() -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig]) -> None:
+def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig], lora_note: str = "") -> None:
     """Flags of a `LoopConfig` (`fmrilm train instruct`, `fmrilm finetune`): loop, LoRA, longest example."""
-    add_lora_arguments(p)
+    add_lora_arguments(p, lora_note)
     p.add_argument(
         "--max-length", type=positive_int, default=defaults.max_length, help="longest example in tokens"
     )
@@ -872,7 +872,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train replay prompts on their written answers, or on the model's own answers before tuning "
         "(greedy, adapters off: holds the chat where it was; default %(default)s)",
     )  # fmt: skip
-    add_tuning_arguments(p, InstructConfig)
+    add_tuning_arguments(
+        p,
+        InstructConfig,
+        lora_note="; new adapters only: a model's own adapters keep their saved settings",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> InstructConfig:
