@@ -445,55 +445,13 @@ class Demo:
                 print()
             if task in truth:
                 print(f"  (its descriptors say: {truth[task]})")
-        self.descriptor_rates(model, cohort, split, sets[name])
+        descriptor_rates(model, cohort, split, sets[name])
         stored = stored_tasks(model)
         task = f"diagnosis@{cohort.name}" if f"diagnosis@{cohort.name}" in stored else "diagnosis"
         probs = model.predict(scan, task)
         shown = json.dumps({k: round(v, 3) for k, v in probs.items()})
         print(f"\n  model.predict(scan, '{task}') -> {shown}  (recorded: {truth.get('diagnosis', '?')})")
         self.timings.append(("Reload and chat", time.perf_counter() - start))
-
-    def descriptor_rates(self, model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
-        """How often the model's chat answers the descriptor questions right on held-out scans, next to always
-        giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
-
-        Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers), and every question
-        after the first once more as the next turn of the first question's chat, the way a user goes on asking
-        about a scan. An answer is right when it is the recorded one, a network pair in either order.
-        Generating costs a few tokens per scan, where scoring every one of the 78 network pairs cost minutes."""
-        answers = answer_table(instruction_set)
-        test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
-        train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
-        first_chats: dict[str, list] = {}  # scan id -> the history of the first question's chat
-        for k, (task, question) in enumerate(CHAT_QUESTIONS):
-            rows = answers[answers["task"] == task]
-            truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
-            majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
-            scored = [sid for sid in test_ids if sid in truth]
-            if majority.empty or not scored:
-                continue
-            base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
-            options = next(iter(rows["options"]), None)
-            options = list(options) if options is not None and len(options) else sorted(set(rows["answer"]))
-            asked = {"in a fresh chat": {s: None for s in scored}}
-            if k > 0 and first_chats:
-                asked["as the second question of a chat"] = {
-                    s: first_chats[s] for s in scored if s in first_chats
-                }
-            for how, histories in asked.items():
-                right, valid = [], []
-                for s, history in histories.items():
-                    scan = cohort.scan(test_ids[s]) if history is None else None
-                    said, chat = model.chat(scan, question, history=history, max_new_tokens=24)
-                    right.append(same_answer(said, truth[s]))
-                    valid.append(any(same_answer(said, o) for o in options))
-                    if k == 0:
-                        first_chats[s] = chat
-                print(
-                    f"  {task}: chat answers right on {np.mean(right):.0%} of {len(right)} held-out scans {how} "
-                    f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%}); "
-                    f"one of the question's answers on {np.mean(valid):.0%}"
-                )
 
     def evaluate(self, model_dir: str, cohorts: dict[str, dict[str, str]]) -> list[Path]:
         name = "abide" if "abide" in cohorts else "sim"
@@ -535,6 +493,49 @@ CHAT_QUESTIONS = (
     ("coupled_pair", "Which pair of networks is most strongly coupled relative to the reference population?"),
     ("modularity", "Is modularity in this scan higher or lower than in the reference population?"),
 )
+
+
+def descriptor_rates(model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
+    """How often the model's chat answers the descriptor questions right on held-out scans, next to always
+    giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
+
+    Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers), and every question
+    after the first once more as the next turn of the first question's chat, the way a user goes on asking
+    about a scan. An answer is right when it is the recorded one, a network pair in either order.
+    Generating costs a few tokens per scan, where scoring every one of the 78 network pairs cost minutes."""
+    answers = answer_table(instruction_set)
+    test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
+    train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
+    first_chats: dict[str, list] = {}  # scan id -> the history of the first question's chat
+    for k, (task, question) in enumerate(CHAT_QUESTIONS):
+        rows = answers[answers["task"] == task]
+        truth = dict(zip(rows["scan_id"], rows["answer"], strict=True))
+        majority = rows[rows["scan_id"].isin(train_ids)]["answer"].value_counts()
+        scored = [sid for sid in test_ids if sid in truth]
+        if majority.empty or not scored:
+            continue
+        base = float(np.mean([truth[s] == majority.index[0] for s in scored]))
+        options = next(iter(rows["options"]), None)
+        options = list(options) if options is not None and len(options) else sorted(set(rows["answer"]))
+        asked = {"in a fresh chat": {s: None for s in scored}}
+        if k > 0 and first_chats:
+            asked["as the second question of a chat"] = {
+                s: first_chats[s] for s in scored if s in first_chats
+            }
+        for how, histories in asked.items():
+            right, valid = [], []
+            for s, history in histories.items():
+                scan = cohort.scan(test_ids[s]) if history is None else None
+                said, chat = model.chat(scan, question, history=history, max_new_tokens=24)
+                right.append(same_answer(said, truth[s]))
+                valid.append(any(same_answer(said, o) for o in options))
+                if k == 0:
+                    first_chats[s] = chat
+            print(
+                f"  {task}: chat answers right on {np.mean(right):.0%} of {len(right)} held-out scans {how} "
+                f"(always '{majority.index[0]}', the most frequent training answer: {base:.0%}); "
+                f"one of the question's answers on {np.mean(valid):.0%}"
+            )
 
 
 def same_answer(said: str, recorded: str) -> bool:
