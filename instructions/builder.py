@@ -414,7 +414,8 @@ def build_instructions(
                 if answer is None:
                     counts[spec.name][f"skipped_{value}"] += len([p for p in todo if p != "multi"])
                     continue
-                for paradigm in todo:
+                # a followup row's first turn is the brain question, built here even when brain rows are not
+                for paradigm in todo + (["brain"] if followup and "brain" not in todo else []):
                     if paradigm == "multi":
                         multi.append((b, answer, value))
                         continue
@@ -433,12 +434,13 @@ def build_instructions(
                         seed=rng,
                     )["content"]
                     reply = _answer_text(b, answer, paradigm, rng)
-                    rows.append(_row(base, window, spec, paradigm, user, reply, answer, b.options, value, []))
-                    counts[spec.name]["rows"] += 1
-                if followup:
-                    rng = _rng(seed, scan_id, window, spec.name, "brain")  # the brain row's own question
-                    user = question_message(spec, b.options, scan_id=scan_id, window=window, seed=rng)
-                    turns.append((b, user, _answer_text(b, answer, "brain", rng), answer, value))
+                    if followup and paradigm == "brain":
+                        turns.append((b, {"role": "user", "content": user}, reply, answer, value))
+                    if paradigm in todo:
+                        rows.append(
+                            _row(base, window, spec, paradigm, user, reply, answer, b.options, value, [])
+                        )
+                        counts[spec.name]["rows"] += 1
             for k, (b, _, reply, answer, value) in enumerate(turns if len(turns) >= 2 else []):
                 rng = _rng(seed, scan_id, window, b.spec.name, "followup")
                 first = [t for j, t in enumerate(turns) if j != k][int(rng.integers(len(turns) - 1))]
