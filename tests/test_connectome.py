@@ -63,7 +63,10 @@ def test_scans_differ_and_quantizer_keeps_more_with_more_levels(fitted):
     z = tok.continuous(scans)
     assert z.shape == (len(scans), SMALL.components)
     assert np.abs(z[0] - z[1]).max() > 0.1  # different subjects, different tokens
-    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=0.2)  # whitened on the fitting population
+    # unit variance on average over the components of the fitting population, each keeping its PCA share
+    assert np.mean(z.var(axis=0)) == pytest.approx(1.0, rel=0.1)
+    sd = z.std(axis=0)
+    np.testing.assert_allclose(sd / sd[0], tok.pca_scale.numpy() / tok.pca_scale.numpy()[0], rtol=0.05)
     codes, deq = tok.quantize(z)
     assert codes.shape == (len(scans), SMALL.num_tokens, SMALL.num_levels)
     first = tok.quantizer.layers[0]  # the first level alone
@@ -98,6 +101,24 @@ def test_save_and_load_give_identical_tokens(fitted, tmp_path):
     a, b = tok.encode(scans[0]), again.encode(scans[0])
     np.testing.assert_array_equal(a.codes, b.codes)
     np.testing.assert_allclose(a.values, b.values)
+
+
+def test_whitened_components_on_request_and_for_tokenizers_saved_before_the_option(fitted, tmp_path):
+    tok, scans = fitted
+    white = ConnectomeTokenizer.fit(scans, replace(SMALL, whiten=True))
+    np.testing.assert_allclose(white.continuous(scans).std(axis=0), 1.0, atol=0.2)
+    # the same reference and PCA: the two differ by the per-component scale only
+    z, zw = tok.continuous(scans), white.continuous(scans)
+    ratio = tok.pca_scale.numpy() / tok.component_divisor()
+    np.testing.assert_allclose(zw * ratio, z, rtol=1e-4, atol=1e-5)
+    # a tokenizer saved without the field was whitened, and must load as it was trained
+    tok.save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "connectome_config.json").read_text())
+    del meta["whiten"]
+    (tmp_path / "old" / "connectome_config.json").write_text(json.dumps(meta))
+    old = ConnectomeTokenizer.from_pretrained(tmp_path / "old")
+    assert old.config.whiten is True
+    np.testing.assert_allclose(old.continuous(scans[:2]), white.continuous(scans[:2]), rtol=1e-4, atol=1e-5)
 
 
 def test_too_few_scans_and_bad_sizes_are_refused(atlas):
@@ -207,6 +228,38 @@ def test_without_values_the_model_is_plain_transformers(model, fitted):
         finally:
             projection.proj.weight.copy_(saved[0])
             projection.summary.weight.copy_(saved[1])
+
+
+def test_the_scan_summary_reads_only_the_leading_components_it_is_given(fitted, tmp_path):
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.processing import FmriProcessorConfig
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    tok, scans = fitted
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    top3 = FmriLM.from_base(llm, host, tokenizer=text_tokenizer, scan_summary_components=3)
+    assert top3.soft_projection.summary.weight.shape[1] == 3
+    batch = top3.processor(_messages(), [scans[0]])
+    start = int((batch["input_ids"][0] == top3.processor.ids.start_id).nonzero()[0])
+    with torch.no_grad():
+        top3.soft_projection.proj.weight.zero_()  # the summary alone reads the values
+        base = top3(**batch).logits
+        tail = {k: v.clone() for k, v in batch.items()}
+        tail["connectome_values"][0, start, 3:] += 5.0  # past the summary's components: nothing changes
+        torch.testing.assert_close(top3(**tail).logits, base)
+        head = {k: v.clone() for k, v in batch.items()}
+        head["connectome_values"][0, start, 0] += 5.0
+        assert not torch.allclose(top3(**head).logits, base)
+    top3.save_pretrained(tmp_path / "m")
+    again = FmriLM.from_pretrained(tmp_path / "m")
+    assert again.processor.config.summary_components == 3
+    torch.testing.assert_close(again(**batch).logits, base)
+    # a model saved before the setting existed read every component
+    assert FmriProcessorConfig(connectome_tokens=2, connectome_components=8).summary_components == 8
+    with pytest.raises(FmriInputError, match="scan_summary_components"):
+        FmriProcessorConfig(scan_summary_components=0)
 
 
 def test_discrete_only_models_emit_no_values(fitted):

@@ -37,6 +37,9 @@ from fmrilm.model.processing import (
     _config_from_fmri_tokenizer,
 )
 
+#: Leading PCA components a new model's scan summary reads (of 256): one Stage-3 pass reads autism and sex
+#: best from the top 32-96 (BENCHMARKS.md, "Connectome components: whitened or not, how many").
+DEFAULT_SUMMARY_COMPONENTS = 64
 #: Output-layer positions whose vocabulary-wide logits exist at one time in the training loss (256 positions x
 #: 49k SmolLM2 tokens = 50 MB in float32, against ~0.5 GB for a Stage-2 batch's answers at once).
 LOSS_CHUNK = 256
@@ -156,6 +159,7 @@ class FmriLM(nn.Module):
         seed: int = 0,
         soft_tokens: bool = True,
         scan_summary: bool = True,
+        scan_summary_components: int | None = DEFAULT_SUMMARY_COMPONENTS,
     ) -> FmriLM:
         """A new fMRI-LM on a base LM: brain tokens added, their rows initialised from the codebook.
 
@@ -164,7 +168,8 @@ class FmriLM(nn.Module):
         `FmriTokenizerModel`; without it, ``codebook_size`` and ``num_latents`` size the vocabulary and the
         brain rows start random (tests, or codes computed elsewhere). ``lora`` adds adapters right away.
         ``soft_tokens`` / ``scan_summary``: connectome positions (and the start marker) read the continuous
-        values as well as the codes (see `SoftBrainProjection`).
+        values as well as the codes (see `SoftBrainProjection`); the summary reads the first
+        ``scan_summary_components`` of them (None: all).
         """
         from fmrilm.model.base_model import load_base_model
 
@@ -184,6 +189,7 @@ class FmriLM(nn.Module):
             config = _config_from_fmri_tokenizer(fmri_tokenizer)
             config.soft_tokens = bool(soft_tokens)
             config.scan_summary = bool(scan_summary)
+            config.scan_summary_components = scan_summary_components
         else:
             config = FmriProcessorConfig(
                 codebook_size=int(codebook_size or 512), num_latents=int(num_latents or 32)
@@ -588,22 +594,30 @@ class SoftBrainProjection(nn.Module):
     """Connectome values ``(..., components)`` -> embedding offsets ``(..., hidden)``.
 
     ``proj``, one linear map whose block-sparse input (see `FmriLMProcessor.pad`) makes it one projection per
-    connectome token; ``summary`` (with a scan summary), a second map of the whole component vector, added
-    at the part's start marker: one position that holds the whole scan.
+    connectome token; ``summary`` (with a scan summary), a second map of the first ``summary_components`` of
+    the component vector (the top of the PCA spectrum), added at the part's start marker: one position that
+    holds the whole scan.
     """
 
     WEIGHTS_NAME = "fmri_soft_tokens.safetensors"
 
     def __init__(
-        self, components: int, hidden: int, group_dim: int, scale: float = 0.02, summary: bool = False
+        self,
+        components: int,
+        hidden: int,
+        group_dim: int,
+        scale: float = 0.02,
+        summary: bool = False,
+        summary_components: int | None = None,
     ) -> None:
         super().__init__()
+        self.summary_components = int(summary_components or components)
         self.proj = nn.Linear(components, hidden, bias=False)
-        self.summary = nn.Linear(components, hidden, bias=False) if summary else None
+        self.summary = nn.Linear(self.summary_components, hidden, bias=False) if summary else None
         with torch.no_grad():  # offsets start at the size of the LLM's own embeddings, not larger
             self.proj.weight.normal_(0.0, scale / max(group_dim, 1) ** 0.5)
             if self.summary is not None:
-                self.summary.weight.normal_(0.0, scale / max(components, 1) ** 0.5)
+                self.summary.weight.normal_(0.0, scale / self.summary_components**0.5)
 
     @classmethod
     def for_llm(cls, llm: Any, config: FmriProcessorConfig) -> SoftBrainProjection:
@@ -614,6 +628,7 @@ class SoftBrainProjection(nn.Module):
             config.connectome_group_dim,
             scale=float(table.detach()[: min(len(table), 4096)].float().std()),
             summary=config.uses_scan_summary,
+            summary_components=config.summary_components,
         )
         return module.to(device=table.device, dtype=table.dtype if table.is_floating_point() else None)
 
@@ -626,7 +641,8 @@ class SoftBrainProjection(nn.Module):
         """Offsets at connectome positions (``connectome_mask``) and, with a summary, at ``summary_mask``."""
         offsets = self.proj(values) * connectome_mask[..., None].to(values.dtype)
         if self.summary is not None and summary_mask is not None:
-            offsets = offsets + self.summary(values) * summary_mask[..., None].to(values.dtype)
+            top = values[..., : self.summary_components]
+            offsets = offsets + self.summary(top) * summary_mask[..., None].to(values.dtype)
         return offsets
 
     def save(self, directory: str | os.PathLike) -> None:

@@ -61,6 +61,10 @@ class FmriProcessorConfig:
     #: (one projection of the whole vector: the LLM learns a scan-level trait from one position far faster
     #: than from 32 group positions; see BENCHMARKS.md, "scan summary")
     scan_summary: bool = False
+    #: the scan summary reads the first this-many components (the top of the PCA spectrum; None: all). A
+    #: one-pass learner reads a trait better from the top 32-96 of 256 than from all of them (leave-sites-out
+    #: probes on the development sites: BENCHMARKS.md, "Connectome components: whitened or not, how many")
+    scan_summary_components: int | None = None
     #: how many of a part's connectome tokens the prompt shows (None: all M). With the scan summary the start
     #: marker already reads all M groups, so showing 1 keeps the whole vector in a prompt 31 tokens shorter
     #: (Stage 3 on a CPU costs per token; BENCHMARKS.md, "Does the LLM read the scan?")
@@ -100,7 +104,20 @@ class FmriProcessorConfig:
         """Whether the start marker of a part with connectome tokens gets the projection of all its values."""
         return bool(self.uses_soft_tokens and self.scan_summary)
 
+    @property
+    def summary_components(self) -> int:
+        """Components the scan summary reads: the first ``scan_summary_components`` (all by default)."""
+        total = int(self.connectome_components)
+        if self.scan_summary_components is None:
+            return total
+        return min(int(self.scan_summary_components), total)
+
     def __post_init__(self) -> None:
+        if self.scan_summary_components is not None and int(self.scan_summary_components) < 1:
+            raise FmriInputError(
+                f"scan_summary_components must be at least 1 (or None for all), got {self.scan_summary_components}",
+                fix="give the number of leading PCA components the scan summary reads, e.g. 64",
+            )
         if self.connectome_shown is not None and int(self.connectome_shown) < 1:
             raise FmriInputError(
                 f"connectome_shown must be at least 1 (or None for all tokens), got {self.connectome_shown}",

@@ -3,10 +3,11 @@
 Window tokens carry dynamics but lose the trait signal that connectivity models use (a linear probe on them
 is at chance for autism and sex on unseen ABIDE sites). Connectome tokens carry it: the scan's covariance is
 mapped to the tangent space at the reference population's geometric mean (nilearn ``ConnectivityMeasure(
-kind="tangent")``, the best pipeline of Dadi et al. 2019), reduced by a whitened PCA fitted on the reference
-population, cut into ``num_tokens`` groups of ``components / num_tokens`` numbers, and each group quantized
-by a residual vector quantizer (vector-quantize-pytorch ``ResidualVQ``, one codebook shared by all groups:
-the LLM tells groups apart by their position after ``<brain_start>``).
+kind="tangent")``, the best pipeline of Dadi et al. 2019), reduced by a PCA fitted on the reference
+population (the components keep their relative variance: see ``ConnectomeConfig.whiten``), cut into
+``num_tokens`` groups of ``components / num_tokens`` numbers, and each group quantized by a residual vector quantizer (vector-quantize-pytorch
+``ResidualVQ``, one codebook shared by all groups: the LLM tells groups apart by their position after
+``<brain_start>``).
 
 Atlas-agnostic: a scan's regions are resampled onto the reference coordinates by a Gaussian kernel on MNI
 distance (regions are read by position, never by index), so any atlas maps into one space and region order
@@ -48,6 +49,11 @@ class ConnectomeConfig:
     kernel_sigma_mm: float = 4.0
     quantizer_steps: int = 200
     seed: int = 0
+    #: Divide each PCA component by its own standard deviation. Off by default: whitening gives the noisy tail
+    #: of the spectrum the weight of its top and costs what the LLM can learn from the components (leave-sites-out
+    #: probes on ABIDE, BENCHMARKS.md "Connectome components: whitened or not"); off, every component is divided by
+    #: one number, the RMS of their standard deviations, so the average component still has unit variance.
+    whiten: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_tokens", "components", "codebook_size", "num_levels", "quantizer_steps"):
@@ -75,6 +81,7 @@ class ConnectomeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectomeConfig:
+        data = {"whiten": True, **data}  # tokenizers saved before the field existed whitened their components
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -182,7 +189,7 @@ class ConnectomeTokenizer(nn.Module):
         return tok
 
     def fit_quantizer(self, z: np.ndarray) -> None:
-        """EMA k-means training of the residual quantizer on whitened components ``(N, components)``."""
+        """EMA k-means training of the residual quantizer on the components ``(N, components)``."""
         cfg = self.config
         groups = torch.as_tensor(z, dtype=torch.float32).view(len(z), cfg.num_tokens, cfg.group_dim)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -230,12 +237,18 @@ class ConnectomeTokenizer(nn.Module):
         return sym_matrix_to_vec(logm, discard_diagonal=True)
 
     def components_of(self, vectors: np.ndarray) -> np.ndarray:
-        """Tangent vectors ``(N, F)`` -> whitened PCA components ``(N, components)``."""
+        """Tangent vectors ``(N, F)`` -> PCA components ``(N, components)``, unit variance on average over the
+        components (each one, when ``config.whiten``)."""
         centred = np.asarray(vectors, dtype=np.float64) - self.pca_mean.numpy()
-        return (centred @ self.pca_components.numpy().T.astype(np.float64)) / self.pca_scale.numpy()
+        return (centred @ self.pca_components.numpy().T.astype(np.float64)) / self.component_divisor()
+
+    def component_divisor(self) -> np.ndarray | float:
+        """What the PCA scores are divided by: each component's SD (whitened) or their RMS (the default)."""
+        scale = self.pca_scale.numpy()
+        return scale if self.config.whiten else float(np.sqrt(np.mean(scale**2)))
 
     def continuous(self, scans: Sequence[Any] | Any) -> np.ndarray:
-        """Whitened components ``(N, components)`` of scans: what the quantizer quantizes."""
+        """Components ``(N, components)`` of scans: what the quantizer quantizes and soft tokens read."""
         scans = [scans] if hasattr(scans, "timeseries") else list(scans)
         with one_blas_thread():
             vectors = [self.tangent_vector(self.reference_timeseries(s)) for s in scans]

@@ -1,0 +1,167 @@
+"""Whitened or not: how the connectome components should be scaled for a learner that sees them as they are.
+
+    python -m fmrilm.eval.bench_components [--abide ../shared/data/abide] [--folds 5] [--tasks diagnosis,sex]
+        [--passes 1,3] [--top 32,64,128,256] [--seeds 3] [--exclude-sites A,B] [--json OUT]
+
+The LLM reads the connectome tokenizer's PCA components through a linear map trained by a few Adam passes,
+starting from random: nothing rescales them first. Whitening (each component divided by its own SD) gives
+the noisy tail of the tangent-FC spectrum the weight of its top; keeping the relative variance (every component
+divided by one number) does not. The information ladder cannot show the difference: its probes standardize
+their features. This benchmark scores two learners that see the scale, on each leave-sites-out fold of
+`bench_baselines` (tokenizer fitted on the fold's training sites only): L2 logistic regression on the
+components as given (C by site-grouped CV inside the training sites), and minibatch Adam logistic regression
+from zero, class-balanced batches of 16, ``--passes`` passes at lr 3e-3 (what one Stage-3 pass resembles),
+averaged over ``--seeds``; the relative-variance rows also read only the leading ``--top`` components (the scan
+summary's ``scan_summary_components``). Out-of-site AUC per fold, and the mean over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def adam_logistic(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_test: np.ndarray,
+    *,
+    passes: int,
+    seed: int,
+    lr: float = 3e-3,
+    batch: int = 16,
+) -> np.ndarray:
+    """Scores of a logistic regression trained from zero by ``passes`` passes of class-balanced Adam steps."""
+    rng = np.random.default_rng(seed)
+    w, b = np.zeros(X.shape[1]), 0.0
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    for t in range(1, passes * len(y) // batch + 1):
+        idx = np.r_[rng.choice(pos, batch // 2), rng.choice(neg, batch // 2)]
+        p = 1.0 / (1.0 + np.exp(-(X[idx] @ w + b)))
+        g = X[idx].T @ (p - y[idx]) / batch
+        b -= lr * float(np.mean(p - y[idx]))
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    return X_test @ w
+
+
+def l2_logistic(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """L2 logistic regression on the features as given (no standardizing), C by site-grouped inner CV."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+
+    search = GridSearchCV(
+        LogisticRegression(max_iter=3000, class_weight="balanced"),
+        {"C": np.logspace(-4, 1, 8)},
+        scoring="roc_auc",
+        cv=GroupKFold(min(5, len(set(groups)))),
+    )
+    search.fit(X, y, groups=groups)
+    return search.decision_function(X_test)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
+    parser.add_argument("--folds", type=int, default=5, help="leave-sites-out folds (as bench_baselines)")
+    parser.add_argument("--tasks", default="diagnosis,sex", help="binary tasks")
+    parser.add_argument("--passes", default="1,3", help="Adam passes to score")
+    parser.add_argument(
+        "--top",
+        default="32,64,128,256",
+        help="leading components read (relative-variance rows; whitened: all)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="Adam runs per fold, averaged")
+    parser.add_argument(
+        "--exclude-sites",
+        default="",
+        help="sites left out entirely (e.g. the demo's held-out UCLA_1,KKI,OHSU, so a choice is made without them)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write all figures to this JSON file")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from fmrilm.eval.bench_baselines import site_folds
+    from fmrilm.instructions.spec import load_task
+    from sklearn.metrics import roc_auc_score
+
+    from fmrilm.cohort_import import import_cohort
+    from fmrilm.splits import leave_sites_out_split
+    from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, one_blas_thread
+
+    abide = Path(args.abide)
+    if not (abide / "phenotypes.csv").exists():
+        print(f"ABIDE folder not found at {abide}", file=sys.stderr)
+        return 2
+    cohort = import_cohort(
+        abide / "phenotypes.csv",
+        atlas=abide / "cc200_centroids.csv",
+        npz=abide / "timeseries_cc200.npz",
+        mapping="abide",
+        progress=False,
+    )
+    excluded = [x.strip() for x in args.exclude_sites.split(",") if x.strip()]
+    if excluded:
+        keep = ~cohort.phenotype_table()["site"].astype(str).isin(excluded).to_numpy()
+        cohort = cohort.select(np.flatnonzero(keep).tolist())
+    table = cohort.phenotype_table()
+    sites = table["site"].astype(str).to_numpy()
+    scans = [cohort.scan(i) for i in range(len(cohort))]
+    passes = [int(p) for p in args.passes.split(",")]
+    tops = [int(t) for t in args.top.split(",")]
+    labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in args.tasks.split(","):
+        values = table[load_task(name).target]
+        known = values.notna().to_numpy()
+        classes = sorted(values[known].astype(str).unique())
+        if len(classes) != 2:
+            parser.error(
+                f"--tasks: {name} has {len(classes)} classes here; this benchmark scores binary tasks"
+            )
+        labels[name] = ((values.astype(str) == classes[0]).to_numpy().astype(int), known)
+    results: dict[str, dict[str, list[float]]] = {}
+    for k, test_sites in enumerate(site_folds(table, args.folds, args.seed)):
+        t0 = time.perf_counter()
+        split = leave_sites_out_split(cohort, test_sites=test_sites)
+        tok = ConnectomeTokenizer.fit([scans[i] for i in split["train"]], ConnectomeConfig(seed=args.seed))
+        with one_blas_thread():
+            tangent = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
+        kept = tok.components_of(tangent)  # the default: relative variance kept
+        whitened = kept * tok.component_divisor() / tok.pca_scale.numpy()
+        train, test = np.asarray(split["train"]), np.asarray(split["test"])
+        for name, (y, known) in labels.items():
+            tr, te = train[known[train]], test[known[test]]
+            variants = [("whitened", whitened.shape[1], whitened)]
+            variants += [("relative variance", t, kept) for t in tops]
+            for scaling, top, Z in variants:
+                Z = Z[:, :top]
+                key = f"{name} | {scaling}, top {top}"
+                scores = {"L2 logistic (C by CV)": l2_logistic(Z[tr], y[tr], Z[te], sites[tr])}
+                for p in passes:
+                    runs = [adam_logistic(Z[tr], y[tr], Z[te], passes=p, seed=s) for s in range(args.seeds)]
+                    scores[f"Adam, {p} pass{'es' if p > 1 else ''}"] = runs
+                for learner, s in scores.items():
+                    runs = s if isinstance(s, list) else [s]
+                    auc = float(np.mean([roc_auc_score(y[te], r) for r in runs]))
+                    results.setdefault(key, {}).setdefault(learner, []).append(auc)
+        print(f"fold {k + 1} ({','.join(test_sites)}): {time.perf_counter() - t0:.0f} s", flush=True)
+    print("\nout-of-site AUC: mean over folds (per fold)")
+    for key, learners in results.items():
+        for learner, aucs in learners.items():
+            print(f"{key:42s} {learner:24s} {np.mean(aucs):.3f}  ({' '.join(f'{a:.2f}' for a in aucs)})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""The one-pass learner behind the whitening decision (eval/bench_components.py) learns what it is shown."""
+
+from __future__ import annotations
+
+import numpy as np
+from fmrilm.eval.bench_components import adam_logistic
+from sklearn.metrics import roc_auc_score
+
+
+def test_one_adam_pass_learns_a_planted_direction_and_more_passes_learn_more():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 64))
+    y = (X[:, 0] + 0.8 * X[:, 1] + rng.standard_normal(600) > 0).astype(int)
+    train, test = slice(0, 400), slice(400, None)
+    one = roc_auc_score(y[test], adam_logistic(X[train], y[train], X[test], passes=1, seed=0))
+    three = roc_auc_score(y[test], adam_logistic(X[train], y[train], X[test], passes=3, seed=0))
+    assert one > 0.6
+    assert three > one
+    shuffled = roc_auc_score(
+        rng.permutation(y[test]), adam_logistic(X[train], y[train], X[test], passes=1, seed=0)
+    )
+    assert abs(shuffled - 0.5) < 0.12  # no signal in, none out
+
+
+def test_a_pass_learns_less_when_the_signal_is_shrunk_among_equal_noise_components():
+    # the decision in one picture: the same data, signal component at its PCA scale or divided down to unit SD
+    rng = np.random.default_rng(1)
+    n, d = 500, 128
+    signal = rng.standard_normal(n)
+    y = (signal + 1.5 * rng.standard_normal(n) > 0).astype(int)
+    scale = np.r_[4.0, np.full(d - 1, 0.7)]
+    kept = np.c_[signal, rng.standard_normal((n, d - 1))] * scale / np.sqrt(np.mean(scale**2))
+    whitened = kept / kept.std(axis=0)
+    train, test = slice(0, 300), slice(300, None)
+    auc = {
+        name: np.mean(
+            [
+                roc_auc_score(y[test], adam_logistic(Z[train], y[train], Z[test], passes=1, seed=s))
+                for s in range(3)
+            ]
+        )
+        for name, Z in (("kept", kept), ("whitened", whitened))
+    }
+    assert auc["kept"] > auc["whitened"]
