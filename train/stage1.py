@@ -704,12 +704,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--connectome-levels", type=int, default=4, help="residual quantizer levels")
     p.add_argument("--connectome-codebook-size", type=int, default=256, help="entries of the shared codebook")
-    p.add_argument(
-        "--connectome-whiten",
-        action="store_true",
-        help="give every PCA component unit variance (default: keep their relative variance, which the LLM "
-        "learns more from)",
-    )
     for name in _LOSS_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument(
@@ -743,7 +737,6 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         "components": args.connectome_components,
         "num_levels": args.connectome_levels,
         "codebook_size": args.connectome_codebook_size,
-        "whiten": args.connectome_whiten,
     }
     return Stage1Config(
         connectome_tokens=args.connectome_tokens,

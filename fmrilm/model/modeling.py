@@ -37,9 +37,6 @@ from fmrilm.model.processing import (
     _config_from_fmri_tokenizer,
 )
 
-#: Leading PCA components a new model's scan summary reads (of 256): one Stage-3 pass reads autism and sex
-#: best from the top 32-96 (BENCHMARKS.md, "Connectome components: whitened or not, how many").
-DEFAULT_SUMMARY_COMPONENTS = 64
 #: Output-layer positions whose vocabulary-wide logits exist at one time in the training loss (256 positions x
 #: 49k SmolLM2 tokens = 50 MB in float32, against ~0.5 GB for a Stage-2 batch's answers at once).
 LOSS_CHUNK = 256
@@ -159,7 +156,7 @@ class FmriLM(nn.Module):
         seed: int = 0,
         soft_tokens: bool = True,
         scan_summary: bool = True,
-        scan_summary_components: int | None = DEFAULT_SUMMARY_COMPONENTS,
+        scan_summary_components: int | None = None,
     ) -> FmriLM:
         """A new fMRI-LM on a base LM: brain tokens added, their rows initialised from the codebook.
 

@@ -61,9 +61,9 @@ class FmriProcessorConfig:
     #: (one projection of the whole vector: the LLM learns a scan-level trait from one position far faster
     #: than from 32 group positions; see BENCHMARKS.md, "scan summary")
     scan_summary: bool = False
-    #: the scan summary reads the first this-many components (the top of the PCA spectrum; None: all). A
-    #: one-pass learner reads a trait better from the top 32-96 of 256 than from all of them (leave-sites-out
-    #: probes on the development sites: BENCHMARKS.md, "Connectome components: whitened or not, how many")
+    #: the scan summary reads the first this-many components (the top of the PCA spectrum; None: all, the
+    #: default: fewer gained a one-pass learner nothing for autism and lost sex in leave-sites-out probes,
+    #: BENCHMARKS.md, "Connectome components: whitened or not, how many")
     scan_summary_components: int | None = None
     #: how many of a part's connectome tokens the prompt shows (None: all M). With the scan summary the start
     #: marker already reads all M groups, so showing 1 keeps the whole vector in a prompt 31 tokens shorter

@@ -3,11 +3,10 @@
 Window tokens carry dynamics but lose the trait signal that connectivity models use (a linear probe on them
 is at chance for autism and sex on unseen ABIDE sites). Connectome tokens carry it: the scan's covariance is
 mapped to the tangent space at the reference population's geometric mean (nilearn ``ConnectivityMeasure(
-kind="tangent")``, the best pipeline of Dadi et al. 2019), reduced by a PCA fitted on the reference
-population (the components keep their relative variance: see ``ConnectomeConfig.whiten``), cut into
-``num_tokens`` groups of ``components / num_tokens`` numbers, and each group quantized by a residual vector quantizer (vector-quantize-pytorch
-``ResidualVQ``, one codebook shared by all groups: the LLM tells groups apart by their position after
-``<brain_start>``).
+kind="tangent")``, the best pipeline of Dadi et al. 2019), reduced by a whitened PCA fitted on the
+reference population (``ConnectomeConfig.whiten``), cut into ``num_tokens`` groups of ``components / num_tokens``
+numbers, and each group quantized by a residual vector quantizer (vector-quantize-pytorch ``ResidualVQ``, one
+codebook shared by all groups: the LLM tells groups apart by their position after ``<brain_start>``).
 
 Atlas-agnostic: a scan's regions are resampled onto the reference coordinates by a Gaussian kernel on MNI
 distance (regions are read by position, never by index), so any atlas maps into one space and region order
@@ -49,11 +48,11 @@ class ConnectomeConfig:
     kernel_sigma_mm: float = 4.0
     quantizer_steps: int = 200
     seed: int = 0
-    #: Divide each PCA component by its own standard deviation. Off by default: whitening gives the noisy tail
-    #: of the spectrum the weight of its top and costs what the LLM can learn from the components (leave-sites-out
-    #: probes on ABIDE, BENCHMARKS.md "Connectome components: whitened or not"); off, every component is divided by
-    #: one number, the RMS of their standard deviations, so the average component still has unit variance.
-    whiten: bool = False
+    #: Divide each PCA component by its own standard deviation (the default); off, all are divided by one
+    #: number, the RMS of their standard deviations, so they keep their relative variance. Measured both ways
+    #: with the tokenizer fitted per leave-sites-out fold (BENCHMARKS.md, "Connectome components: whitened or
+    #: not, how many"): one-pass learners read autism alike from both and sex better from whitened components.
+    whiten: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_tokens", "components", "codebook_size", "num_levels", "quantizer_steps"):
@@ -81,7 +80,11 @@ class ConnectomeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectomeConfig:
-        data = {"whiten": True, **data}  # tokenizers saved before the field existed whitened their components
+        data = {
+            "whiten": True,
+            **data,
+        }  # tokenizers saved before the field existed whitened (keep it so if the
+        # default ever changes)
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
