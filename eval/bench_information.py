@@ -14,6 +14,8 @@ only, so no test site is ever seen):
     connectome_dequantized what the residual quantizer keeps (all levels)
     connectome_codes       one-hot of the codes the tokens show (first level): what discrete tokens carry
     llm_input_soft         the input embeddings the LLM receives at the connectome-token positions (soft)
+    llm_input_summary      the input embedding at the part's start marker, which holds the scan summary (a
+                           projection of all components: the position the tuned LLM reads traits from)
     llm_input_codes        the same with codes only (discrete tokens, or the LLM loaded with plain transformers)
     llm_hidden             the LLM's last hidden state, mean over the connectome-token positions (soft inputs)
 
@@ -43,6 +45,7 @@ ROWS = (
     "connectome_dequantized",
     "connectome_codes",
     "llm_input_soft",
+    "llm_input_summary",
     "llm_input_codes",
     "llm_hidden",
 )
@@ -79,7 +82,7 @@ def llm_rows(model: Any, tokens: list[Any], batch_size: int = 32) -> dict[str, n
 
     proc = model.processor
     k = proc.config.num_latents
-    soft, codes_only, hidden = [], [], []
+    soft, summary, codes_only, hidden = [], [], [], []
     llm = model.llm
     llm.eval()
     for s in range(0, len(tokens), batch_size):
@@ -105,9 +108,13 @@ def llm_rows(model: Any, tokens: list[Any], batch_size: int = 32) -> dict[str, n
         last = out.hidden_states[-1]
         n = int(mask[0].sum())
         soft.append(embeds[mask].reshape(len(ids), n, -1).flatten(1).float().cpu().numpy())
+        if model.soft_projection is not None and model.soft_projection.summary is not None:
+            start = ids == proc.ids.start_id  # one part per prompt: one start marker
+            summary.append(embeds[start].reshape(len(ids), -1).float().cpu().numpy())
         codes_only.append(embeds_codes[mask].reshape(len(ids), n, -1).flatten(1).float().cpu().numpy())
         hidden.append((last * mask[..., None]).sum(1).div(n).float().cpu().numpy())
-    return {
+    rows = {"llm_input_summary": np.concatenate(summary)} if summary else {}
+    return rows | {
         "llm_input_soft": np.concatenate(soft),
         "llm_input_codes": np.concatenate(codes_only),
         "llm_hidden": np.concatenate(hidden),
