@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="system turn of every prompt (default: the model's; '' for an empty turn, 17 tokens shorter)",
     )
+    p.add_argument(
+        "--zero-init",
+        action="store_true",
+        help="start the soft projections at zero (the scan adds nothing until training makes it)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -129,6 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         projection = SoftBrainProjection.for_llm(model.llm, cfg)
         projection.proj.load_state_dict(model.soft_projection.proj.state_dict())
         model.soft_projection = projection
+    if args.zero_init and model.soft_projection is not None:
+        with torch.no_grad():
+            for weight in model.soft_projection.parameters():
+                weight.zero_()
     cohort = load_cohort(args.cohort)
     split = load_split(args.cohort, args.split)
     table = cohort.phenotype_table()
