@@ -34,6 +34,21 @@ TASKS = ("diagnosis", "sex", "age")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def import_abide(folder: str | Path):
+    """The shared ABIDE folder (CC200 scans, phenotypes, shipped value mapping) as a cohort, the way every
+    ABIDE benchmark reads it."""
+    from fmrilm.cohort_import import import_cohort
+
+    folder = Path(folder)
+    return import_cohort(
+        folder / "phenotypes.csv",
+        atlas=folder / "cc200_centroids.csv",
+        npz=folder / "timeseries_cc200.npz",
+        mapping="abide",
+        progress=False,
+    )
+
+
 def site_folds(table, n_folds: int, seed: int = 0) -> list[list[str]]:
     """Whole sites dealt into ``n_folds`` groups of similar scan count (largest site first, seeded ties)."""
     counts = table["site"].value_counts()
@@ -68,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.instructions.spec import load_task
     from threadpoolctl import threadpool_limits
 
-    from fmrilm.cohort_import import import_cohort
     from fmrilm.splits import leave_sites_out_split
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -79,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ABIDE folder not found at {abide}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    cohort = import_cohort(
-        abide / "phenotypes.csv",
-        atlas=abide / "cc200_centroids.csv",
-        npz=abide / "timeseries_cc200.npz",
-        mapping="abide",
-        progress=False,
-    )
+    cohort = import_abide(abide)
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
     fc = fc_features(cohort, progress=True)

@@ -93,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from fmrilm.eval.bench_baselines import site_folds
+    from fmrilm.eval.bench_baselines import import_abide, site_folds
     from fmrilm.instructions.spec import load_task
     from sklearn.metrics import roc_auc_score
 
-    from fmrilm.cohort_import import import_cohort
     from fmrilm.splits import leave_sites_out_split
     from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, one_blas_thread
 
@@ -105,13 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (abide / "phenotypes.csv").exists():
         print(f"ABIDE folder not found at {abide}", file=sys.stderr)
         return 2
-    cohort = import_cohort(
-        abide / "phenotypes.csv",
-        atlas=abide / "cc200_centroids.csv",
-        npz=abide / "timeseries_cc200.npz",
-        mapping="abide",
-        progress=False,
-    )
+    cohort = import_abide(abide)
     excluded = [x.strip() for x in args.exclude_sites.split(",") if x.strip()]
     if excluded:
         keep = ~cohort.phenotype_table()["site"].astype(str).isin(excluded).to_numpy()

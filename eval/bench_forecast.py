@@ -296,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 
+    from fmrilm.eval.bench_baselines import import_abide
     from threadpoolctl import threadpool_limits
 
-    from fmrilm.cohort_import import import_cohort
     from fmrilm.signal import resample
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -319,13 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         model = FmriLM.from_pretrained(args.model).eval()
     start = time.perf_counter()
     with threadpool_limits(1):
-        cohort = import_cohort(
-            abide / "phenotypes.csv",
-            atlas=abide / "cc200_centroids.csv",
-            npz=abide / "timeseries_cc200.npz",
-            mapping="abide",
-            progress=False,
-        )
+        cohort = import_abide(abide)
         table = cohort.phenotype_table()
         test_sites = [s.strip() for s in args.test_sites.split(",") if s.strip()]
         unknown = sorted(set(test_sites) - set(table["site"]))

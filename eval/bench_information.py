@@ -152,11 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from fmrilm.eval.baselines import fc_features, linear_probe
-    from fmrilm.eval.bench_baselines import site_folds
+    from fmrilm.eval.bench_baselines import import_abide, site_folds
     from fmrilm.eval.report import MethodResult
     from fmrilm.instructions.spec import load_task
 
-    from fmrilm.cohort_import import import_cohort
     from fmrilm.splits import leave_sites_out_split
     from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, ConnectomeTokens
 
@@ -168,13 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (abide / "phenotypes.csv").exists():
         print(f"ABIDE folder not found at {abide}", file=sys.stderr)
         return 2
-    cohort = import_cohort(
-        abide / "phenotypes.csv",
-        atlas=abide / "cc200_centroids.csv",
-        npz=abide / "timeseries_cc200.npz",
-        mapping="abide",
-        progress=False,
-    )
+    cohort = import_abide(abide)
     table = cohort.phenotype_table()
     tasks = {t: load_task(t) for t in args.tasks.split(",")}
     scans = [cohort.scan(i) for i in range(len(cohort))]
