@@ -36,10 +36,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def import_abide(folder: str | Path):
     """The shared ABIDE folder (CC200 scans, phenotypes, shipped value mapping) as a cohort, the way every
-    ABIDE benchmark reads it."""
+    ABIDE benchmark reads it; None, with a line on stderr, when the folder is not there."""
     from fmrilm.cohort_import import import_cohort
 
     folder = Path(folder)
+    if not (folder / "phenotypes.csv").exists():
+        print(f"ABIDE folder not found at {folder}", file=sys.stderr)
+        return None
     return import_cohort(
         folder / "phenotypes.csv",
         atlas=folder / "cc200_centroids.csv",
@@ -88,12 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean of the floor's all-NaN Pearson r
     threadpool_limits(args.threads)
-    abide = Path(args.abide)
-    if not (abide / "phenotypes.csv").exists():
-        print(f"ABIDE folder not found at {abide}", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
-    cohort = import_abide(abide)
+    cohort = import_abide(args.abide)
+    if cohort is None:
+        return 2
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
     fc = fc_features(cohort, progress=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -100,11 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.splits import leave_sites_out_split
     from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, one_blas_thread
 
-    abide = Path(args.abide)
-    if not (abide / "phenotypes.csv").exists():
-        print(f"ABIDE folder not found at {abide}", file=sys.stderr)
+    cohort = import_abide(args.abide)
+    if cohort is None:
         return 2
-    cohort = import_abide(abide)
     excluded = [x.strip() for x in args.exclude_sites.split(",") if x.strip()]
     if excluded:
         keep = ~cohort.phenotype_table()["site"].astype(str).isin(excluded).to_numpy()

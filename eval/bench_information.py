@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -163,11 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.model and not args.test_sites:
         parser.error("--model needs --test-sites: the sites that model never saw")
-    abide = Path(args.abide)
-    if not (abide / "phenotypes.csv").exists():
-        print(f"ABIDE folder not found at {abide}", file=sys.stderr)
+    cohort = import_abide(args.abide)
+    if cohort is None:
         return 2
-    cohort = import_abide(abide)
     table = cohort.phenotype_table()
     tasks = {t: load_task(t) for t in args.tasks.split(",")}
     scans = [cohort.scan(i) for i in range(len(cohort))]
