@@ -18,6 +18,7 @@ only, so no test site is ever seen):
                            projection of all components: the position the tuned LLM reads traits from)
     llm_input_codes        the same with codes only (discrete tokens, or the LLM loaded with plain transformers)
     llm_hidden             the LLM's last hidden state, mean over the connectome-token positions (soft inputs)
+    llm_hidden_last        the LLM's last hidden state at the prompt's last position, where the answer is read
 
 Each row's ratio to Fisher-z FC is printed per task. With ``--model`` the model's own tokenizer and LLM are
 used (trained soft projection included) on one fold, ``--test-sites``: the model must not have seen them.
@@ -47,6 +48,7 @@ ROWS = (
     "llm_input_summary",
     "llm_input_codes",
     "llm_hidden",
+    "llm_hidden_last",
 )
 
 
@@ -81,7 +83,7 @@ def llm_rows(model: Any, tokens: list[Any], batch_size: int = 32) -> dict[str, n
 
     proc = model.processor
     k = proc.config.num_latents
-    soft, summary, codes_only, hidden = [], [], [], []
+    soft, summary, codes_only, hidden, final = [], [], [], [], []
     llm = model.llm
     llm.eval()
     for s in range(0, len(tokens), batch_size):
@@ -112,11 +114,14 @@ def llm_rows(model: Any, tokens: list[Any], batch_size: int = 32) -> dict[str, n
             summary.append(embeds[start].reshape(len(ids), -1).float().cpu().numpy())
         codes_only.append(embeds_codes[mask].reshape(len(ids), n, -1).flatten(1).float().cpu().numpy())
         hidden.append((last * mask[..., None]).sum(1).div(n).float().cpu().numpy())
+        end = batch["attention_mask"].cumsum(1).argmax(1)  # the last real token, whichever side pads
+        final.append(last[torch.arange(len(ids)), end].float().cpu().numpy())
     rows = {"llm_input_summary": np.concatenate(summary)} if summary else {}
     return rows | {
         "llm_input_soft": np.concatenate(soft),
         "llm_input_codes": np.concatenate(codes_only),
         "llm_hidden": np.concatenate(hidden),
+        "llm_hidden_last": np.concatenate(final),
     }
 
 
