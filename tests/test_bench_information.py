@@ -1,0 +1,67 @@
+"""The information ladder's LLM rows read what the LLM receives where the ladder says they do."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from fmrilm.eval.bench_information import llm_rows
+
+from fmrilm.atlas import Atlas
+from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, ConnectomeTokens
+from tests.test_connectome import structured_scan
+
+
+def test_ladder_rows_are_the_summary_input_and_the_answer_position_state():
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    atlas = Atlas.builtin("dosenbach160").subset(np.arange(24))
+    scans = [structured_scan(atlas, i) for i in range(14)]
+    config = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
+    tok = ConnectomeTokenizer.fit(scans, config)
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    tokens = [tok.encode(s) for s in scans[:5]]
+    tokens = [ConnectomeTokens(t.codes, t.values) for t in tokens]
+    rows = llm_rows(model, tokens, batch_size=2)
+    hidden = model.llm.config.hidden_size
+    assert rows["llm_input_summary"].shape == (5, hidden)
+    assert rows["llm_input_soft"].shape == (5, config.num_tokens * hidden)
+    assert rows["llm_hidden_last"].shape == (5, hidden)
+    # the summary row is the start marker's input embedding, and it differs between scans (it reads the values)
+    assert not np.allclose(rows["llm_input_summary"][0], rows["llm_input_summary"][1])
+    start_row = model.llm.get_input_embeddings().weight[model.processor.ids.start_id].detach().numpy()
+    assert not np.allclose(rows["llm_input_summary"][0], start_row)
+    with torch.no_grad():
+        model.soft_projection.summary.weight.zero_()
+    again = llm_rows(model, tokens[:1])
+    np.testing.assert_allclose(
+        again["llm_input_summary"][0], start_row, atol=1e-6
+    )  # no summary: the code row
+    # the answer-position row is the final hidden state at the prompt's last token
+    batch = model.processor(
+        [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "fmri",
+                            "codes": np.zeros((0, model.processor.config.num_latents), np.int64),
+                            "connectome": tokens[0],
+                        },
+                        {"type": "text", "text": "Describe this resting-state fMRI scan."},
+                    ],
+                }
+            ]
+        ],
+        add_generation_prompt=True,
+    )
+    with torch.no_grad():
+        embeds = model.embed_inputs(batch["input_ids"], batch.get("connectome_values"))
+        out = model.llm(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+    np.testing.assert_allclose(again["llm_hidden_last"][0], out.hidden_states[-1][0, -1].numpy(), atol=1e-5)
