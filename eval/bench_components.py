@@ -10,10 +10,11 @@ component divided by one number, ``ConnectomeConfig(whiten=False)``) does not, a
 components (``scan_summary_components``) drops the tail. Which a few passes learn more from is an empirical
 question the information ladder cannot answer: its probes standardize their features. Fit the tokenizer per
 fold, as here: a PCA fitted on scans that include the test scans favoured unwhitened components by 0.04 AUC in
-a first probe, a gain that vanished once the fit left the test sites out. This benchmark scores two learners that see the scale, on each leave-sites-out fold of
-`bench_baselines` (tokenizer fitted on the fold's training sites only): L2 logistic regression on the
-components as given (C by site-grouped CV inside the training sites), and minibatch Adam logistic regression
-from zero, class-balanced batches of 16, ``--passes`` passes at lr 3e-3 (what one Stage-3 pass resembles),
+a first probe, a gain that vanished once the fit left the test sites out.
+
+This benchmark scores two learners that see the scale, on each leave-sites-out fold of `bench_baselines`
+(tokenizer fitted on the fold's training sites only): L2 logistic regression on the components as given (C by
+site-grouped CV inside the training sites), and minibatch Adam logistic regression from zero, class-balanced batches of 16, ``--passes`` passes at lr 3e-3 (what one Stage-3 pass resembles),
 averaged over ``--seeds``; each scaling also reading only the leading ``--top`` components (the scan summary's
 ``scan_summary_components``). Out-of-site AUC per fold, and the mean over folds.
 """
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--top",
         default="32,64,128,256",
-        help="leading components read (relative-variance rows; whitened: all)",
+        help="leading components read (each scaling)",
     )
     parser.add_argument("--seeds", type=int, default=3, help="Adam runs per fold, averaged")
     parser.add_argument(
@@ -128,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         tok = ConnectomeTokenizer.fit([scans[i] for i in split["train"]], ConnectomeConfig(seed=args.seed))
         with one_blas_thread():
             tangent = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
-        kept = tok.components_of(tangent)  # the default: relative variance kept
-        whitened = kept * tok.component_divisor() / tok.pca_scale.numpy()
+        whitened = tok.components_of(tangent)  # the default config whitens
+        scale = tok.pca_scale.numpy()
+        kept = whitened * scale / np.sqrt(np.mean(scale**2))  # what ConnectomeConfig(whiten=False) gives
         train, test = np.asarray(split["train"]), np.asarray(split["test"])
         for name, (y, known) in labels.items():
             tr, te = train[known[train]], test[known[test]]

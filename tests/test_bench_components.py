@@ -23,7 +23,8 @@ def test_one_adam_pass_learns_a_planted_direction_and_more_passes_learn_more():
 
 
 def test_a_pass_learns_less_when_the_signal_is_shrunk_among_equal_noise_components():
-    # the decision in one picture: the same data, signal component at its PCA scale or divided down to unit SD
+    # why the benchmark exists: the learner sees the scale (the same data, the signal component at its PCA
+    # scale or divided down to unit SD among equal-noise components)
     rng = np.random.default_rng(1)
     n, d = 500, 128
     signal = rng.standard_normal(n)

@@ -80,11 +80,8 @@ class ConnectomeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectomeConfig:
-        data = {
-            "whiten": True,
-            **data,
-        }  # tokenizers saved before the field existed whitened (keep it so if the
-        # default ever changes)
+        # tokenizers saved before the field existed whitened: they stay so whatever the default becomes
+        data = {"whiten": True, **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -246,7 +243,7 @@ class ConnectomeTokenizer(nn.Module):
         return (centred @ self.pca_components.numpy().T.astype(np.float64)) / self.component_divisor()
 
     def component_divisor(self) -> np.ndarray | float:
-        """What the PCA scores are divided by: each component's SD (whitened) or their RMS (the default)."""
+        """What the PCA scores are divided by: each component's SD (whitened, the default) or their RMS."""
         scale = self.pca_scale.numpy()
         return scale if self.config.whiten else float(np.sqrt(np.mean(scale**2)))
 
