@@ -161,6 +161,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-abide", action="store_true", help="simulated cohort only")
     parser.add_argument("--base", default=None, help="base LLM (default: offline SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--test-sites",
+        default=",".join(ABIDE_TEST_SITES),
+        help="ABIDE sites held out from every step and scored at the end (default %(default)s); another "
+        "set gives a validation fold on which a recipe can be chosen without touching the default's sites",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,13 +185,20 @@ def _run(args: argparse.Namespace) -> int:
         abide=None if args.no_abide or not preset.use_abide else Path(args.abide),
         base=args.base,
         threads=args.threads,
+        test_sites=tuple(x.strip() for x in str(args.test_sites).split(",") if x.strip()),
     )
     return demo.run()
 
 
 class Demo:
     def __init__(
-        self, out: Path, preset: Preset, abide: Path | None, base: str | None, threads: int | None
+        self,
+        out: Path,
+        preset: Preset,
+        abide: Path | None,
+        base: str | None,
+        threads: int | None,
+        test_sites: tuple[str, ...] = ABIDE_TEST_SITES,
     ) -> None:
         self.out = out
         self.p = preset
@@ -193,6 +206,7 @@ class Demo:
         self.abide_requested = abide
         self.base = base
         self.threads = threads
+        self.test_sites = tuple(test_sites) or ABIDE_TEST_SITES
         self.timings: list[tuple[str, float]] = []
 
     # ----------------------------------------------------------------------------------------------- helpers
@@ -215,6 +229,15 @@ class Demo:
         if code != 0:
             raise SystemExit(f"demo step failed ({title}); fix the error above and re-run to resume")
         print(f"    done in {elapsed:.0f} s (peak memory so far {peak_mib():.0f} MiB)", flush=True)
+
+    def check_test_sites(self, split_file: Path) -> None:
+        """A resumed run must hold out the sites asked for: its saved split decides every later step."""
+        saved = json.loads(split_file.read_text()).get("params", {}).get("test_sites") or []
+        if sorted(map(str, saved)) != sorted(self.test_sites):
+            raise SystemExit(
+                f"{split_file} holds out {', '.join(map(str, saved))}, not the --test-sites asked for "
+                f"({', '.join(self.test_sites)}); use another --out for another set of held-out sites"
+            )
 
     def checkpointing(self) -> list[str]:
         flag = self.p.gradient_checkpointing
@@ -270,7 +293,7 @@ class Demo:
                 done=Path(abide) / "cohort.json",
             )  # fmt: skip
             self.step(
-                f"Hold out whole ABIDE sites ({', '.join(ABIDE_TEST_SITES)}) for testing",
+                f"Hold out whole ABIDE sites ({', '.join(self.test_sites)}) for testing",
                 [
                     "cohort",
                     "split",
@@ -278,10 +301,11 @@ class Demo:
                     "--kind",
                     "leave-sites-out",
                     "--test-sites",
-                    ",".join(ABIDE_TEST_SITES),
+                    ",".join(self.test_sites),
                 ],
                 done=Path(abide) / "splits" / "leave-sites-out.json",
             )
+            self.check_test_sites(Path(abide) / "splits" / "leave-sites-out.json")
             cohorts["abide"] = {"dir": abide, "split": "leave-sites-out"}
         for name, c in cohorts.items():
             train = self.path("cohorts", f"{name}-train")

@@ -60,3 +60,15 @@ def test_a_chat_answer_is_right_when_it_is_the_recorded_one_or_the_same_pair_rev
     assert not same_answer("lower", "higher")
     assert not same_answer("visual and default-mode", "visual and salience")
     assert not same_answer("visual", "visual and salience")
+
+
+def test_a_resumed_demo_refuses_other_held_out_sites_than_its_saved_split(tmp_path):
+    from fmrilm.eval.demo import ABIDE_TEST_SITES, PRESETS, Demo
+
+    split = tmp_path / "leave-sites-out.json"
+    split.write_text(json.dumps({"params": {"test_sites": list(ABIDE_TEST_SITES)}}))
+    same = Demo(tmp_path, PRESETS["tiny"], None, None, None, test_sites=tuple(reversed(ABIDE_TEST_SITES)))
+    same.check_test_sites(split)  # the same sites in another order: the saved split is the one asked for
+    other = Demo(tmp_path, PRESETS["tiny"], None, None, None, test_sites=("PITT", "MAX_MUN", "TRINITY"))
+    with pytest.raises(SystemExit, match="--test-sites"):
+        other.check_test_sites(split)
