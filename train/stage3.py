@@ -111,6 +111,8 @@ class InstructConfig(LoopConfig):
     #: the replay pairs' answers: "written" (as in the pairs) or "own" (the model's own answers before tuning,
     #: adapters off: `fmrilm.train.replay.own_answers`), which hold the chat where it was
     replay_answers: str = "written"
+    #: warm-start the scan summary from a linear probe per two-answer task before tuning (`train.probe_init`)
+    probe_init: bool = False
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -699,7 +701,7 @@ def train_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool = 
 
 
 def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) -> Path:
-    from fmrilm.train.common import write_json
+    from fmrilm.train.common import latest_checkpoint, write_json
     from fmrilm.train.replay import load_replay_pairs
 
     from fmrilm.model.scoring import store_tasks
@@ -721,7 +723,7 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         model.processor.config.system_prompt = str(cfg.system_prompt)
     processor = model.processor
 
-    train, val, info = [], [], {}
+    train, val, info, probe_sources = [], [], {}, []
     for source in sources:
         ds = source.dataset
         parts = ds["split"] if "split" in ds.column_names else [None] * len(ds)
@@ -733,6 +735,7 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         )
         train_rows = ds.select([i for i in keep if parts[i] != VAL_PART])
         val_rows = ds.select([i for i in keep if parts[i] == VAL_PART])
+        probe_sources.append((train_rows, codes))
         tr, skipped_tr = build_examples(processor, train_rows, codes, cfg.max_length)
         va, skipped_va = build_examples(processor, val_rows, codes, cfg.max_length)
         train += tr
@@ -777,9 +780,15 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         len(train), len(val), len(replay), 100 * cfg.replay_weight,
     )  # fmt: skip
 
+    probe_info = None
+    if cfg.probe_init and not (resume and latest_checkpoint(out_dir)):  # a checkpoint has its own weights
+        from fmrilm.train.probe_init import warm_start_summary
+
+        probe_info = [p.summary() for p in warm_start_summary(model, probe_sources, cards, seed=cfg.seed)]
+
     model, state = fit(
         model, train, val, cfg, out_dir, resume=resume, desc="instruct",
-        setup={"sets": info, REPLAY_TASK: replay_info},
+        setup={"sets": info, REPLAY_TASK: replay_info, "probe_init": probe_info},
         replay=replay, replay_val=replay_held, replay_weight=cfg.replay_weight,
     )  # fmt: skip
     store_tasks(model, cards)
@@ -872,6 +881,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train replay prompts on their written answers, or on the model's own answers before tuning "
         "(greedy, adapters off: holds the chat where it was; default %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--probe-init", action="store_true",
+        help="before tuning, warm-start the scan summary from a logistic regression per two-answer task "
+        "(training scans only), so the LLM starts from a linear reading of the scan (LP-FT)",
+    )  # fmt: skip
     add_tuning_arguments(
         p,
         InstructConfig,
@@ -892,6 +906,7 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         replay_weight=float(args.replay_weight),
         replay_file=None if args.replay_file is None else str(args.replay_file),
         replay_answers=str(args.replay_answers),
+        probe_init=bool(args.probe_init),
         **tuning_kwargs(args),
     )
 

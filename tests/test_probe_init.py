@@ -1,0 +1,137 @@
+"""The probe warm start of Stage 3: the tuned model starts from a linear reading of the scan it is shown."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fmrilm.atlas import Atlas
+from fmrilm.errors import FmriInputError
+from fmrilm.scan import Scan
+from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
+
+N_SCANS = 48
+
+
+def structured_scan(atlas: Atlas, seed: int) -> Scan:
+    rng = np.random.default_rng(seed)
+    sources = rng.standard_normal((80, 4))
+    ts = sources @ rng.standard_normal((4, atlas.n_regions)) + 0.5 * rng.standard_normal(
+        (80, atlas.n_regions)
+    )
+    return Scan(ts.astype(np.float32), tr=2.0, atlas=atlas, scan_id=f"s{seed}", subject_id=f"sub-{seed}")
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """A tiny model with a scan summary, and training rows whose answer is planted in component 0."""
+    from fmrilm.train.stage3 import EncodedScans
+
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    atlas = Atlas.builtin("dosenbach160").subset(np.arange(24))
+    scans = [structured_scan(atlas, i) for i in range(N_SCANS)]
+    config = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
+    tok = ConnectomeTokenizer.fit(scans, config)
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    codes = EncodedScans(
+        {s.scan_id: np.zeros((0, model.processor.config.num_latents), np.int64) for s in scans}
+    )
+    codes.connectome = {s.scan_id: tok.encode(s) for s in scans}
+    signal = np.asarray([codes.connectome[s.scan_id].values.reshape(-1)[0] for s in scans])
+    answers = np.where(signal > np.median(signal), "yes", "no")
+    rows = [
+        {
+            "task": "planted",
+            "scan_id": s.scan_id,
+            "site": f"site{i % 4}",
+            "answer": str(a),
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "fmri", "scan_id": s.scan_id},
+                        {"type": "text", "text": "Yes or no?"},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": str(a)}]},
+            ],
+        }
+        for i, (s, a) in enumerate(zip(scans, answers, strict=True))
+    ]
+    card = SimpleNamespace(name="planted", type="binary", options=("no", "yes"))
+    return model, rows, codes, card, (answers == "yes").astype(int)
+
+
+def margins(model, rows, codes, card) -> np.ndarray:
+    from fmrilm.train.probe_init import answer_margins
+    from fmrilm.train.stage3 import resolve_messages
+
+    return answer_margins(model, [resolve_messages(r["messages"], codes) for r in rows], card.options)
+
+
+def test_the_warm_start_makes_the_models_answer_follow_the_probe(setting):
+    import copy
+
+    from fmrilm.train.probe_init import SCALE_BOUNDS, warm_start_summary
+
+    model, rows, codes, card, y = setting
+    model = copy.deepcopy(model)
+    before = margins(model, rows, codes, card)
+    other = SimpleNamespace(name="three", type="choice", options=("a", "b", "c"))  # not a two-answer task
+    (probe,) = warm_start_summary(model, [(rows, codes)], [card, other], seed=0)
+    after = margins(model, rows, codes, card)
+    assert probe.name == "planted" and probe.n_scans == N_SCANS
+    components = np.stack([codes.connectome[r["scan_id"]].values.reshape(-1) for r in rows])
+    logit = components @ probe.weights
+    assert np.corrcoef(after - before, logit)[0, 1] > 0.8  # the margin moved along the probe's logit
+    assert roc_auc_score(y, after) > 0.9  # so the warm-started model reads the answer from the scan summary
+    # calibrated within its bounds (a tiny random LLM saturates: it cannot reach one-for-one inside them)
+    assert SCALE_BOUNDS[0] <= abs(probe.scale) <= SCALE_BOUNDS[1] and probe.slope > 0
+    summary = probe.summary()
+    assert summary["task"] == "planted" and summary["scans"] == N_SCANS
+
+
+def test_only_the_summary_projection_changes(setting):
+    import copy
+
+    import torch
+    from fmrilm.train.probe_init import warm_start_summary
+
+    model, rows, codes, card, _ = setting
+    model = copy.deepcopy(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    warm_start_summary(model, [(rows, codes)], [card], seed=0)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
+    assert changed and all("summary" in k for k in changed)
+
+
+def test_a_model_without_a_scan_summary_is_refused(setting):
+    import copy
+
+    from fmrilm.train.probe_init import warm_start_summary
+
+    model, rows, codes, card, _ = setting
+    model = copy.deepcopy(model)
+    model.soft_projection.summary = None
+    with pytest.raises(FmriInputError, match="scan summary"):
+        warm_start_summary(model, [(rows, codes)], [card])
+
+
+def test_a_task_with_one_answer_only_is_skipped(setting):
+    from fmrilm.train.probe_init import fit_probe
+
+    model, rows, codes, card, _ = setting
+    one_answer = [{**r, "answer": "yes"} for r in rows]
+    from fmrilm.train.probe_init import warm_start_summary
+
+    assert warm_start_summary(model, [(one_answer, codes)], [card]) == []
+    with pytest.raises(FmriInputError, match="per answer"):
+        fit_probe(np.zeros((5, 3)), np.array([1, 1, 1, 1, 0]), None)
