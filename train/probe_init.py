@@ -38,6 +38,11 @@ GRADIENT_PROMPTS = 16
 CALIBRATION_PROMPTS = 48
 #: bounds of the per-task rescaling (how far past the first-order step the projection may go)
 SCALE_BOUNDS = (0.5, 20.0)  # of the scale's absolute value
+#: SD of a probe's logits over the training scans after rescaling: cross-validated probes can be so strongly
+#: regularized that their logits barely spread (autism on a validation fold: SD 0.024), while the Stage-2 model
+#: already moves an answer's log-odds by an SD of about 4 between scans; at 8 the warm start alone lifted the
+#: autism answer's AUC there from 0.48 to 0.61 (BENCHMARKS.md)
+PROBE_LOGIT_SD = 8.0
 #: ridge on the task gradients' Gram matrix, relative to its mean diagonal
 RIDGE = 0.1
 #: rescaling rounds at most (each one scores the calibration prompts once per task)
@@ -235,6 +240,9 @@ def warm_start_summary(
         except FmriInputError as exc:
             logger.info("probe warm start: %s skipped (%s)", card.name, exc)
             continue
+        spread = float(np.std(X @ w))
+        if spread > 1e-12:  # the probe's ranking, at a spread that competes with the model's own log-odds
+            w = w * (PROBE_LOGIT_SD / spread)
         messages = [resolve_messages(r["messages"], c) for r, c in chosen]
         order = rng.permutation(len(chosen))
         g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options)
