@@ -71,7 +71,8 @@ class Preset:
     #: Stage 3 starts from a logistic-regression reading of the scan summary for each two-answer task
     #: (`train instruct --probe-init`): on a validation fold whose sites no step saw, the modularity question
     #: was answered right on 70% of 60 held-out scans against 47% without it (most frequent answer: 45%), autism
-    #: AUC 0.620 against 0.633 (BENCHMARKS.md, "A validation fold no step has seen").
+    #: balanced accuracy / AUC 0.644 / 0.646 against 0.580 / 0.633 (BENCHMARKS.md, "A validation fold no step
+    #: has seen").
     instruct_probe_init: bool = True
     instruct_warmup_steps: int | None = 5
     #: Dropout on the LoRA input (Stage 2 creates the adapters, Stage 3 continues them): 0 lets peft skip the
