@@ -6,29 +6,18 @@ import numpy as np
 import torch
 from fmrilm.eval.bench_information import llm_rows
 
-from fmrilm.atlas import Atlas
-from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, ConnectomeTokens
-from tests.test_connectome import structured_scan
+from fmrilm.tokenizer.connectome import ConnectomeTokens
+from tests.test_connectome import tiny_connectome_model
 
 
 def test_ladder_rows_are_the_summary_input_and_the_answer_position_state():
-    from fmrilm.model.modeling import FmriLM
-    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
-
-    atlas = Atlas.builtin("dosenbach160").subset(np.arange(24))
-    scans = [structured_scan(atlas, i) for i in range(14)]
-    config = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
-    tok = ConnectomeTokenizer.fit(scans, config)
-    host = tiny_fmri_tokenizer()
-    host.set_connectome(tok)
-    llm, text_tokenizer = tiny_causal_lm()
-    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    model, tok, scans = tiny_connectome_model(14)
     tokens = [tok.encode(s) for s in scans[:5]]
     tokens = [ConnectomeTokens(t.codes, t.values) for t in tokens]
     rows = llm_rows(model, tokens, batch_size=2)
     hidden = model.llm.config.hidden_size
     assert rows["llm_input_summary"].shape == (5, hidden)
-    assert rows["llm_input_soft"].shape == (5, config.num_tokens * hidden)
+    assert rows["llm_input_soft"].shape == (5, tok.config.num_tokens * hidden)
     assert rows["llm_hidden_last"].shape == (5, hidden)
     # the summary row is the start marker's input embedding, and it differs between scans (it reads the values)
     assert not np.allclose(rows["llm_input_summary"][0], rows["llm_input_summary"][1])

@@ -27,6 +27,22 @@ def structured_scan(atlas: Atlas, seed: int, n_timepoints: int = 80, scan_id: st
     return Scan(ts.astype(np.float32), tr=2.0, atlas=atlas, scan_id=sid, subject_id=f"sub-{sid}")
 
 
+def tiny_connectome_model(n_scans: int):
+    """A tiny LLM with connectome tokens (2 x 4 components) and a scan summary, fitted on ``n_scans`` scans of a
+    24-region atlas: ``(model, connectome tokenizer, scans)``."""
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
+
+    atlas = Atlas.builtin("dosenbach160").subset(np.arange(24))
+    scans = [structured_scan(atlas, i) for i in range(n_scans)]
+    config = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
+    tok = ConnectomeTokenizer.fit(scans, config)
+    host = tiny_fmri_tokenizer()
+    host.set_connectome(tok)
+    llm, text_tokenizer = tiny_causal_lm()
+    return FmriLM.from_base(llm, host, tokenizer=text_tokenizer), tok, scans
+
+
 @pytest.fixture(scope="module")
 def atlas() -> Atlas:
     return Atlas.builtin("dosenbach160").subset(np.arange(24))

@@ -8,21 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fmrilm.atlas import Atlas
 from fmrilm.errors import FmriInputError
-from fmrilm.scan import Scan
-from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
+from tests.test_connectome import tiny_connectome_model
 
 N_SCANS = 48
-
-
-def structured_scan(atlas: Atlas, seed: int) -> Scan:
-    rng = np.random.default_rng(seed)
-    sources = rng.standard_normal((80, 4))
-    ts = sources @ rng.standard_normal((4, atlas.n_regions)) + 0.5 * rng.standard_normal(
-        (80, atlas.n_regions)
-    )
-    return Scan(ts.astype(np.float32), tr=2.0, atlas=atlas, scan_id=f"s{seed}", subject_id=f"sub-{seed}")
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +19,7 @@ def setting():
     """A tiny model with a scan summary, and training rows whose answer is planted in component 0."""
     from fmrilm.train.stage3 import EncodedScans
 
-    from fmrilm.model.modeling import FmriLM
-    from fmrilm.model.testing import tiny_causal_lm, tiny_fmri_tokenizer
-
-    atlas = Atlas.builtin("dosenbach160").subset(np.arange(24))
-    scans = [structured_scan(atlas, i) for i in range(N_SCANS)]
-    config = ConnectomeConfig(num_tokens=2, components=8, codebook_size=8, num_levels=2, quantizer_steps=20)
-    tok = ConnectomeTokenizer.fit(scans, config)
-    host = tiny_fmri_tokenizer()
-    host.set_connectome(tok)
-    llm, text_tokenizer = tiny_causal_lm()
-    model = FmriLM.from_base(llm, host, tokenizer=text_tokenizer)
+    model, tok, scans = tiny_connectome_model(N_SCANS)
     codes = EncodedScans(
         {s.scan_id: np.zeros((0, model.processor.config.num_latents), np.int64) for s in scans}
     )
