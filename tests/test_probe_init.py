@@ -87,9 +87,11 @@ def test_only_the_summary_projection_changes(setting):
     model, rows, codes, card, _ = setting
     model = copy.deepcopy(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.llm.train()  # as Stage 3 hands it over
     warm_start_summary(model, [(rows, codes)], [card], seed=0)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
     assert changed and all("summary" in k for k in changed)
+    assert model.llm.training  # measured in eval mode, handed back in the mode it came in
 
 
 def test_a_model_without_a_scan_summary_is_refused(setting):

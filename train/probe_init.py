@@ -10,10 +10,13 @@ interface, so the model stays one LLM that reads its input embeddings:
 2. the gradient of the answer margin ``log p(second option) - log p(first)`` with respect to the start
    marker's input embedding, averaged over training prompts, gives ``g``: the embedding direction the LLM
    already turns into that answer;
-3. the summary projection gains ``D W``, ``D = G (G^T G)^-1`` (one column per task, so each task's margin
-   moves with its own probe and, to first order, not with the others'), each column rescaled so that on
-   training prompts the margin moves one-for-one with the probe's logit (the LLM is not linear: a first-order
-   step undershoots).
+3. each probe is rescaled so its logits spread over the training scans by ``PROBE_LOGIT_SD`` (a strongly
+   regularized probe ranks scans well but its raw logits barely move), and the summary projection gains
+   ``D M W``: ``D = G (G^T G + ridge)^-1`` (one column per task, so each task's margin moves with its own probe
+   and, to first order, little with the others'), ``M`` a task-by-task mixing set by up to two Newton steps on
+   the measured response of every task's margin to every probe's logit on training prompts, so the margins
+   would move one-for-one with the probes. Each column of ``M`` is bounded (``SCALE_BOUNDS``), and on the
+   SmolLM2 demo the bound is what stops it: the margins move by 0.1-0.2 per unit of (rescaled) logit.
 
 Labels come from training rows only; nothing about held-out scans is used.
 """
@@ -96,7 +99,7 @@ def fit_probe(
     if counts.min() < 2:
         raise FmriInputError(
             f"A probe needs at least 2 training scans per answer, got {counts.tolist()}",
-            fix="train on more labelled scans, or turn the warm start off (--no-probe-init)",
+            fix="train on more labelled scans, or leave out --probe-init",
         )
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     if n_groups >= 3:
@@ -178,7 +181,7 @@ def margin_gradient(
     if not grads:
         raise FmriInputError(
             "No training prompt has a scan summary (a start marker) to warm-start",
-            fix="use a model with the scan summary on, or turn the warm start off (--no-probe-init)",
+            fix="use a model with the scan summary on, or leave out --probe-init",
         )
     return np.mean(grads, axis=0)
 
@@ -199,17 +202,33 @@ def warm_start_summary(
 
     ``sources`` are ``(rows, codes)`` pairs: training instruction rows (``task``, ``scan_id``, ``answer``,
     ``messages``, ``site``) and their scans' encoded codes (`train.stage3.encode_scans`), whose connectome
-    values hold the components. Only single-question rows are used, one per scan and task.
+    values hold the components. Only single-question rows are used, one per scan and task. The LLM is
+    measured in eval mode and left in the mode it was in.
     """
-    import torch
-    from fmrilm.train.stage3 import resolve_messages
-
     projection = getattr(model, "soft_projection", None)
     if projection is None or projection.summary is None:
         raise FmriInputError(
             "The probe warm start needs a model with a scan summary (soft tokens with scan_summary on)",
-            fix="build the model with FmriLM.from_base(..., scan_summary=True), or pass --no-probe-init",
+            fix="build the model with FmriLM.from_base(..., scan_summary=True), or leave out --probe-init",
         )
+    was_training = model.llm.training
+    model.llm.eval()  # gradients and margins of the model as it answers: no dropout
+    try:
+        return _warm_start(model, projection, sources, cards, seed)
+    finally:
+        model.llm.train(was_training)
+
+
+def _warm_start(
+    model: Any,
+    projection: Any,
+    sources: Sequence[tuple[Sequence[dict[str, Any]], Any]],
+    cards: Any,
+    seed: int,
+) -> list[ProbeTask]:
+    import torch
+    from fmrilm.train.stage3 import resolve_messages
+
     k = projection.summary_components
     rng = np.random.default_rng(seed)
     probes, gradients, prompts_of = [], [], {}
