@@ -6,11 +6,11 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 13.3 minutes on an idle 2-core Xeon at two
-threads; Stage 3 100 steps of 16 on ABIDE, autism half of them, half of every task's rows a chat's second
-question, prompts with the scan summary, one connectome token and an empty system turn; its model is not yet
-reliably above chance on held-out sites: autism AUC 0.54-0.60 over three runs, FC 0.67). ``full`` and
-``gpu`` are bigger.
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.0 minutes on an idle 2-core Xeon at two
+threads; Stage 3 100 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
+of them, half of every task's rows a chat's second question, prompts with the scan summary, one connectome token
+and an empty system turn; autism AUC 0.597 on its held-out sites, FC 0.668). ``full`` adds sex and age and
+triples Stage 3 (sized for at most an hour on 2 cores); ``gpu`` is the GPU-sized recipe.
 """
 
 from __future__ import annotations
@@ -105,40 +105,52 @@ class Preset:
     use_abide: bool = True
 
 
+#: The GPU-sized recipe: a base tokenizer of 3000 steps, Stage 2 on whole descriptor texts, Stage 3 of 2000
+#: steps on every paradigm and both cohorts, few-shot evaluation. Hours on a CPU; never run there.
+_GPU = Preset(
+    sim_subjects=400,
+    tokenizer_preset="base",
+    tokenizer_steps=3000,
+    text_pooling="hidden",
+    align_text_columns="text",
+    align_max_length=1024,
+    sim_tasks="diagnosis,sex,age,coupled_pair,modularity,describe",
+    abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
+    align_steps=1000,
+    align_max_val_examples=None,
+    instruct_steps=2000,
+    instruct_batch_size=16,
+    max_windows=4,
+    instruct_max_windows=None,
+    instruct_sim=True,
+    batch_size=16,
+    eval_shots="0,4,16",
+    eval_seeds=3,
+    eval_tasks=("diagnosis", "sex", "age"),
+    instruct_paradigms=None,
+    instruct_connectome_shown=None,
+    instruct_system_prompt=None,
+    instruct_task_weights=None,
+    instruct_lr_schedule=None,
+    instruct_probe_init=False,
+    instruct_warmup_steps=None,
+    lora_dropout=None,
+    gradient_checkpointing=None,
+)
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(),
+    #: The cpu recipe with every phenotype task (autism, sex, age) and three times the Stage-3 steps: 300 steps
+    #: of 16, the three phenotype tasks two shares each and the two descriptor questions one (about two passes
+    #: over the 549 training scans per phenotype task), evaluated on all three; sized for at most an hour on 2
+    #: CPU cores (BENCHMARKS.md, "Demo": the `full` preset).
     "full": Preset(
-        sim_subjects=400,
-        tokenizer_preset="base",
-        tokenizer_steps=3000,
-        text_pooling="hidden",
-        align_text_columns="text",
-        align_max_length=1024,
-        sim_tasks="diagnosis,sex,age,coupled_pair,modularity,describe",
         abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
-        align_steps=1000,
-        align_max_val_examples=None,
-        instruct_steps=2000,
-        instruct_batch_size=16,
-        max_windows=4,
-        instruct_max_windows=None,
-        instruct_sim=True,
-        batch_size=8,
-        eval_shots="0,4,16",
-        eval_seeds=3,
+        instruct_steps=300,
+        instruct_task_weights="diagnosis=2,sex=2,age=2",
         eval_tasks=("diagnosis", "sex", "age"),
-        instruct_paradigms=None,
-        instruct_connectome_shown=None,
-        instruct_system_prompt=None,
-        instruct_task_weights=None,
-        instruct_lr_schedule=None,
-        instruct_probe_init=False,
-        instruct_warmup_steps=None,
-        lora_dropout=None,
-        gradient_checkpointing=None,
     ),
+    "gpu": _GPU,
 }
-PRESETS["gpu"] = Preset(**{**PRESETS["full"].__dict__, "batch_size": 16, "device_args": []})
 #: Every step at toy size, simulated cohort only: the whole pipeline in a couple of minutes (the test suite).
 PRESETS["tiny"] = Preset(
     sim_subjects=32,

@@ -498,6 +498,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number of 0 or more (loss weights: 0 switches a term off)."""
+    value = _number(text, float, "a number of 0 or more", "0.5")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}; give e.g. 0.5")
+    return value
+
+
 def fraction(text: str) -> float:
     """A share strictly between 0 and 1 (test size)."""
     value = _number(text, float, "a share between 0 and 1", "0.2")

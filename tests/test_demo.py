@@ -75,3 +75,30 @@ def test_a_resumed_demo_refuses_other_held_out_sites_than_its_saved_split(tmp_pa
     other = Demo(tmp_path, PRESETS["tiny"], None, None, None, test_sites=("PITT", "MAX_MUN", "TRINITY"))
     with pytest.raises(SystemExit, match="--test-sites"):
         other.check_test_sites(split)
+
+
+@pytest.mark.parametrize("name", ["cpu", "full", "gpu", "tiny"])
+def test_every_preset_weights_and_evaluates_only_tasks_it_trains(name):
+    """A preset's Stage-3 task weights and evaluated tasks name tasks its instruction sets build: a slip here
+    would surface only after the tokenizer and Stage 2 have run (minutes to an hour into the demo)."""
+    from fmrilm.eval.demo import PRESETS
+    from fmrilm.train.stage3 import check_task_weights, parse_task_weights
+
+    preset = PRESETS[name]
+    cohort_tasks = preset.abide_tasks if preset.use_abide else preset.sim_tasks
+    trained = set(cohort_tasks.split(","))
+    if preset.instruct_sim or not preset.use_abide:
+        trained |= set(preset.sim_tasks.split(","))
+    if preset.instruct_task_weights:
+        check_task_weights(parse_task_weights(preset.instruct_task_weights), trained)
+    assert set(preset.eval_tasks) <= set(cohort_tasks.split(","))
+
+
+def test_the_full_preset_trains_and_evaluates_every_phenotype_task():
+    """`--preset full` is the run that judges sex and age as well as autism, on the cpu recipe."""
+    from fmrilm.eval.demo import PRESETS
+
+    full, cpu = PRESETS["full"], PRESETS["cpu"]
+    assert {"diagnosis", "sex", "age"} <= set(full.abide_tasks.split(","))
+    assert set(full.eval_tasks) == {"diagnosis", "sex", "age"}
+    assert full.instruct_steps > cpu.instruct_steps and full.instruct_probe_init

@@ -229,3 +229,32 @@ def test_text_embedder_caches_and_mean_pools(tmp_path):
     cached = TextEmbedder(model, tok, cache_path=tmp_path / "cache.safetensors")
     cached.model = None  # any model call would now fail
     assert torch.equal(cached.embed(texts[:2]), vecs[:2])
+
+
+def test_subject_loss_trains_on_the_saved_connectome_and_needs_connectome_tokens(sim_cohort, tmp_path):
+    """`--subject-weight`: every window predicts its scan's leading connectome components; the targets come
+    from the same connectome fit the tokenizer saves, and without connectome tokens there are none to predict."""
+    from fmrilm.errors import FmriInputError
+
+    settings = dict(connectome_tokens=4, connectome={"components": 8}, loss={"subject_weight": 1.0})
+    out = train_tokenizer(quick_config([sim_cohort], tmp_path / "subject", **settings))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["setup"]["subject_targets"] == 8  # at most the fitted components
+    assert all(np.isfinite(e["subject"]) for e in metrics["train"])
+    model = FmriTokenizerModel.from_pretrained(out)
+    assert model.connectome is not None and model.connectome.config.components == 8
+
+    with pytest.raises(FmriInputError, match="needs connectome tokens"):
+        train_tokenizer(
+            quick_config([sim_cohort], tmp_path / "none", connectome_tokens=0, loss={"subject_weight": 1.0})
+        )
+    assert not (tmp_path / "none").exists()  # refused before anything is written
+
+
+def test_loss_flags_refuse_negative_or_non_finite_weights(capsys):
+    from fmrilm.cli import main
+
+    for flag, value in (("--subject-weight", "-1"), ("--site-weight", "nan"), ("--subject-components", "0")):
+        with pytest.raises(SystemExit):
+            main(["train", "tokenizer", "--cohort", "c", "--out", "o", flag, value])
+        assert flag in capsys.readouterr().err

@@ -196,6 +196,39 @@ def test_siglip_loss_prefers_matching_pairs_and_reversal_flips_gradients():
     assert torch.equal(x.grad, torch.full((3,), -1.0))
 
 
+def test_subject_loss_reads_only_windows_whose_scan_is_known_and_trains_the_encoder():
+    """The subject term is the MSE of a linear head on the pooled codes against the window's scan components;
+    windows without a known scan (NaN targets) neither count nor move it."""
+    x, coords = windows_and_coords()
+    model = FmriTokenizerModel(tiny_config())
+    model.train()
+    loss_fn = TokenizerLoss(TokenizerLossConfig(subject_weight=2.0), model.config.hidden_size, subject_dim=3)
+    out = model(x, coords, mask_ratio=0.0)
+    target = torch.randn(len(x), 3, generator=torch.Generator().manual_seed(1))
+    target[::3] = float("nan")
+    total, parts = loss_fn(out, x, subject_target=target)
+    known = ~torch.isnan(target).any(1)
+    expected = torch.nn.functional.mse_loss(loss_fn.subject_head(out.pooled[known]), target[known])
+    assert parts["subject"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(
+        parts["reconstruction"] + 0.25 * parts["commitment"] + 2 * parts["subject"], rel=1e-5
+    )
+    # the subject term alone reaches the window encoder (its codes are what must carry the scan)
+    alone = TokenizerLoss(
+        TokenizerLossConfig(reconstruction_weight=0.0, commitment_weight=0.0, subject_weight=1.0),
+        model.config.hidden_size,
+        subject_dim=3,
+    )
+    only, parts = alone(out, x, subject_target=target)
+    assert set(parts) == {"reconstruction", "subject"}
+    only.backward()
+    assert alone.subject_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    # switched off (weight 0, or no targets given): no subject term
+    off = TokenizerLoss(TokenizerLossConfig(), model.config.hidden_size, subject_dim=3)
+    assert "subject" not in off(out, x, subject_target=target)[1] and off.subject_head is None
+
+
 def test_tokenizer_loss_uses_every_configured_term():
     x, coords = windows_and_coords()
     model = FmriTokenizerModel(tiny_config(text_embed_dim=16))

@@ -108,6 +108,8 @@ class WindowSet:
     subjects: np.ndarray
     sites: np.ndarray  # global site index, -1 unknown
     text_index: Any  # torch (N,) long, -1 = no text
+    #: torch (N, K): connectome components of each window's scan (the subject loss's targets), or None
+    subject_target: Any = None
 
     def __len__(self) -> int:
         return int(self.windows.shape[0])
@@ -126,6 +128,7 @@ class WindowSet:
             subjects=self.subjects[rows],
             sites=self.sites[rows],
             text_index=self.text_index[idx],
+            subject_target=None if self.subject_target is None else self.subject_target[idx],
         )
 
 
@@ -286,9 +289,10 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
 
     if not cfg.cohorts:
         raise FmriInputError("No cohort to train on", fix="pass at least one --cohort DIR")
+    loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
+    check_subject_loss(cfg, loss_cfg)
     out_dir = Path(cfg.out)
     prepare_out_dir(out_dir, resume, cfg, overwrite=overwrite)
-    loss_cfg = TokenizerLossConfig.from_dict(cfg.loss)
     accelerator = make_accelerator(out_dir, seed=cfg.seed)
     # progress bars: None = automatic (shown on a terminal), False = never; only the main process shows them
     show = accelerator.is_main_process and cfg.progress is not False
@@ -315,12 +319,15 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
         )
 
     raw = [cohort_windows(c, model_config, progress=show) for c in cohorts]
+    connectome, subject_targets = None, None
+    if loss_cfg.subject_weight > 0:
+        connectome, subject_targets = subject_loss_targets(cohorts, cfg, loss_cfg, show)
     site_names = sorted({f"{n}:{s}" for n, r in zip(names, raw, strict=True) for s in set(r["sites"]) if s})
     site_of = {s: i for i, s in enumerate(site_names)}
     unique_texts: list[str] = []
     text_pos: dict[str, int] = {}
     sets_train, sets_val, split_info = [], [], {}
-    for name, cohort, r in zip(names, cohorts, raw, strict=True):
+    for c_index, (name, cohort, r) in enumerate(zip(names, cohorts, raw, strict=True)):
         tidx = np.full(len(r["windows"]), -1, dtype=np.int64)
         if use_align:
             for i, (sid, w) in enumerate(zip(r["scan_ids"], r["window_index"], strict=True)):
@@ -340,6 +347,9 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
             subjects=r["subjects"],
             sites=np.asarray([site_of.get(f"{name}:{s}", -1) if s else -1 for s in r["sites"]]),
             text_index=torch.from_numpy(tidx),
+            subject_target=None
+            if subject_targets is None
+            else torch.from_numpy(np.stack([subject_targets[c_index][str(sid)] for sid in r["scan_ids"]])),
         )
         is_val = subject_split(ws.subjects, cfg.val_fraction, seed=cfg.seed)
         sets_train.append(ws.subset(np.flatnonzero(~is_val)))
@@ -404,6 +414,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
         model.config.hidden_size,
         text_embed_dim=model.config.text_embed_dim if use_align else None,
         num_sites=len(site_names),
+        subject_dim=0 if subject_targets is None else int(next(iter(subject_targets[0].values())).shape[0]),
     )
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -432,6 +443,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
             "sites": site_names,
             "cohorts": split_info,
             "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+            "subject_targets": 0 if subject_targets is None else loss_fn.subject_head.out_features,
         },
     )
 
@@ -489,6 +501,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
                     text_index = text_index.to(device)
                     text_emb = text_table_dev[uniq.to(device)]
             site_index = torch.as_tensor(ws.sites[rows.numpy()], device=device)
+            subject_target = None if ws.subject_target is None else ws.subject_target[rows].to(device)
             total, parts = loss_fn(
                 out,
                 x,
@@ -498,6 +511,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
                 text_index=text_index,
                 site_index=site_index,
                 reversal_scale=loss_cfg.gradient_reversal_scale * dann_ramp(state.step, cfg.steps),
+                subject_target=subject_target,
             )
             optimizer_step(accelerator, total, params, optimizer, scheduler, cfg.grad_clip)
             state.step += 1
@@ -535,7 +549,7 @@ def _train(cfg: Stage1Config, resume: bool, overwrite: bool = False) -> Path:
                 save_checkpoint(accelerator, out_dir, state, keep=cfg.keep_checkpoints)
 
     if accelerator.is_main_process and cfg.connectome_tokens > 0:
-        connectome = fit_connectome(cohorts, cfg, show)
+        connectome = connectome if connectome is not None else fit_connectome(cohorts, cfg, show)
         if connectome is not None:
             unwrapped.set_connectome(connectome)
     if accelerator.is_main_process:
@@ -553,6 +567,54 @@ def fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False
     atlas with the most regions). Components shrink to what the scan count supports, with a log line saying so;
     with fewer scans than tokens there are none (a warning says so): a population of a handful of scans
     has no reference geometry worth tokenizing."""
+    fitted = _fit_connectome(cohorts, cfg, progress)
+    return None if fitted is None else fitted[0]
+
+
+def check_subject_loss(cfg: Stage1Config, loss_cfg: Any) -> None:
+    """The subject loss's settings, refused before anything is written: it needs connectome tokens (their
+    components are its targets) and at least one component to predict."""
+    if loss_cfg.subject_weight <= 0:
+        return
+    if cfg.connectome_tokens <= 0:
+        raise FmriInputError(
+            "--subject-weight needs connectome tokens: their components are the subject loss's targets",
+            fix="set --connectome-tokens above 0, or --subject-weight 0",
+        )
+    if int(loss_cfg.subject_components) < 1:
+        raise FmriInputError(
+            f"subject_components is {loss_cfg.subject_components}: the subject loss needs at least one target",
+            fix="give --subject-components 1 or more (default 32)",
+        )
+
+
+def subject_loss_targets(
+    cohorts: list[Any], cfg: Stage1Config, loss_cfg: Any, progress: bool = False
+) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    """The connectome tokenizer (fitted before the window tokenizer, the same fit Stage 1 saves) and, per
+    cohort, each scan's leading ``loss_cfg.subject_components`` components: what the subject loss asks every
+    window of that scan to predict."""
+    check_subject_loss(cfg, loss_cfg)
+    fitted = _fit_connectome(cohorts, cfg, progress)
+    if fitted is None:
+        raise FmriInputError(
+            f"--subject-weight needs connectome tokens, and {sum(len(c) for c in cohorts)} training scans are "
+            f"too few for {cfg.connectome_tokens} of them",
+            fix="lower --connectome-tokens, train on more scans, or set --subject-weight 0",
+        )
+    connectome, components = fitted
+    k = min(int(loss_cfg.subject_components), components.shape[1])
+    targets, start = [], 0
+    for cohort in cohorts:
+        ids = [str(s) for s in cohort.dataset["scan_id"]]
+        targets.append(dict(zip(ids, components[start : start + len(ids), :k], strict=True)))
+        start += len(ids)
+    logger.info("subject loss: each window predicts its scan's %d leading connectome components", k)
+    return connectome, targets
+
+
+def _fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False) -> Any:
+    """`fit_connectome`, with the fitted scans' components (cohort by cohort, scan by scan), or None."""
     from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
 
     scans = [c.scan(i) for c in cohorts for i in range(len(c))]
@@ -579,7 +641,9 @@ def fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = False
     )
     reference = max(cohorts, key=lambda c: c.atlas.n_regions).atlas  # the finest atlas keeps the most
     logger.info("connectome reference regions: %s (%d)", reference.name, reference.n_regions)
-    return ConnectomeTokenizer.fit(scans, config, reference_coords=reference.coords, progress=progress)
+    return ConnectomeTokenizer.fit_transform(
+        scans, config, reference_coords=reference.coords, progress=progress
+    )
 
 
 def dann_ramp(step: int, total: int) -> float:
@@ -653,6 +717,7 @@ _LOSS_FLAGS = (
     "alignment_weight",
     "adversarial_weight",
     "site_weight",
+    "subject_weight",
 )
 
 
@@ -704,8 +769,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--connectome-levels", type=int, default=4, help="residual quantizer levels")
     p.add_argument("--connectome-codebook-size", type=int, default=256, help="entries of the shared codebook")
+    from fmrilm.safety import nonnegative_float, positive_int, probability
+
     for name in _LOSS_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+        kind = probability if name == "mask_ratio" else nonnegative_float
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+    p.add_argument(
+        "--subject-components",
+        type=positive_int,
+        default=defaults.subject_components,
+        help="leading connectome components each window predicts under --subject-weight (default "
+        "%(default)s): the window codes keep the scan's FC",
+    )
     p.add_argument(
         "--text-columns",
         default=None,
@@ -732,7 +807,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         }.items()
         if v is not None
     }
-    loss = {k: getattr(args, k) for k in _LOSS_FLAGS}
+    loss = {k: getattr(args, k) for k in _LOSS_FLAGS} | {"subject_components": args.subject_components}
     connectome = {
         "components": args.connectome_components,
         "num_levels": args.connectome_levels,

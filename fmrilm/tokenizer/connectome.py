@@ -154,6 +154,19 @@ class ConnectomeTokenizer(nn.Module):
 
         ``reference_coords`` default to the first scan's atlas coordinates.
         """
+        return cls.fit_transform(scans, config, reference_coords=reference_coords, progress=progress)[0]
+
+    @classmethod
+    def fit_transform(
+        cls,
+        scans: Sequence[Any],
+        config: ConnectomeConfig | None = None,
+        *,
+        reference_coords: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> tuple[ConnectomeTokenizer, np.ndarray]:
+        """`fit`, and the fitted scans' components ``(N, components)`` (what `continuous` gives them) without
+        computing their connectomes a second time."""
         from nilearn.connectome import ConnectivityMeasure
         from sklearn.decomposition import PCA
 
@@ -185,8 +198,9 @@ class ConnectomeTokenizer(nn.Module):
         tok.pca_mean.copy_(torch.as_tensor(pca.mean_))
         tok.pca_components.copy_(torch.as_tensor(pca.components_, dtype=torch.float32))
         tok.pca_scale.copy_(torch.as_tensor(np.sqrt(np.maximum(pca.explained_variance_, 1e-12))))
-        tok.fit_quantizer(tok.components_of(vectors))
-        return tok
+        components = tok.components_of(vectors)
+        tok.fit_quantizer(components)
+        return tok, components.astype(np.float32)
 
     def fit_quantizer(self, z: np.ndarray) -> None:
         """EMA k-means training of the residual quantizer on the components ``(N, components)``."""

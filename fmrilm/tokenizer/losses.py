@@ -9,7 +9,11 @@
 - domain-adversarial: a discriminator tells projected brain latents from LLM text embeddings; a gradient
   reversal layer makes the tokenizer fool it, pulling brain latents into the region of the LLM's text space;
 - site-adversarial (optional): a site classifier on the pooled latent behind gradient reversal, which
-  removes site identity from the codes.
+  removes site identity from the codes;
+- subject (optional): a linear head on the pooled quantized latent must predict the leading connectome
+  components of the window's whole scan (its tangent-space FC relative to the training population), so a
+  window's codes keep who the scan belongs to, not only what the window's signal looked like (reconstruction
+  alone leaves autism at chance in the window codes: BENCHMARKS.md, "Tokenizer").
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class TokenizerLossConfig:
     alignment_weight: float = 0.5
     adversarial_weight: float = 0.05
     site_weight: float = 0.0
+    subject_weight: float = 0.0
+    #: leading connectome components the subject head predicts (the strongest, best-estimated directions)
+    subject_components: int = 32
     gradient_reversal_scale: float = 1.0
     siglip_init_scale: float = 10.0
     siglip_init_bias: float = -10.0
@@ -103,6 +110,7 @@ class TokenizerLoss(nn.Module):
         hidden_size: int,
         text_embed_dim: int | None = None,
         num_sites: int = 0,
+        subject_dim: int = 0,
     ) -> None:
         super().__init__()
         self.config = config
@@ -115,6 +123,8 @@ class TokenizerLoss(nn.Module):
             _mlp(text_embed_dim, max(32, text_embed_dim // 4), 1) if self.use_adversarial else None
         )
         self.site_classifier = _mlp(hidden_size, hidden_size, num_sites) if self.use_site else None
+        self.use_subject = subject_dim > 0 and config.subject_weight > 0
+        self.subject_head = nn.Linear(hidden_size, subject_dim) if self.use_subject else None
 
     def forward(
         self,
@@ -126,6 +136,7 @@ class TokenizerLoss(nn.Module):
         text_index: torch.Tensor | None = None,
         site_index: torch.Tensor | None = None,
         reversal_scale: float | None = None,
+        subject_target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and its parts.
 
@@ -133,6 +144,8 @@ class TokenizerLoss(nn.Module):
         ``text_index`` (B,) says which text each window has (-1: none). ``site_index`` (B,) is the site of
         each window (-1: unknown). ``reversal_scale`` overrides ``gradient_reversal_scale`` (the trainer ramps it
         up from 0, as in DANN, so the adversaries do not disturb the encoder before it has learned anything).
+        ``subject_target`` (B, subject_dim) holds the connectome components of each window's scan (NaN rows:
+        none known).
         """
         cfg = self.config
         grl = cfg.gradient_reversal_scale if reversal_scale is None else float(reversal_scale)
@@ -169,4 +182,10 @@ class TokenizerLoss(nn.Module):
             logits = self.site_classifier(gradient_reversal(output.pooled[rows], grl))
             parts["site"] = F.cross_entropy(logits, site_index[rows])
             total = total + cfg.site_weight * parts["site"]
+        if self.use_subject and subject_target is not None:
+            rows = ~torch.isnan(subject_target).any(dim=1)
+            if bool(rows.any()):
+                predicted = self.subject_head(output.pooled[rows])
+                parts["subject"] = F.mse_loss(predicted, subject_target[rows].to(predicted.dtype))
+                total = total + cfg.subject_weight * parts["subject"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
