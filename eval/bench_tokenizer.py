@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_tokenizer [--abide ../shared/data/abide] [--work DIR] [--steps 800]
         [--sim-subjects 60] [--sim-steps 600] [--llm smollm2] [--text-column text_fc] [--text-max-length 64]
-        [--threads 1] [--json OUT.json] [--skip-abide] [--skip-align]
+        [--threads 1] [--json OUT.json] [--skip-abide] [--skip-align] [--subject-weight 0]
 
 Three parts, each against a baseline run in the same process:
 
@@ -203,8 +203,11 @@ def part_abide(args, work: Path) -> dict:
         cohort.select(split["train"], name="abide-train").save(train_dir)
     cfg = Stage1Config(
         cohorts=[str(train_dir)],
-        out=str(work / "tok_abide"),
+        out=str(
+            work / ("tok_abide" if not args.subject_weight else f"tok_abide_subject{args.subject_weight:g}")
+        ),
         steps=args.steps,
+        loss={"subject_weight": args.subject_weight},
         val_fraction=0.1,
         eval_every=max(1, args.steps // 4),
         save_every=max(1, args.steps // 4),
@@ -306,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is polite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument(
+        "--subject-weight",
+        type=float,
+        default=0.0,
+        help="ABIDE tokenizer with the subject loss (each window predicts its scan's connectome components)",
+    )
     parser.add_argument("--skip-abide", action="store_true")
     parser.add_argument("--skip-align", action="store_true", help="simulated part without the LLM")
     parser.add_argument("--skip-sim", action="store_true")
