@@ -37,7 +37,6 @@ def linear_reader_rate(
     task: str, X: np.ndarray, answers: np.ndarray, train: np.ndarray, groups: np.ndarray, seed: int = 0
 ) -> ReaderRate:
     """Logistic regression on ``X[train]`` (C by site-grouped CV) scored on the rest, and the bar."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
 
     answers = np.asarray(answers).astype(str)
@@ -51,11 +50,11 @@ def linear_reader_rate(
         for c in grid:  # inner CV over training sites only: never the test scans
             right = []
             for a, b in GroupKFold(folds).split(X[train], answers[train], groups[train]):
-                model = _fit(X[train][a], answers[train][a], c, seed, LogisticRegression)
+                model = _logistic(c, seed).fit(X[train][a], answers[train][a])
                 right.append(np.mean(model.predict(X[train][b]) == answers[train][b]))
             if np.mean(right) > best:
                 best, best_c = float(np.mean(right)), float(c)
-    model = _fit(X[train], answers[train], best_c, seed, LogisticRegression)
+    model = _logistic(best_c, seed).fit(X[train], answers[train])
     return ReaderRate(
         task=task,
         n_train=int(train.sum()),
@@ -67,8 +66,10 @@ def linear_reader_rate(
     )
 
 
-def _fit(X, y, c, seed, estimator):
-    return estimator(C=c, class_weight="balanced", max_iter=3000, random_state=seed).fit(X, y)
+def _logistic(c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

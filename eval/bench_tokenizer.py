@@ -295,6 +295,8 @@ def _fmt(metric: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fmrilm.safety import nonnegative_float
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
     parser.add_argument(
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument(
         "--subject-weight",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         help="ABIDE tokenizer with the subject loss (each window predicts its scan's connectome components)",
     )

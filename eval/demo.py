@@ -10,7 +10,7 @@ time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.0 minutes on an id
 threads; Stage 3 100 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
 of them, half of every task's rows a chat's second question, prompts with the scan summary, one connectome token
 and an empty system turn; autism AUC 0.597 on its held-out sites, FC 0.668). ``full`` adds sex and age and
-triples Stage 3 (sized for at most an hour on 2 cores); ``gpu`` is the GPU-sized recipe.
+triples Stage 3 (31.7 minutes on the same machine); ``gpu`` is the GPU-sized recipe.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(),
     #: The cpu recipe with every phenotype task (autism, sex, age) and three times the Stage-3 steps: 300 steps
     #: of 16, the three phenotype tasks two shares each and the two descriptor questions one (about two passes
-    #: over the 549 training scans per phenotype task), evaluated on all three; sized for at most an hour on 2
-    #: CPU cores (BENCHMARKS.md, "Demo": the `full` preset).
+    #: over the 549 training scans per phenotype task), evaluated on all three: 31.7 minutes on an idle 2-core
+    #: Xeon (BENCHMARKS.md, "The `full` preset").
     "full": Preset(
         abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
         instruct_steps=300,

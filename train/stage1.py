@@ -593,8 +593,7 @@ def subject_loss_targets(
 ) -> tuple[Any, list[dict[str, np.ndarray]]]:
     """The connectome tokenizer (fitted before the window tokenizer, the same fit Stage 1 saves) and, per
     cohort, each scan's leading ``loss_cfg.subject_components`` components: what the subject loss asks every
-    window of that scan to predict."""
-    check_subject_loss(cfg, loss_cfg)
+    window of that scan to predict (settings already checked by `check_subject_loss`)."""
     fitted = _fit_connectome(cohorts, cfg, progress)
     if fitted is None:
         raise FmriInputError(
@@ -779,7 +778,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=defaults.subject_components,
         help="leading connectome components each window predicts under --subject-weight (default "
-        "%(default)s): the window codes keep the scan's FC",
+        '%(default)s); on ABIDE\'s 48-timepoint windows this did not train (BENCHMARKS.md, "Tokenizer")',
     )
     p.add_argument(
         "--text-columns",

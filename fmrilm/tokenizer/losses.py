@@ -11,9 +11,10 @@
 - site-adversarial (optional): a site classifier on the pooled latent behind gradient reversal, which
   removes site identity from the codes;
 - subject (optional): a linear head on the pooled quantized latent must predict the leading connectome
-  components of the window's whole scan (its tangent-space FC relative to the training population), so a
-  window's codes keep who the scan belongs to, not only what the window's signal looked like (reconstruction
-  alone leaves autism at chance in the window codes: BENCHMARKS.md, "Tokenizer").
+  components of the window's whole scan (its tangent-space FC relative to the training population), meant to
+  make a window's codes keep who the scan belongs to (reconstruction alone leaves autism at chance in the window
+  codes). Measured on ABIDE it does not train at 48-timepoint windows and the codes stay at chance
+  (BENCHMARKS.md, "Tokenizer"), so it is off by default.
 """
 
 from __future__ import annotations
