@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fmrilm import FmriLM
     from fmrilm.cohort import load_cohort
+    from fmrilm.logs import library_warnings
     from fmrilm.splits import load_split
 
     if args.threads:
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     cohort = load_cohort(args.cohort)
     split = dict(load_split(args.cohort, args.split))
     split["test"] = np.random.default_rng(args.seed).permutation(split["test"])
-    descriptor_rates(FmriLM.from_pretrained(args.model), cohort, split, args.instructions, n_scans=args.scans)
+    with library_warnings():  # peft's deprecation notices stay out of the printed rates
+        descriptor_rates(
+            FmriLM.from_pretrained(args.model), cohort, split, args.instructions, n_scans=args.scans
+        )
     return 0
 
 
