@@ -35,6 +35,7 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
     assert run["lr_schedule"] == "constant" and run["warmup_steps"] == 5
     assert run["probe_init"]  # the preset's probe warm start reached Stage 3 ...
+    assert run["soft_lr_scale"] == 1.0  # with the fitted projection tuned at the LoRA rate
     metrics = json.loads((out / "stage3_instruct" / "metrics.json").read_text())
     assert any(p["task"] == "diagnosis" for p in metrics["setup"]["probe_init"])  # ... and ran before tuning
     # Stage 3 continues Stage 2's adapters: the dropout in effect is the one saved with them
