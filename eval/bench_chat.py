@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     cohort = load_cohort(args.cohort)
     split = dict(load_split(args.cohort, args.split))
     split["test"] = np.random.default_rng(args.seed).permutation(split["test"])
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars: not figures
     with library_warnings():  # peft's deprecation notices stay out of the printed rates
         descriptor_rates(
             FmriLM.from_pretrained(args.model), cohort, split, args.instructions, n_scans=args.scans

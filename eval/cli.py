@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
     from fmrilm.logs import library_warnings
 
     setup_logging()
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # --no-progress: no "Loading weights" bars either
     with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
         cfg = config_from_args(args)
         invocation = getattr(args, "invocation", None)  # set by fmrilm.cli.main: the command as typed

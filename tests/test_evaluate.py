@@ -57,7 +57,7 @@ def _results(report: dict) -> list[dict]:
     return report["results"]
 
 
-def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
+def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup, capsys):
     root, table = setup
     out = root / "report"
     rc = main(
@@ -69,6 +69,7 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup):
         ]
     )  # fmt: skip
     assert rc == 0
+    assert "Loading weights" not in capsys.readouterr().err  # --no-progress: transformers' bars stay off too
     report = json.loads((out / "report.json").read_text())
     # The report records the command as typed, every given flag in it, and the command with every setting
     # in force (defaults too), which repeats the run exactly.
