@@ -53,6 +53,7 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     methods = {r["method"] for r in report["results"]}
     assert {"fmrilm_zero_shot", "fc_linear", "tangent_linear"} <= methods
     assert "Warning" not in text and "Warning" not in proc.stderr  # library warnings go to warnings.log
+    assert "Loading weights" not in text + proc.stderr  # and transformers' own bars stay out of the demo's
 
 
 def test_a_chat_answer_is_right_when_it_is_the_recorded_one_or_the_same_pair_reversed():
