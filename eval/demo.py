@@ -196,9 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.logs import library_warnings
-
     from transformers.utils import logging as transformers_logging
+
+    from fmrilm.logs import library_warnings
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # the demo prints its own progress per step; transformers' "Loading weights" / "Writing model shards" bars,
