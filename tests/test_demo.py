@@ -104,3 +104,4 @@ def test_the_full_preset_trains_and_evaluates_every_phenotype_task():
     assert {"diagnosis", "sex", "age"} <= set(full.abide_tasks.split(","))
     assert set(full.eval_tasks) == {"diagnosis", "sex", "age"}
     assert full.instruct_steps > cpu.instruct_steps and full.instruct_probe_init
+    assert full.instruct_soft_lr_scale is None  # the rate its two folds were measured with (BENCHMARKS.md)
