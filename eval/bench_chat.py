@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fmrilm import FmriLM
     from fmrilm.cohort import load_cohort
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
     from fmrilm.splits import load_split
 
     if args.threads:
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     cohort = load_cohort(args.cohort)
     split = dict(load_split(args.cohort, args.split))
     split["test"] = np.random.default_rng(args.seed).permutation(split["test"])
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars: not figures
-    with library_warnings():  # peft's deprecation notices stay out of the printed rates
+    # peft's deprecation notices and transformers' "Loading weights" bars stay out of the printed rates
+    with library_warnings(), no_library_progress_bars():
         descriptor_rates(
             FmriLM.from_pretrained(args.model), cohort, split, args.instructions, n_scans=args.scans
         )

@@ -169,17 +169,19 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from fmrilm.eval.evaluate import evaluate, summary_table
     from fmrilm.train.common import setup_logging
 
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
     setup_logging()
-    if getattr(args, "no_progress", False):
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # --no-progress: no "Loading weights" bars either
-    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+    quiet = no_library_progress_bars() if getattr(args, "no_progress", False) else nullcontext()
+    with (
+        quiet,  # --no-progress: no "Loading weights" bars either
+        library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)),
+    ):
         cfg = config_from_args(args)
         invocation = getattr(args, "invocation", None)  # set by fmrilm.cli.main: the command as typed
         result = evaluate(cfg, command=shlex.join(invocation) if invocation else None)

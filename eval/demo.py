@@ -200,15 +200,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as transformers_logging
-
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # the demo prints its own progress per step; transformers' "Loading weights" / "Writing model shards" bars,
     # a dozen per run, would only bury it
-    transformers_logging.disable_progress_bar()
-    with library_warnings(verbose=False, log_file=Path(args.out) / "warnings.log"):
+    with (
+        no_library_progress_bars(),
+        library_warnings(verbose=False, log_file=Path(args.out) / "warnings.log"),
+    ):
         return _run(args)
 
 

@@ -94,3 +94,18 @@ def library_warnings(verbose: bool = False, log_file: str | Path | None = None) 
             logger.setLevel(level)
         for handler in handlers:
             handler.close()
+
+
+@contextmanager
+def no_library_progress_bars() -> Iterator[None]:
+    """Within the block transformers prints no progress bars of its own ("Loading weights", "Writing model
+    shards"): a command that shows its own progress, or none, stays readable. The setting is restored after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

@@ -119,3 +119,21 @@ def test_a_log_file_in_a_missing_folder_is_one_sentence(saved):
     done = _chat("--model", saved.model_dir, "--log-file", saved.root / "nowhere" / "x.log", stdin="")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "Cannot open the log file" in done.stderr
+
+
+def test_library_progress_bars_are_off_inside_the_block_and_restored_after():
+    """Commands that print their own progress turn transformers' bars off, without leaving them off for the
+    caller (a notebook or test that ran the command in-process)."""
+    from transformers.utils import logging as transformers_logging
+
+    from fmrilm.logs import no_library_progress_bars
+
+    transformers_logging.enable_progress_bar()
+    with no_library_progress_bars():
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    with no_library_progress_bars():
+        pass
+    assert not transformers_logging.is_progress_bar_enabled()  # a caller's own choice stays as it was
+    transformers_logging.enable_progress_bar()
