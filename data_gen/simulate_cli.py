@@ -29,6 +29,8 @@ occipital -> Visual, sensorimotor/SomatomotorDorsal -> Somatomotor; see fmrilm/d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import nonnegative_int
+
     from .simulate import SimulationConfig
 
     d = SimulationConfig()
@@ -63,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         help=f"site TRs in seconds, spread evenly over this range (default {d.tr_range[0]} {d.tr_range[1]})",
     )
-    parser.add_argument("--seed", type=int, help=f"random seed; same seed = same cohort (default {d.seed})")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, help=f"random seed; same seed = same cohort (default {d.seed})"
+    )
     eff = parser.add_argument_group("phenotype effects (0 = no effect)")
     eff.add_argument("--effect-size", type=float, metavar="X", help="one size for all three effects")
     eff.add_argument("--diagnosis-effect", type=float, metavar="X", help=f"default {d.diagnosis_effect}")

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_float, positive_int
+
 TASKS = ("diagnosis", "sex", "age")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cohort", help="an already imported ABIDE cohort folder (imported into --out if absent)"
     )
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
+    parser.add_argument("--folds", type=positive_int, default=5)
+    parser.add_argument("--max-folds", type=positive_int, default=None, help="run only the first N folds")
     parser.add_argument(
         "--test-sites",
         default=None,
@@ -60,17 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         "(use the demo's UCLA_1,KKI,OHSU for a demo-trained model); overrides --folds",
     )
     parser.add_argument("--shots", default="0,4,16", help="0 = zero-shot; k = k subjects per class")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per few-shot run")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--steps", type=positive_int, default=20, help="optimizer steps per few-shot run")
+    parser.add_argument("--lr", type=positive_float, default=5e-4)
     parser.add_argument(
         "--full", action="store_true", help="also fine-tune on every training-site subject (full fine-tuning)"
     )
-    parser.add_argument("--full-steps", type=int, default=200, help="optimizer steps of the full fine-tune")
+    parser.add_argument(
+        "--full-steps", type=positive_int, default=200, help="optimizer steps of the full fine-tune"
+    )
     parser.add_argument("--code-features", default="latents", choices=("latents", "histogram"))
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
-    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch and BLAS threads")
+    parser.add_argument("--n-boot", type=positive_int, default=1000)
     parser.add_argument("--out", default="bench_abide_model", help="reports (per fold and pooled)")
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)

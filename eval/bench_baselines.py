@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_int
+
 TASKS = ("diagnosis", "sex", "age")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +71,15 @@ def site_folds(table, n_folds: int, seed: int = 0) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=positive_int, default=5)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads (1 is polite on a shared machine)"
+        "--threads", type=positive_int, default=1, help="BLAS threads (1 is polite on a shared machine)"
     )
     parser.add_argument("--json", help="write all figures to this JSON file")
     parser.add_argument("--report", help="also write a Markdown/PNG report of the pooled predictions here")
     parser.add_argument("--no-speed", action="store_true", help="skip timing the fit without the rotation")
-    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--n-boot", type=positive_int, default=1000)
     args = parser.parse_args(argv)
 
     from fmrilm.eval.baselines import demographics_baseline, fc_features, floor_baseline, linear_probe

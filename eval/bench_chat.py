@@ -19,7 +19,7 @@ import numpy as np
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fmrilm.safety import positive_int
+    from fmrilm.safety import nonnegative_int, positive_int
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a Stage-3 model folder (FmriLM.from_pretrained)")
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--split", default="leave-sites-out", help="split stored in the cohort (default %(default)s)"
     )
     p.add_argument("--scans", type=positive_int, default=60, help="test scans asked (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="which test scans (default %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="which test scans (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return p.parse_args(argv)
 

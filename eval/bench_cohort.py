@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import positive_int
+
 ABIDE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide"
 
 
@@ -126,7 +128,7 @@ def _child(method: str, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurement")
     parser.add_argument("--child", choices=("fmrilm", "from_dict"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,9 @@ def l2_logistic(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, groups: np.nda
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
-    parser.add_argument("--folds", type=int, default=5, help="leave-sites-out folds (as bench_baselines)")
+    parser.add_argument(
+        "--folds", type=positive_int, default=5, help="leave-sites-out folds (as bench_baselines)"
+    )
     parser.add_argument("--tasks", default="diagnosis,sex", help="binary tasks")
     parser.add_argument("--passes", default="1,3", help="Adam passes to score")
     parser.add_argument(
@@ -83,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         default="32,64,128,256",
         help="leading components read (each scaling)",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="Adam runs per fold, averaged")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="Adam runs per fold, averaged")
     parser.add_argument(
         "--exclude-sites",
         default="",
         help="sites left out entirely (e.g. the demo's held-out UCLA_1,KKI,OHSU, so a choice is made without them)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

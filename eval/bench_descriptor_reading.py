@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fmrilm.safety import positive_int
+
 
 @dataclass
 class ReaderRate:
@@ -73,8 +75,6 @@ def _logistic(c: float, seed: int):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fmrilm.safety import positive_int
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model", required=True, help="a Stage-2 or Stage-3 model folder (its connectome tokenizer)"

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_int
+
 ABIDE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide"
 
 
@@ -454,11 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--part", choices=("all", "speed", "signal"), default="all")
     parser.add_argument("--abide-dir", type=Path, default=ABIDE_DIR)
-    parser.add_argument("--n-speed", type=int, default=16, help="scans timed per round (default 16)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--sim-subjects", type=int, default=240)
+    parser.add_argument("--n-speed", type=positive_int, default=16, help="scans timed per round (default 16)")
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--sim-subjects", type=positive_int, default=240)
     parser.add_argument("--no-abide", action="store_true", help="skip the ABIDE signal benchmark")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

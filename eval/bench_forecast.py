@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_float, positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_SITES = ("UCLA_1", "KKI", "OHSU")
 BASELINES = ("mean", "last", "ar", "var")
@@ -283,16 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
     parser.add_argument("--test-sites", default=",".join(TEST_SITES), help="comma-separated held-out sites")
-    parser.add_argument("--context-s", type=float, default=96.0, help="context length in seconds")
+    parser.add_argument("--context-s", type=positive_float, default=96.0, help="context length in seconds")
     parser.add_argument(
-        "--horizon", type=int, default=10, help="forecast samples (native TR) after the context"
+        "--horizon", type=positive_int, default=10, help="forecast samples (native TR) after the context"
     )
-    parser.add_argument("--ar-order", type=int, default=3)
-    parser.add_argument("--var-order", type=int, default=2)
+    parser.add_argument("--ar-order", type=positive_int, default=3)
+    parser.add_argument("--var-order", type=positive_int, default=2)
     parser.add_argument("--model", metavar="DIR", help="also forecast with this saved FmriLM")
-    parser.add_argument("--max-test-scans", type=int, help="score only the first N test scans (all methods)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the model's forecasts")
+    parser.add_argument(
+        "--max-test-scans", type=positive_int, help="score only the first N test scans (all methods)"
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads for the model's forecasts"
+    )
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
     "fisher_z_fc",
@@ -140,17 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
-    parser.add_argument("--folds", type=int, default=5, help="leave-sites-out folds (as bench_baselines)")
+    parser.add_argument(
+        "--folds", type=positive_int, default=5, help="leave-sites-out folds (as bench_baselines)"
+    )
     parser.add_argument("--only-folds", default=None, help="comma-separated fold numbers to run (0-based)")
     parser.add_argument("--test-sites", default=None, help="one fold with these test sites instead")
     parser.add_argument("--model", default=None, help="a trained fmrilm model folder (needs --test-sites)")
     parser.add_argument("--base", default=None, help="base LLM for the untrained LLM rows (default SmolLM2)")
     parser.add_argument("--tasks", default="diagnosis,sex,age")
-    parser.add_argument("--connectome-tokens", type=int, default=32)
-    parser.add_argument("--connectome-components", type=int, default=256)
+    parser.add_argument("--connectome-tokens", type=positive_int, default=32)
+    parser.add_argument("--connectome-components", type=positive_int, default=256)
     parser.add_argument("--no-llm", action="store_true", help="skip the LLM rows")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the LLM rows")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads for the LLM rows")
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 

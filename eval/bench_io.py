@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import positive_int
+
 ABIDE_SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide" / "samples"
 
 
@@ -149,10 +151,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=5, help="passes over the files; the best is reported")
-    parser.add_argument("--repeat-1d", type=int, default=10, help="loads of each .1D file per pass")
-    parser.add_argument("--nifti-scans", type=int, default=3, help="synthetic NIfTI images to write")
-    parser.add_argument("--nifti-timepoints", type=int, default=120, help="volumes per synthetic NIfTI image")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="passes over the files; the best is reported"
+    )
+    parser.add_argument("--repeat-1d", type=positive_int, default=10, help="loads of each .1D file per pass")
+    parser.add_argument("--nifti-scans", type=positive_int, default=3, help="synthetic NIfTI images to write")
+    parser.add_argument(
+        "--nifti-timepoints", type=positive_int, default=120, help="volumes per synthetic NIfTI image"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import positive_int
+
 DESCRIPTOR_LIKE = (
     "Coupling between the default mode and frontoparietal networks is somewhat elevated (z = 1.3). "
     "Visual network segregation is typical (z = 0.2). Global efficiency is somewhat reduced (z = -1.1), "
@@ -651,11 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         "--what", default="overhead,chat", help="comma-separated: overhead, chat, quality, memory"
     )
     parser.add_argument("--base", default=None, help="base LLM (default: SmolLM2-135M-Instruct, offline)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--windows", type=int, default=4, help="windows of brain tokens per example / prompt")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument(
+        "--windows", type=positive_int, default=4, help="windows of brain tokens per example / prompt"
+    )
+    parser.add_argument("--new-tokens", type=positive_int, default=64)
     parser.add_argument("--stage2", default=None, help="Stage-2 output folder (quality)")
     parser.add_argument(
         "--cohort", action="append", default=[], help="cohort folder(s) of the Stage-2 run (quality)"
@@ -663,9 +667,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--corpus", action="append", default=[], help="corpus folder(s) of the Stage-2 run (quality)"
     )
-    parser.add_argument("--max-windows", type=int, default=60, help="held-out windows to describe (quality)")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="description length cap (quality)")
-    parser.add_argument("--memory-steps", type=int, default=3, help="training steps of each command (memory)")
+    parser.add_argument(
+        "--max-windows", type=positive_int, default=60, help="held-out windows to describe (quality)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=160, help="description length cap (quality)"
+    )
+    parser.add_argument(
+        "--memory-steps", type=positive_int, default=3, help="training steps of each command (memory)"
+    )
     parser.add_argument(
         "--work",
         default=None,

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_int, positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_SITES = ("UCLA_1", "KKI", "OHSU")
 DATASETS = ("sim", "abide")
@@ -180,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         "--abide-sites", default=",".join(TEST_SITES), help="held-out sites the scans come from"
     )
     parser.add_argument("--datasets", default=",".join(DATASETS), help="sim, abide or both")
-    parser.add_argument("--sim-scans", type=int, default=8)
-    parser.add_argument("--abide-scans", type=int, default=8)
-    parser.add_argument("--fit-scans", type=int, default=40, help="scans the untrained stand-in is fitted on")
-    parser.add_argument("--llm-scans", type=int, default=1, help="scans the llm method reads (slow)")
+    parser.add_argument("--sim-scans", type=positive_int, default=8)
+    parser.add_argument("--abide-scans", type=positive_int, default=8)
+    parser.add_argument(
+        "--fit-scans", type=positive_int, default=40, help="scans the untrained stand-in is fitted on"
+    )
+    parser.add_argument("--llm-scans", type=positive_int, default=1, help="scans the llm method reads (slow)")
     parser.add_argument("--methods", default="llm,connectome,encoder")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -45,10 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="diagnosis", help="binary task to train and score (default %(default)s)")
     p.add_argument("--positive", default="autism", help="answer scored as the positive class")
     p.add_argument("--no-summary", action="store_true", help="no scan summary: per-group soft tokens only")
-    p.add_argument("--max-windows", type=int, default=0, help="window tokens per whole-scan part (default 0)")
+    p.add_argument(
+        "--max-windows", type=nonnegative_int, default=0, help="window tokens per whole-scan part (default 0)"
+    )
     p.add_argument(
         "--connectome-shown",
-        type=int,
+        type=positive_int,
         default=None,
         help="connectome tokens each scan shows (default: all; the summary still reads every group)",
     )
@@ -62,12 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start the soft projections at zero (the scan adds nothing until training makes it)",
     )
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--soft-lr-scale", type=float, default=10.0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=2e-4)
+    p.add_argument("--soft-lr-scale", type=nonnegative_float, default=10.0)
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (1 on a shared 2-core machine)"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
     demo = Path(args.demo)

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fmrilm.safety import positive_int
+
 #: Ten neuroscience and ten general questions, fixed: the benchmark's whole input.
 QUESTIONS: tuple[tuple[str, str], ...] = (
     ("neuroscience", "What is the default mode network?"),
@@ -268,9 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base", help="the base LLM (hub id, folder, .gguf; default: the one the model's config names)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="length of each greedy answer")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--questions", type=int, help="use only the first N questions (a quick check)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=48, help="length of each greedy answer"
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--questions", type=positive_int, help="use only the first N questions (a quick check)"
+    )
     parser.add_argument("--json", help="write the figures and every answer to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="show library warnings")
     args = parser.parse_args(argv)
@@ -279,16 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import torch
-    from transformers.utils import logging as transformers_logging
 
     from fmrilm.errors import FmriInputError
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
     torch.set_num_threads(args.threads)
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars: not figures
     started = time.perf_counter()
     try:
-        with library_warnings(verbose=args.verbose):
+        with library_warnings(verbose=args.verbose), no_library_progress_bars():  # loading bars: not figures
             result = run(args)
     except FmriInputError as exc:
         print(f"bench_retention: error: {exc}", file=sys.stderr)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import positive_int
+
 
 def _best(func, rounds: int) -> float:
     best = float("inf")
@@ -130,12 +132,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subjects", type=int, default=200)
+    parser.add_argument("--subjects", type=positive_int, default=200)
     parser.add_argument("--atlas", default="dosenbach160")
-    parser.add_argument("--timepoints", type=int, nargs=2, default=[150, 250])
-    parser.add_argument("--euler-subjects", type=int, default=4, help="subjects through the slow baseline")
-    parser.add_argument("--nifti", type=int, default=8, help="NIfTI images to write")
-    parser.add_argument("--rounds", type=int, default=3, help="passes per method; the best is reported")
+    parser.add_argument("--timepoints", type=positive_int, nargs=2, default=[150, 250])
+    parser.add_argument(
+        "--euler-subjects", type=positive_int, default=4, help="subjects through the slow baseline"
+    )
+    parser.add_argument("--nifti", type=positive_int, default=8, help="NIfTI images to write")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="passes per method; the best is reported"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

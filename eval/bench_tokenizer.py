@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.safety import nonnegative_float, nonnegative_int, positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("diagnosis", "sex", "age")
 
@@ -295,22 +297,23 @@ def _fmt(metric: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fmrilm.safety import nonnegative_float
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
     parser.add_argument(
         "--work", default="/tmp/fmrilm-bench-tokenizer", help="folder for intermediate results"
     )
-    parser.add_argument("--steps", type=int, default=800, help="ABIDE tokenizer training steps")
-    parser.add_argument("--sim-subjects", type=int, default=60)
-    parser.add_argument("--sim-steps", type=int, default=600)
+    parser.add_argument("--steps", type=positive_int, default=800, help="ABIDE tokenizer training steps")
+    parser.add_argument("--sim-subjects", type=positive_int, default=60)
+    parser.add_argument("--sim-steps", type=positive_int, default=600)
     parser.add_argument("--llm", default=None, help="base LLM for text embeddings (default: SmolLM2-135M)")
     parser.add_argument("--text-column", default="text_fc", help="descriptor family aligned to")
-    parser.add_argument("--text-max-length", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is polite)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--text-max-length", type=positive_int, default=64)
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads for training (1 is polite)"
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--n-boot", type=positive_int, default=1000)
     parser.add_argument(
         "--subject-weight",
         type=nonnegative_float,

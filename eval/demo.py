@@ -179,6 +179,8 @@ PRESETS["tiny"] = Preset(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import positive_int
+
     parser.add_argument(
         "--out", default="demo_out", help="working folder (default demo_out; re-run to resume)"
     )
@@ -190,7 +192,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-abide", action="store_true", help="simulated cohort only")
     parser.add_argument("--base", default=None, help="base LLM (default: offline SmolLM2-135M-Instruct)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)"
+    )
     parser.add_argument(
         "--test-sites",
         default=",".join(ABIDE_TEST_SITES),

@@ -96,6 +96,28 @@ class MethodResult:
             protocol=first.protocol,
         )
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> MethodResult:
+        """A result as :meth:`to_dict` wrote it with ``predictions=True`` (``report.json``'s ``results``),
+        metrics included; a record without its predictions raises ``KeyError('y_true')``."""
+        score = record.get("y_score")
+        return cls(
+            method=record["method"],
+            task=record["task"],
+            task_type=record["task_type"],
+            y_true=list(record["y_true"]),
+            y_pred=list(record["y_pred"]),
+            y_score=None if score is None else np.asarray(score, dtype=float),
+            classes=record.get("classes"),
+            part=record.get("part", "test"),
+            subject_ids=record.get("subject_ids"),
+            shots=record.get("shots"),
+            seed=record.get("seed"),
+            info=dict(record.get("info") or {}),
+            metrics=dict(record.get("metrics") or {}),
+            protocol=record.get("protocol", WHOLE_TEST),
+        )
+
     @property
     def n(self) -> int:
         return len(self.y_true)

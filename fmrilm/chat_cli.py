@@ -82,9 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
-    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+    with (
+        library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)),
+        no_library_progress_bars(),
+    ):
         return _run(args)
 
 
@@ -94,12 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     scans = [_load(path, args, config) for path in args.scan]  # bad input fails before the model loads
 
     import torch
-    from transformers.utils import logging as hf_logging
 
     from fmrilm.chat import ChatSession, print_stream
     from fmrilm.model.modeling import FmriLM
 
-    hf_logging.disable_progress_bar()
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()

@@ -31,7 +31,7 @@ from participants.tsv (in DIR or the BIDS folder above it, or --table; default: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fmrilm.safety import fraction, nonnegative_int, positive_int, probability
+    from fmrilm.safety import fraction, nonnegative_int, positive_float, positive_int, probability
 
     sub = parser.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
 
@@ -65,7 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--task", help="only runs of this task (e.g. rest)")
     prep.add_argument("--space", help="output space when runs exist in several (e.g. MNI152NLin2009cAsym)")
     prep.add_argument(
-        "--radius", type=float, metavar="MM", help="sphere radius for a coordinates atlas (default 5 mm)"
+        "--radius",
+        type=positive_float,
+        metavar="MM",
+        help="sphere radius for a coordinates atlas (default 5 mm)",
     )
     imp.add_argument(
         "--npz-key", metavar="COL", help="table column whose values key the .npz (default: scan id)"

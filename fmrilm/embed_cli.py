@@ -25,6 +25,8 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import positive_int
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument(
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cohort", required=True, metavar="DIR", help="cohort folder (fmrilm cohort import)")
     parser.add_argument("--out", required=True, metavar="FILE", help=f"table to write: {', '.join(SUFFIXES)}")
     parser.add_argument("--windows", action="store_true", help="one row per window instead of per scan")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="scans per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="N", help="scans per forward pass"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -71,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from tqdm.auto import tqdm
-    from transformers.utils import logging as hf_logging
 
     from fmrilm.chat_cli import _device_map
+    from fmrilm.logs import no_library_progress_bars
     from fmrilm.model.embedding import embed_batch
     from fmrilm.model.modeling import FmriLM
 
-    hf_logging.disable_progress_bar()
-    model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()
+    with no_library_progress_bars():
+        model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()
     ids: list[dict[str, Any]] = []
     vectors = []
     rows = list(range(len(cohort)))

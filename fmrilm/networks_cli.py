@@ -32,7 +32,7 @@ encoder output per region over the scan).
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.networks import METHODS
-    from fmrilm.safety import positive_int
+    from fmrilm.safety import nonnegative_int, positive_int
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-scans", type=positive_int, default=16, metavar="N", help="scans used (a seeded choice)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="scan choice, silencing noise and clustering seed"
+        "--seed", type=nonnegative_int, default=0, help="scan choice, silencing noise and clustering seed"
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="scans per LLM pass")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the raw-FC clustering")
@@ -71,9 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
-    with library_warnings(verbose=False):
+    with library_warnings(verbose=False), no_library_progress_bars():
         return _run(args)
 
 
@@ -167,11 +167,9 @@ def _scans(args: argparse.Namespace, config: Any) -> list[Any]:
 
 def _load_model(kind: str, folder: Path, device: str) -> Any:
     import torch
-    from transformers.utils import logging as hf_logging
 
     from fmrilm.chat_cli import _device_map
 
-    hf_logging.disable_progress_bar()
     if kind == "lm":
         from fmrilm.model.modeling import FmriLM
 

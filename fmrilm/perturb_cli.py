@@ -30,6 +30,8 @@ regions' shared signal).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import nonnegative_int, positive_int
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument(
@@ -50,18 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attribute", metavar="TASK", help="rank networks or regions for this task instead")
     parser.add_argument("--by", choices=("network", "region"), default="network", help="attribution unit")
     parser.add_argument(
-        "--repeats", type=int, default=1, metavar="N", help="noise seeds averaged (attribution)"
+        "--repeats", type=positive_int, default=1, metavar="N", help="noise seeds averaged (attribution)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="noise seed")
     parser.add_argument("--png", metavar="OUT.png", help="draw the result on the brain into this PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import library_warnings, no_library_progress_bars
 
-    with library_warnings(verbose=False):
+    with library_warnings(verbose=False), no_library_progress_bars():
         return _run(args)
 
 
@@ -95,12 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         select_regions(scan.atlas, _regions(args.regions), args.network)  # names checked before loading
 
     import torch
-    from transformers.utils import logging as hf_logging
 
     from fmrilm.chat_cli import _device_map
     from fmrilm.model.modeling import FmriLM
 
-    hf_logging.disable_progress_bar()
     model = FmriLM.from_pretrained(args.model, device_map=_device_map(args.device, torch)).eval()
     if attributing:
         frame = model.attribute(

@@ -285,12 +285,12 @@ def test_cli_commands_bad_scans_reset_and_quit(trained, monkeypatch, capsys):
     a, b = trained.scans
     script = f"/scan {trained.bad}\n{QUESTION}\n/scan {a}\n{QUESTION}\n/bogus\n/reset\n{QUESTION}\n/quit\n{QUESTION}\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))
-    try:
-        code = main(["chat", "--model", str(trained.model_dir), "--scan", str(b), "--no-stream"])
-    finally:
-        hf_logging.enable_progress_bar()
+    assert hf_logging.is_progress_bar_enabled()
+    code = main(["chat", "--model", str(trained.model_dir), "--scan", str(b), "--no-stream"])
     out, err = capsys.readouterr()
     assert code == 0
+    assert "Loading weights" not in err  # transformers' bars stay out of a chat...
+    assert hf_logging.is_progress_bar_enabled()  # ...and are back on for the caller afterwards
     assert out.split("\n") == [
         ANSWERS[1],
         ANSWERS[0],

@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.train.finetune import FinetuneConfig
     from fmrilm.train.stage3 import add_tuning_arguments
 
+    from fmrilm.safety import fraction, positive_int
+
     p = parser
     p.add_argument(
         "--model", required=True, metavar="DIR", help="trained fmrilm model (Stage 3 output or folder)"
@@ -20,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, metavar="DIR", help="the new cohort (any atlas)")
     p.add_argument("--task", required=True, help="built-in task name or path to a task .yaml file")
     p.add_argument(
-        "--shots", type=int, default=None, help="labelled subjects per class (default: every train subject)"
+        "--shots",
+        type=positive_int,
+        default=None,
+        help="labelled subjects per class (default: every train subject)",
     )
     p.add_argument(
         "--split",
@@ -29,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a seeded stratified split made here, saved as OUT/split.json)",
     )
     p.add_argument(
-        "--test-size", type=float, default=0.2, help="test share of subjects when no --split is given"
+        "--test-size", type=fraction, default=0.2, help="test share of subjects when no --split is given"
     )
     p.add_argument("--paradigms", default="brain", help="comma-separated paradigms to train (default: brain)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (adapters only)")

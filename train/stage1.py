@@ -721,6 +721,7 @@ _LOSS_FLAGS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.safety import nonnegative_float, nonnegative_int, positive_int, probability
     from fmrilm.tokenizer.losses import TokenizerLossConfig
 
     defaults = TokenizerLossConfig()
@@ -743,33 +744,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None, metavar="DIR", help="start from a saved tokenizer")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base", "large"])
     p.add_argument("--quantizer", choices=["vq", "fsq"], default=None)
-    p.add_argument("--codebook-size", type=int, default=None)
-    p.add_argument("--num-latents", type=int, default=None)
-    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--codebook-size", type=positive_int, default=None)
+    p.add_argument("--num-latents", type=positive_int, default=None)
+    p.add_argument("--hidden-size", type=positive_int, default=None)
     add_loop_arguments(p, Stage1Config)
     p.add_argument(
         "--quantizer-warmup-steps",
-        type=int,
+        type=nonnegative_int,
         default=100,
         help="first steps decode continuous latents (at most a third of --steps)",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out per cohort")
+    p.add_argument(
+        "--val-fraction",
+        type=probability,
+        default=0.1,
+        help="share of subjects held out per cohort (0: none)",
+    )
     p.add_argument(
         "--connectome-tokens",
-        type=int,
+        type=nonnegative_int,
         default=Stage1Config.connectome_tokens,
         help="scan-level connectome tokens per fMRI part (tangent FC, fitted on the training cohorts); 0: none",
     )
     p.add_argument(
         "--connectome-components",
-        type=int,
+        type=positive_int,
         default=256,
         help="tangent-FC PCA components the connectome tokens carry (a multiple of --connectome-tokens)",
     )
-    p.add_argument("--connectome-levels", type=int, default=4, help="residual quantizer levels")
-    p.add_argument("--connectome-codebook-size", type=int, default=256, help="entries of the shared codebook")
-    from fmrilm.safety import nonnegative_float, positive_int, probability
-
+    p.add_argument("--connectome-levels", type=positive_int, default=4, help="residual quantizer levels")
+    p.add_argument(
+        "--connectome-codebook-size", type=positive_int, default=256, help="entries of the shared codebook"
+    )
     for name in _LOSS_FLAGS:
         kind = probability if name == "mask_ratio" else nonnegative_float
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
@@ -785,7 +791,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated corpus text columns to align to (e.g. text_fc); default: the combined text",
     )
-    p.add_argument("--text-max-length", type=int, default=256, help="LLM tokens per descriptor text")
+    p.add_argument("--text-max-length", type=positive_int, default=256, help="LLM tokens per descriptor text")
     p.add_argument(
         "--text-pooling",
         choices=("hidden", "input"),

@@ -45,7 +45,7 @@ from fmrilm.train.common import (
 
 from fmrilm.errors import FmriInputError
 from fmrilm.model.processing import valid_windows
-from fmrilm.safety import positive_int
+from fmrilm.safety import nonnegative_float, nonnegative_int, positive_int, probability
 
 logger = logging.getLogger("fmrilm.train.stage2")
 
@@ -621,23 +621,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None, metavar="DIR", help="continue from a saved fmrilm model")
     add_lora_arguments(p)
     p.add_argument(
-        "--weight-describe", type=float, default=1.0, help="share of fMRI -> descriptor text examples"
+        "--weight-describe",
+        type=nonnegative_float,
+        default=1.0,
+        help="share of fMRI -> descriptor text examples",
     )
-    p.add_argument("--weight-forecast", type=float, default=0.5, help="share of fMRI -> next-window examples")
-    p.add_argument("--weight-replay", type=float, default=0.25, help="share of text -> text replay examples")
+    p.add_argument(
+        "--weight-forecast", type=nonnegative_float, default=0.5, help="share of fMRI -> next-window examples"
+    )
+    p.add_argument(
+        "--weight-replay", type=nonnegative_float, default=0.25, help="share of text -> text replay examples"
+    )
     p.add_argument("--replay-file", default=None, help="extra replay pairs (JSON lines: prompt, response)")
     p.add_argument(
         "--text-columns",
         default=None,
         help="corpus columns to describe, comma-separated (default: 'text', all families); e.g. text_graph",
     )
-    p.add_argument("--context-windows", type=int, default=2, help="windows of context for forecasting")
-    p.add_argument("--max-windows", type=int, default=4, help="windows of a whole scan shown to the model")
+    p.add_argument(
+        "--context-windows", type=positive_int, default=2, help="windows of context for forecasting"
+    )
+    p.add_argument(
+        "--max-windows", type=nonnegative_int, default=4, help="windows of a whole scan shown to the model"
+    )
     p.add_argument("--max-length", type=positive_int, default=1024)
     add_loop_arguments(p, Stage2Config)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of subjects held out")
     p.add_argument(
-        "--max-val-examples", type=int, default=32, help="held-out examples per task at each evaluation"
+        "--val-fraction", type=probability, default=0.1, help="share of subjects held out (0: none)"
+    )
+    p.add_argument(
+        "--max-val-examples",
+        type=positive_int,
+        default=32,
+        help="held-out examples per task at each evaluation",
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--quantization", choices=["4bit", "8bit"], default=None, help="QLoRA (bitsandbytes, GPU)")

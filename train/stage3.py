@@ -51,7 +51,7 @@ from fmrilm.train.common import (
 )
 
 from fmrilm.errors import FmriInputError
-from fmrilm.safety import positive_int
+from fmrilm.safety import nonnegative_float, nonnegative_int, positive_int
 
 logger = logging.getLogger("fmrilm.train.stage3")
 
@@ -813,9 +813,9 @@ def add_tuning_arguments(p: argparse.ArgumentParser, defaults: type[LoopConfig],
     )
     p.add_argument(
         "--soft-lr-scale",
-        type=float,
+        type=nonnegative_float,
         default=defaults.soft_lr_scale,
-        help="learning-rate multiplier of the soft brain-token projection (default %(default)s)",
+        help="learning-rate multiplier of the soft brain-token projection (0 freezes it; default %(default)s)",
     )
     p.add_argument(
         "--no-balance",
@@ -856,9 +856,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--new-adapters", action="store_true", help="merge the model's adapters and train fresh LoRA on top"
     )
-    p.add_argument("--max-windows", type=int, default=None, help="windows of a whole scan shown to the model")
     p.add_argument(
-        "--connectome-shown", type=int, default=None, metavar="K",
+        "--max-windows", type=nonnegative_int, default=None, help="windows of a whole scan shown to the model"
+    )
+    p.add_argument(
+        "--connectome-shown", type=positive_int, default=None, metavar="K",
         help="connectome tokens a whole scan shows (default: all; with the scan summary, 1 keeps the whole "
         "connectome on the start marker in a prompt M - 1 tokens shorter)",
     )  # fmt: skip
