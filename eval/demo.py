@@ -96,6 +96,9 @@ class Preset:
     #: chat (followup: without them a second question was answered right on 0-7%, BENCHMARKS.md). None builds
     #: every paradigm.
     instruct_paradigms: str | None = "brain,followup"
+    #: Share of the brain and followup rows whose question comes without "Answer with one of: ..."
+    #: (`instructions build --bare-questions`), the way a user asks in a chat.
+    instruct_bare_questions: float = 0.0
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,coupled_pair,modularity"
     #: Stage 3 on CPU affords about one pass per task over ABIDE's 549 training subjects for three tasks: the
@@ -386,7 +389,12 @@ class Demo:
                     "instructions", "build", c["dir"], "--tasks", tasks[name], "--corpus", corpora[name],
                     "--split", c["split"], "--out", out, "--seed", "0",
                 ]
-                + (["--paradigms", self.p.instruct_paradigms] if self.p.instruct_paradigms else []),
+                + (["--paradigms", self.p.instruct_paradigms] if self.p.instruct_paradigms else [])
+                + (
+                    ["--bare-questions", str(self.p.instruct_bare_questions)]
+                    if self.p.instruct_bare_questions
+                    else []
+                ),
                 done=Path(out) / "dataset",
             )  # fmt: skip
             sets[name] = out
@@ -513,7 +521,8 @@ class Demo:
             if not answer.endswith("\n"):
                 print()
             if task in truth:
-                print(f"  (its descriptors say: {truth[task]})")
+                source = "recorded" if task in PHENOTYPE_QUESTIONS else "its descriptors say"
+                print(f"  ({source}: {truth[task]})")
         descriptor_rates(model, cohort, split, sets[name])
         stored = stored_tasks(model)
         task = f"diagnosis@{cohort.name}" if f"diagnosis@{cohort.name}" in stored else "diagnosis"
@@ -557,16 +566,22 @@ class Demo:
         sys.stdout.flush()
 
 
-#: The descriptor questions the demo's chat asks (held-out scans are scored on the same wording).
+#: The questions the demo's chat asks, as a user would (no answer list; held-out scans are scored on the same
+#: wording): two descriptor questions and the diagnosis.
 CHAT_QUESTIONS = (
     ("coupled_pair", "Which pair of networks is most strongly coupled relative to the reference population?"),
     ("modularity", "Is modularity in this scan higher or lower than in the reference population?"),
+    ("diagnosis", "What is the diagnostic group of the participant in this scan?"),
 )
+#: Tasks of CHAT_QUESTIONS answered from the phenotype table, not from the scan's descriptors.
+PHENOTYPE_QUESTIONS = {"diagnosis"}
 
 
 def descriptor_rates(model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
-    """How often the model's chat answers the descriptor questions right on held-out scans, next to always
-    giving the answer most frequent in the training rows (the bar a model that ignores the scan reaches).
+    """How often the model's chat answers `CHAT_QUESTIONS` (the descriptor questions and the diagnosis, asked
+    without an answer list, as a user asks) right on held-out scans, next to always giving the answer most
+    frequent in the training rows (the bar a model that ignores the scan reaches), and how often it answers
+    with one of the question's answers at all.
 
     Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers), and every question
     after the first once more as the next turn of the first question's chat, the way a user goes on asking

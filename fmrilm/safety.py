@@ -516,6 +516,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A share from 0 to 1, both included (of rows, of a batch)."""
+    value = _number(text, float, "a share from 0 to 1", "0.5")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}; give e.g. 0.5")
+    return value
+
+
 def probability(text: str) -> float:
     """A share from 0 (included) to 1 (excluded): dropout, a held-out fraction that may be none."""
     value = _number(text, float, "a share from 0 to below 1", "0.1")

@@ -290,13 +290,15 @@ def question_message(
     window: int | None = None,
     descriptor_text: str | None = None,
     seed: int | np.random.Generator = 0,
+    instruct: bool = True,
 ) -> dict[str, Any]:
     """The user turn that asks ``spec`` about one scan, exactly as instruction sets phrase it.
 
     Use it at inference (zero-shot ``predict``, evaluation) so a model is asked the way it was tuned: a seeded
     paraphrase, the options listed in a seeded order (``options`` default: the task's own, e.g. regression
     bins or threshold answers; pass the bound answer map's options for phenotype tasks), the descriptor text
-    first in the ``brain_descriptors`` paradigm, no instruction in the ``open`` paradigm.
+    first in the ``brain_descriptors`` paradigm, no instruction in the ``open`` paradigm. ``instruct=False``
+    asks the question alone, as a user in a chat does (`build_instructions`' ``bare_questions``).
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     bound = BoundTask(spec, options=list(options if options is not None else spec.options()))
@@ -308,7 +310,7 @@ def question_message(
                 fix="pass descriptor_text (fmrilm.descriptors ReferenceStats.describe) or use paradigm 'brain'",
             )
         user.append(_text(f"{DESCRIPTOR_HEADER} {descriptor_text}"))
-    user.append(_text(_question(bound, rng, instruct=paradigm != "open")))
+    user.append(_text(_question(bound, rng, instruct=instruct and paradigm != "open")))
     return {"role": "user", "content": user}
 
 
@@ -332,6 +334,7 @@ def build_instructions(
     seed: int = 0,
     cohort_file: Any = None,
     signal_config: Any = None,
+    bare_questions: float = 0.0,
 ) -> tuple[Any, dict[str, Any]]:
     """Build the instruction rows of ``cohort`` for ``tasks``; returns ``(datasets.Dataset, meta)``.
 
@@ -339,12 +342,19 @@ def build_instructions(
     an integer N (N windows per scan, drawn with the seed). With a descriptor corpus, the windows are the
     corpus's (its whole-scan descriptor, window -1, for ``"whole"``); without one they are counted with
     ``signal_config`` (the model's :class:`fmrilm.signal.SignalConfig`, default settings when None).
-    ``paradigms`` restricts the YAMLs' lists.
+    ``paradigms`` restricts the YAMLs' lists. ``bare_questions``: the share of ``brain`` and ``followup`` rows
+    (a seeded draw per row) whose question comes without the answer instruction ("Answer with one of: ..."),
+    the way people ask in a chat, so a tuned model answers the question asked and not only its listed form.
     """
     import datasets
 
     if not tasks:
         raise FmriInputError("No task given", fix="pass --tasks sex,age,... (or 'all')")
+    if not 0.0 <= float(bare_questions) <= 1.0:
+        raise FmriInputError(
+            f"bare_questions must be a share from 0 to 1, got {bare_questions}",
+            fix="give e.g. 0.5 (or 0 for none)",
+        )
     unknown = sorted(set(paradigms or []) - set(PARADIGMS))
     if unknown:
         raise FmriInputError(f"Unknown paradigm(s) {unknown}", fix=f"use {', '.join(PARADIGMS)}")
@@ -432,6 +442,7 @@ def build_instructions(
                         window=window,
                         descriptor_text=desc,
                         seed=rng,
+                        instruct=not _bare(bare_questions, paradigm, seed, scan_id, window, spec.name),
                     )["content"]
                     reply = _answer_text(b, answer, paradigm, rng)
                     if followup and paradigm == "brain":
@@ -445,7 +456,8 @@ def build_instructions(
                 rng = _rng(seed, scan_id, window, b.spec.name, "followup")
                 first = [t for j, t in enumerate(turns) if j != k][int(rng.integers(len(turns) - 1))]
                 history = [first[1], {"role": "assistant", "content": [_text(first[2])]}]
-                user = [_text(_question(b, rng))]  # the scan is already in the chat: a question alone
+                bare = _bare(bare_questions, "followup", seed, scan_id, window, b.spec.name)
+                user = [_text(_question(b, rng, instruct=not bare))]  # the scan is already in the chat
                 rows.append(
                     _row(base, window, b.spec, "followup", user, reply, answer, b.options, value, [], history)
                 )
@@ -489,6 +501,7 @@ def build_instructions(
         "seed": int(seed),
         "windows": windows,
         "paradigms": sorted(wanted),
+        "bare_questions": float(bare_questions),
         "tasks": {
             b.spec.name: {
                 "type": b.spec.type,
@@ -505,6 +518,14 @@ def build_instructions(
         "descriptors": None if descriptors is None else descriptors.source,
     }
     return dataset, meta
+
+
+def _bare(share: float, paradigm: str, seed: int, scan_id: str, window: Any, task: str) -> bool:
+    """Whether this row asks its question without the answer instruction: a draw of its own, so the rows
+    and their wording stay as they were with ``share`` 0."""
+    if share <= 0 or paradigm not in ("brain", "followup"):
+        return False
+    return bool(_rng(seed, scan_id, window, task, paradigm, "bare").random() < share)
 
 
 def _row(

@@ -9,7 +9,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fmrilm.safety import nonnegative_int
+    from fmrilm.safety import nonnegative_int, share
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser(
@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--paradigms", help="restrict to some of brain,brain_descriptors,multi,open,followup")
     build.add_argument("--max-multi", type=int, default=3, help="most questions in one multi-question turn")
+    build.add_argument(
+        "--bare-questions",
+        type=share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of brain and followup rows asked without 'Answer with one of: ...', as people ask in a "
+        "chat (default 0)",
+    )
     sub.add_parser(
         "list", help="List the built-in tasks.", description="List the built-in tasks: name, type, source."
     )
@@ -114,6 +122,7 @@ def _build(args: argparse.Namespace) -> int:
         max_multi=args.max_multi,
         seed=args.seed,
         cohort_file=args.cohort,
+        bare_questions=args.bare_questions,
     )
     meta["cohort_dir"] = str(args.cohort)
     meta["split_name"] = args.split

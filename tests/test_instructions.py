@@ -433,3 +433,35 @@ def test_followup_rows_ask_a_second_question_about_the_same_scan_in_a_later_turn
     assert first_tasks == set(tasks)  # the first question varies
     alone, _ = build_instructions(cohort, [tasks["sex"]], seed=0, paradigms=["brain", "followup"])
     assert set(alone["paradigm"]) == {"brain"}  # one task: nothing to follow up
+
+
+def _last_question(row) -> str:
+    return json.loads(row["messages"])[-2]["content"][-1]["text"]
+
+
+def test_bare_questions_ask_a_share_of_rows_as_a_chat_user_would():
+    """With ``bare_questions`` a seeded share of brain and followup rows asks the question alone (no "Answer with
+    one of: ..."), so the tuned model learns to answer the question a user types; the answers stay the same and
+    with share 0 every row is as before, word for word."""
+    cohort = toy_cohort(n=24)
+    tasks = {t.name: t for t in load_tasks("sex,diagnosis")}
+    kwargs = {"seed": 0, "paradigms": ["brain", "followup"]}
+    plain, _ = build_instructions(cohort, list(tasks.values()), **kwargs)
+    zero, _ = build_instructions(cohort, list(tasks.values()), bare_questions=0.0, **kwargs)
+    assert list(zero["messages"]) == list(plain["messages"])
+    every, meta = build_instructions(cohort, list(tasks.values()), bare_questions=1.0, **kwargs)
+    assert meta["bare_questions"] == 1.0
+    assert list(every["answer"]) == list(plain["answer"]) and list(every["label"]) == list(plain["label"])
+    for row in every:
+        assert _last_question(row) in tasks[row["task"]].questions  # a paraphrase as written, nothing added
+    half, _ = build_instructions(cohort, list(tasks.values()), bare_questions=0.5, **kwargs)
+    bare = [_last_question(r) in tasks[r["task"]].questions for r in half]
+    assert 0.3 < np.mean(bare) < 0.7
+    with pytest.raises(FmriInputError, match="bare_questions must be a share from 0 to 1"):
+        build_instructions(cohort, list(tasks.values()), bare_questions=1.5, **kwargs)
+
+
+def test_bare_questions_flag_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["instructions", "build", "c", "--out", str(tmp_path / "o"), "--bare-questions", "2"])
+    assert "argument --bare-questions:" in capsys.readouterr().err
