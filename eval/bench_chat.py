@@ -1,13 +1,13 @@
-"""Does the chat answer the descriptor questions from the scan? The demo's chat rates on any model and split.
+"""Does the chat answer the question asked, from the scan? The demo's chat rates on any model and split.
 
     python -m fmrilm.eval.bench_chat --model DIR --cohort DIR --instructions DIR [--split leave-sites-out]
         [--scans 60] [--seed 0] [--threads 2]
 
-Each descriptor question the demo asks (most strongly coupled network pair, modularity higher or lower) is put
-to ``--scans`` scans of the split's test part (drawn by ``--seed``) in a fresh greedy chat, and the second one
-again as the next turn of the first one's chat; each rate is printed next to always giving the training rows'
-most frequent answer, with how often the answer is one of the question's answers at all
-(`fmrilm.eval.demo.descriptor_rates`). BENCHMARKS.md, "Stage-3 recipe, chosen on validation sites", ran it on a
+Each question the demo's chat asks (most strongly coupled network pair, modularity higher or lower, the
+diagnostic group; worded as a user asks, without an answer list) is put to ``--scans`` scans of the split's
+test part (drawn by ``--seed``) in a fresh greedy chat, and every one after the first again as the next turn of
+the first one's chat; each rate is printed next to always giving the training rows' most frequent answer, with
+how often the answer is one of the question's answers at all (`fmrilm.eval.demo.descriptor_rates`). BENCHMARKS.md, "Stage-3 recipe, chosen on validation sites", ran it on a
 split whose test part is three training sites held out of Stage 3.
 """
 
