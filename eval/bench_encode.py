@@ -27,11 +27,13 @@ ABIDE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide"
 def _projection_outside_limit(connectome, scan):
     """The connectome tokens as computed before: tangent vectors under one BLAS thread, the PCA projection
     (1 x 19,900 by 19,900 x 256) on every BLAS thread."""
-    from fmrilm.tokenizer.connectome import one_blas_thread
+    from fmrilm.tokenizer.connectome import ConnectomeTokens, one_blas_thread
 
     with one_blas_thread():
         vector = connectome.tangent_vector(connectome.reference_timeseries(scan))
-    return connectome.quantize(connectome.components_of(vector[None]).astype(np.float32))
+    z = connectome.components_of(vector[None]).astype(np.float32)
+    codes, _ = connectome.quantize(z)
+    return ConnectomeTokens(codes=codes[0], values=z[0].reshape(connectome.config.num_tokens, -1))
 
 
 def time_paths(tokenizer, scans, rounds: int) -> dict[str, float]:

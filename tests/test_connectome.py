@@ -425,3 +425,36 @@ def test_stage3_skips_window_codes_when_only_connectome_tokens_are_shown(model, 
         }
 
     assert not asks_for_windows(rows(None)) and asks_for_windows(rows(2))
+
+
+def test_components_follow_the_fitted_axes_after_a_reload(fitted):
+    """The float64 PCA axes are converted once and reused: a tokenizer whose weights are replaced (a loaded
+    state, an in-place change) must project with the new axes, exactly as a fresh float64 product would."""
+    tok, scans = fitted
+    before = tok.continuous(scans[:3])
+    vectors = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans[:3]])
+    direct = (vectors - tok.pca_mean.numpy()) @ tok.pca_components.numpy().astype(np.float64).T
+    np.testing.assert_array_equal(before, (direct / tok.component_divisor()).astype(np.float32))
+    other = ConnectomeTokenizer(tok.config, tok.reference_coords.numpy(), n_features=vectors.shape[1])
+    state = {k: v.clone() for k, v in tok.state_dict().items()}
+    state["pca_components"] = -state["pca_components"]
+    other.load_state_dict(state)
+    np.testing.assert_allclose(other.continuous(scans[:3]), -before, rtol=1e-5, atol=1e-6)
+    tok.pca_components.mul_(-1.0)
+    try:
+        np.testing.assert_allclose(tok.continuous(scans[:3]), -before, rtol=1e-5, atol=1e-6)
+    finally:
+        tok.pca_components.mul_(-1.0)
+    np.testing.assert_array_equal(tok.continuous(scans[:3]), before)
+
+
+def test_the_encoding_benchmark_times_the_same_tokens_both_ways(fitted):
+    """`bench_encode` compares the projection inside and outside the one-BLAS-thread block: both must give the
+    tokens `encode` gives, or its ratio would compare different work."""
+    from fmrilm.eval.bench_encode import _projection_outside_limit
+
+    tok, scans = fitted
+    for scan in scans[:3]:
+        before, now = _projection_outside_limit(tok, scan), tok.encode(scan)
+        np.testing.assert_array_equal(before.codes, now.codes)
+        np.testing.assert_allclose(before.values, now.values, rtol=1e-6, atol=1e-7)
