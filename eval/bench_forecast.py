@@ -308,9 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.signal import resample
 
     warnings.filterwarnings("ignore", category=UserWarning)
-    if args.horizon < 1 or args.context_s <= 0 or args.threads < 1:
-        print("--horizon and --threads must be at least 1 and --context-s positive", file=sys.stderr)
-        return 2
     abide = Path(args.abide)
     if not (abide / "phenotypes.csv").exists():
         print(f"ABIDE folder not found at {abide}", file=sys.stderr)

@@ -156,8 +156,8 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(),
     #: The cpu recipe with every phenotype task (autism, sex, age) and three times the Stage-3 steps: 300 steps
     #: of 16, the three phenotype tasks two shares each and the two descriptor questions one (about two passes
-    #: over the 549 training scans per phenotype task), evaluated on all three: 31.7 minutes on an idle 2-core
-    #: Xeon (BENCHMARKS.md, "The `full` preset").
+    #: over the 549 training scans per phenotype task), evaluated on all three: 29.4-31.7 minutes on an idle
+    #: 2-core Xeon (BENCHMARKS.md, "The `full` preset").
     "full": Preset(
         abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
         instruct_steps=300,

@@ -336,23 +336,10 @@ def result_to_record(r: Any) -> dict[str, Any]:
 
 
 def result_from_record(record: dict[str, Any]) -> Any:
+    """A stored run's result, unscored (its metrics are computed with the rest of the report)."""
     from fmrilm.eval.report import MethodResult
 
-    score = record.get("y_score")
-    return MethodResult(
-        method=record["method"],
-        task=record["task"],
-        task_type=record["task_type"],
-        y_true=list(record["y_true"]),
-        y_pred=list(record["y_pred"]),
-        y_score=None if score is None else np.asarray(score, dtype=float),
-        classes=record.get("classes"),
-        part=record.get("part", "test"),
-        subject_ids=record.get("subject_ids"),
-        shots=record.get("shots"),
-        seed=record.get("seed"),
-        info=dict(record.get("info") or {}),
-    )
+    return MethodResult.from_dict({**record, "metrics": {}})
 
 
 # ------------------------------------------------------------------------------------------------ few-shot

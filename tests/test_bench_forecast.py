@@ -138,8 +138,8 @@ def test_the_model_forecasts_from_the_context_alone_at_the_native_tr():
 def test_bad_settings_get_one_clear_error_before_any_data_is_read(bad, tmp_path, capsys):
     from fmrilm.eval.bench_forecast import main
 
-    assert (
-        main(["--abide", str(tmp_path), *bad]) == 2
-    )  # tmp_path holds no ABIDE: the settings are checked first
+    with pytest.raises(SystemExit) as exc:  # tmp_path holds no ABIDE: the settings are checked first
+        main(["--abide", str(tmp_path), *bad])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "must be at least 1" in err and "ABIDE folder" not in err
+    assert f"argument {bad[0]}:" in err and "e.g." in err and "ABIDE folder" not in err
