@@ -7,8 +7,9 @@ Each question the demo's chat asks (most strongly coupled network pair, modulari
 diagnostic group; worded as a user asks, without an answer list) is put to ``--scans`` scans of the split's
 test part (drawn by ``--seed``) in a fresh greedy chat, and every one after the first again as the next turn of
 the first one's chat; each rate is printed next to always giving the training rows' most frequent answer, with
-how often the answer is one of the question's answers at all (`fmrilm.eval.demo.descriptor_rates`). BENCHMARKS.md, "Stage-3 recipe, chosen on validation sites", ran it on a
-split whose test part is three training sites held out of Stage 3.
+how often the answer is one of the question's answers at all (`fmrilm.eval.demo.descriptor_rates`).
+BENCHMARKS.md, "Stage-3 recipe, chosen on validation sites", ran it on a split whose test part is three
+training sites held out of Stage 3.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.0-14.9 minutes on an idle 2-core Xeon at two
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.0 minutes on an idle 2-core Xeon at two
 threads; Stage 3 100 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
-of them, half of every task's rows a chat's second question, prompts with the scan summary, one connectome token
-and an empty system turn; autism AUC 0.597 on its held-out sites, FC 0.668). ``full`` adds sex and age and
-triples Stage 3 (31.7 minutes on the same machine); ``gpu`` is the GPU-sized recipe.
+of them, half of every task's rows a chat's second question and half asked without the answer list, prompts
+with the scan summary, one connectome token and an empty system turn; autism AUC 0.607 on its held-out sites,
+FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the same machine); ``gpu`` is
+the GPU-sized recipe.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fmrilm.errors import FmriInputError
 from fmrilm.safety import positive_int
 
 #: The figures printed per fold and pooled, by task type (the report has all metrics).
@@ -38,8 +39,6 @@ CAVEAT = (
 def report_files(paths: list[str | Path]) -> dict[Path, int]:
     """The ``report.json`` files that RUN arguments name, in the order given, each with the number of its RUN
     (a demo folder is one run with a report per task)."""
-    from fmrilm.errors import FmriInputError
-
     files: dict[Path, int] = {}
     for number, given in enumerate(paths, start=1):
         path = Path(given)
@@ -74,8 +73,6 @@ def load_results(file: Path) -> list[Any]:
     """Every result of one report, with its predictions."""
     from fmrilm.eval.report import MethodResult
 
-    from fmrilm.errors import FmriInputError
-
     try:
         record = json.loads(file.read_text())
         results = [MethodResult.from_dict(r) for r in record["results"]]
@@ -103,8 +100,6 @@ def pool_runs(
     """Pooled results of every (task, method, protocol, shots, seed) that two or more runs have; also each
     pooled key's per-run results and the keys left out (held by one run only)."""
     from fmrilm.eval.report import MethodResult
-
-    from fmrilm.errors import FmriInputError
 
     groups: dict[tuple, list[tuple[Path, Any]]] = defaultdict(list)
     for file, results in runs.items():
@@ -191,8 +186,6 @@ def run(args: argparse.Namespace) -> int:
     files = report_files(args.runs)
     runs = {f: load_results(f) for f in files}
     pooled, parts, single = pool_runs(runs)
-    from fmrilm.errors import FmriInputError
-
     if not pooled:
         raise FmriInputError(
             "No method is in two or more of the reports, so nothing can be pooled",
@@ -220,8 +213,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fmrilm.errors import FmriInputError
-
     parser = argparse.ArgumentParser(prog="python -m fmrilm.eval.pool", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN", help="report.json, its folder, or a demo folder")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder of the pooled report")

@@ -275,9 +275,8 @@ class ConnectomeTokenizer(nn.Module):
     def continuous(self, scans: Sequence[Any] | Any) -> np.ndarray:
         """Components ``(N, components)`` of scans: what the quantizer quantizes and soft tokens read."""
         scans = [scans] if hasattr(scans, "timeseries") else list(scans)
-        with (
-            one_blas_thread()
-        ):  # the projection too: OpenBLAS threads left spinning slowed torch's next ops 3x
+        # the projection too: OpenBLAS threads left spinning after it slowed torch's next operations 3-4x
+        with one_blas_thread():
             vectors = [self.tangent_vector(self.reference_timeseries(s)) for s in scans]
             return self.components_of(np.stack(vectors)).astype(np.float32)
 
