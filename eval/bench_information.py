@@ -138,6 +138,8 @@ def untrained_model(connectome: Any, base: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fmrilm.tokenizer.connectome import ConnectomeConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="base LLM for the untrained LLM rows (default SmolLM2)")
     parser.add_argument("--tasks", default="diagnosis,sex,age")
     parser.add_argument("--connectome-tokens", type=positive_int, default=32)
-    parser.add_argument("--connectome-components", type=positive_int, default=256)
+    parser.add_argument("--connectome-components", type=positive_int, default=ConnectomeConfig.components)
     parser.add_argument("--no-llm", action="store_true", help="skip the LLM rows")
     parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads for the LLM rows")
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmrilm.instructions.spec import load_task
 
     from fmrilm.splits import leave_sites_out_split
-    from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer, ConnectomeTokens
+    from fmrilm.tokenizer.connectome import ConnectomeTokenizer, ConnectomeTokens
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -245,16 +247,43 @@ def report(runs: dict[tuple[str, str], list[Any]], tasks: dict[str, Any]) -> dic
                 kind, p.y_true, y_score=p.y_score, classes=p.classes, y_pred=p.y_pred, n_boot=0
             )
         keys = ["auc", "balanced_accuracy"] if "auc" in pooled[rows[0]] else ["mae", "pearson_r"]
+        per_fold = {row: fold_values(runs[(name, row)], keys[0]) for row in rows}
         n = sum(r.n for r in runs[(name, rows[0])])
-        print(f"\n{name}: out-of-site predictions pooled over folds (n = {n})")
-        print(f"{'representation':24s} " + " ".join(f"{k:>18s}" for k in keys) + "   ratio to FC")
+        print(f"\n{name}: out-of-site predictions pooled over folds (n = {n}); {keys[0]} per fold")
+        print(
+            f"{'representation':38s} "
+            + " ".join(f"{k:>18s}" for k in keys)
+            + "   ratio to FC"
+            + (f"   {keys[0]} per fold (mean)" if len(per_fold[rows[0]]) > 1 else "")
+        )
         base = pooled["fisher_z_fc"][keys[0]]["value"]
         for row in rows:
             vals = [pooled[row][k]["value"] for k in keys]
             ratio = vals[0] / base if keys[0] != "mae" else base / vals[0]
-            print(f"{row:24s} " + " ".join(f"{v:18.3f}" for v in vals) + f"   {ratio:.3f}")
-            figures[f"{name}/{row}"] = {k: pooled[row][k]["value"] for k in keys} | {"ratio_to_fc": ratio}
+            folds = per_fold[row]
+            line = f"{row:38s} " + " ".join(f"{v:18.3f}" for v in vals) + f"   {ratio:11.3f}"
+            if len(folds) > 1:
+                line += "   " + " ".join(f"{v:.2f}" for v in folds) + f" ({np.mean(folds):.3f})"
+            print(line)
+            figures[f"{name}/{row}"] = {k: pooled[row][k]["value"] for k in keys} | {
+                "ratio_to_fc": ratio,
+                f"{keys[0]}_per_fold": folds,
+            }
     return figures
+
+
+def fold_values(results: list[Any], metric: str) -> list[float]:
+    """``metric`` of each fold's out-of-site predictions on their own: pooling folds mixes their probes' score
+    scales (a strongly regularized probe's offset moves from fold to fold), so a row can rank scans well
+    within every fold and still pool poorly; the per-fold figures show which."""
+    from fmrilm.eval.metrics import evaluate
+
+    values = []
+    for r in results:
+        kind = "regression" if r.task_type == "regression" else "classification"
+        figures = evaluate(kind, r.y_true, y_score=r.y_score, classes=r.classes, y_pred=r.y_pred, n_boot=0)
+        values.append(float(figures[metric]["value"]))
+    return values
 
 
 if __name__ == "__main__":

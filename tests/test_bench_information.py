@@ -54,3 +54,37 @@ def test_ladder_rows_are_the_summary_input_and_the_answer_position_state():
             inputs_embeds=embeds, attention_mask=batch["attention_mask"], output_hidden_states=True
         )
     np.testing.assert_allclose(again["llm_hidden_last"][0], out.hidden_states[-1][0, -1].numpy(), atol=1e-5)
+
+
+def test_per_fold_auc_is_each_folds_own_and_shows_what_pooling_hides():
+    """Two folds that each rank their scans perfectly, with offset scores: pooled AUC falls below 1, each
+    fold's own AUC (the ladder's per-fold column) stays 1 and equals scikit-learn's on that fold alone."""
+    from fmrilm.eval.bench_information import fold_values
+    from fmrilm.eval.report import MethodResult
+    from sklearn.metrics import roc_auc_score
+
+    classes = ["control", "patient"]
+    folds = []
+    for k, offset in enumerate((0.0, 0.45)):
+        truth = np.array(["control", "patient"] * 5)
+        p = np.where(truth == "patient", 0.5, 0.1) + offset + np.linspace(0, 0.04, 10)
+        score = np.stack([1 - p, p], axis=1)
+        folds.append(
+            MethodResult(
+                method="probe",
+                task="diagnosis",
+                task_type="binary",
+                y_true=truth.tolist(),
+                y_pred=np.asarray(classes)[score.argmax(1)].tolist(),
+                y_score=score,
+                classes=classes,
+                subject_ids=[f"s{k}-{i}" for i in range(10)],
+            )
+        )
+    values = fold_values(folds, "auc")
+    assert values == [
+        roc_auc_score(np.asarray(f.y_true) == "patient", np.asarray(f.y_score)[:, 1]) for f in folds
+    ]
+    assert values == [1.0, 1.0]
+    pooled = MethodResult.pooled(folds)
+    assert roc_auc_score(np.asarray(pooled.y_true) == "patient", np.asarray(pooled.y_score)[:, 1]) < 0.9
