@@ -1,7 +1,7 @@
 """Whitened or not: how the connectome components should be scaled for a learner that sees them as they are.
 
     python -m fmrilm.eval.bench_components [--abide ../shared/data/abide] [--folds 5] [--tasks diagnosis,sex]
-        [--passes 1,3] [--top 32,64,128,256] [--seeds 3] [--exclude-sites A,B] [--json OUT]
+        [--passes 1,3] [--top 32,64,128,256] [--components N] [--seeds 3] [--exclude-sites A,B] [--json OUT]
 
 The LLM reads the connectome tokenizer's PCA components through a linear map trained by a few Adam passes,
 starting from random: nothing rescales them first. Whitening (each component divided by its own SD, the
@@ -16,7 +16,8 @@ This benchmark scores two learners that see the scale, on each leave-sites-out f
 (tokenizer fitted on the fold's training sites only): L2 logistic regression on the components as given (C by
 site-grouped CV inside the training sites), and minibatch Adam logistic regression from zero, class-balanced batches of 16, ``--passes`` passes at lr 3e-3 (what one Stage-3 pass resembles),
 averaged over ``--seeds``; each scaling also reading only the leading ``--top`` components (the scan summary's
-``scan_summary_components``). Out-of-site AUC per fold, and the mean over folds.
+``scan_summary_components``; ``--top`` counts above ``--components`` are skipped). Out-of-site AUC per fold, and
+the mean over folds.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         default="32,64,128,256",
         help="leading components read (each scaling)",
     )
+    parser.add_argument(
+        "--components",
+        type=positive_int,
+        default=None,
+        help="PCA components fitted (default: the tokenizer's, lowered to a multiple of 32 below each fold's "
+        "training scans, as Stage 1 lowers it)",
+    )
     parser.add_argument("--seeds", type=positive_int, default=3, help="Adam runs per fold, averaged")
     parser.add_argument(
         "--exclude-sites",
@@ -130,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     for k, test_sites in enumerate(site_folds(table, args.folds, args.seed)):
         t0 = time.perf_counter()
         split = leave_sites_out_split(cohort, test_sites=test_sites)
-        tok = ConnectomeTokenizer.fit([scans[i] for i in split["train"]], ConnectomeConfig(seed=args.seed))
+        config = ConnectomeConfig(seed=args.seed)
+        room = (len(split["train"]) - 1) // config.num_tokens * config.num_tokens
+        wanted = args.components or min(config.components, room)
+        if wanted > room:
+            parser.error(f"--components {wanted}: fold {k + 1} has {len(split['train'])} training scans")
+        config = ConnectomeConfig(components=wanted, seed=args.seed)
+        tok = ConnectomeTokenizer.fit([scans[i] for i in split["train"]], config)
         with one_blas_thread():
             tangent = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
         whitened = tok.components_of(tangent)  # the default config whitens
@@ -140,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, (y, known) in labels.items():
             tr, te = train[known[train]], test[known[test]]
             variants = [
-                (n, t, Z) for n, Z in (("whitened", whitened), ("relative variance", kept)) for t in tops
+                (n, t, Z)
+                for n, Z in (("whitened", whitened), ("relative variance", kept))
+                for t in tops
+                if t <= Z.shape[1]
             ]
             for scaling, top, Z in variants:
                 Z = Z[:, :top]
@@ -153,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                     runs = s if isinstance(s, list) else [s]
                     auc = float(np.mean([roc_auc_score(y[te], r) for r in runs]))
                     results.setdefault(key, {}).setdefault(learner, []).append(auc)
-        print(f"fold {k + 1} ({','.join(test_sites)}): {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"fold {k + 1} ({','.join(test_sites)}): {len(train)} training scans, {wanted} components, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     print("\nout-of-site AUC: mean over folds (per fold)")
     for key, learners in results.items():
         for learner, aucs in learners.items():

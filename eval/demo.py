@@ -116,6 +116,10 @@ class Preset:
     eval_tasks: tuple[str, ...] = ("diagnosis",)
     device_args: list[str] = field(default_factory=list)
     connectome_tokens: int = 32
+    #: tangent-FC PCA components the connectome tokens and the scan summary carry (Stage 1 lowers it when the
+    #: training scans support fewer): 384, each token 12 of them (BENCHMARKS.md, "Connectome components: how
+    #: many")
+    connectome_components: int = 384
     #: the real ABIDE scans join when their folder exists (the tiny preset stays simulated: seconds, not minutes)
     use_abide: bool = True
 
@@ -426,6 +430,7 @@ class Demo:
             ]
             + ["--steps", str(self.p.tokenizer_steps), "--text-pooling", self.p.text_pooling]
             + ["--connectome-tokens", str(self.p.connectome_tokens)]
+            + ["--connectome-components", str(self.p.connectome_components)]
             + (["--llm", self.base] if self.base else [])
             + self.common(),
             done=Path(tok) / "config.json",

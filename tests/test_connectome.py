@@ -458,3 +458,19 @@ def test_the_encoding_benchmark_times_the_same_tokens_both_ways(fitted):
         before, now = _projection_outside_limit(tok, scan), tok.encode(scan)
         np.testing.assert_array_equal(before.codes, now.codes)
         np.testing.assert_allclose(before.values, now.values, rtol=1e-6, atol=1e-7)
+
+
+def test_command_line_and_demo_default_components_are_the_tokenizers_default():
+    """`train tokenizer` and the demo presets spell the default component count out (their parsers stay free of
+    torch imports); a change to `ConnectomeConfig` must reach them."""
+    import argparse
+
+    from fmrilm.eval.demo import PRESETS
+    from fmrilm.train.stage1 import add_arguments, config_from_args
+
+    default = ConnectomeConfig().components
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--cohort", "c", "--out", "o"])
+    assert config_from_args(args).connectome["components"] == default
+    assert all(p.connectome_components == default for p in PRESETS.values())

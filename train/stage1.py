@@ -769,8 +769,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--connectome-components",
         type=positive_int,
-        default=256,
-        help="tangent-FC PCA components the connectome tokens carry (a multiple of --connectome-tokens)",
+        default=384,
+        help="tangent-FC PCA components the connectome tokens and the scan summary carry (a multiple of "
+        "--connectome-tokens; lowered when the training scans support fewer)",
     )
     p.add_argument("--connectome-levels", type=positive_int, default=4, help="residual quantizer levels")
     p.add_argument(

@@ -42,7 +42,12 @@ class ConnectomeConfig:
     """Sizes of the connectome tokenizer; ``components`` must be a multiple of ``num_tokens``."""
 
     num_tokens: int = 32
-    components: int = 256
+    #: 384 rather than 256: on the four development-site folds more components read sex better (L2 probe AUC
+    #: 0.740 at 256, 0.762 at 352; autism 0.710 / 0.709), the scan summary's sex reading on the five ladder
+    #: folds rose from 0.90 to 0.97 of FC's, and an end-to-end demo on the validation fold read autism better
+    #: (BENCHMARKS.md, "Connectome components: how many"). Stage 1 lowers it when the training scans support
+    #: fewer (a PCA keeps at most one fewer component than scans).
+    components: int = 384
     codebook_size: int = 256
     num_levels: int = 4
     kernel_sigma_mm: float = 4.0
@@ -64,7 +69,7 @@ class ConnectomeConfig:
         if self.components % self.num_tokens:
             raise FmriInputError(
                 f"Connectome components ({self.components}) must be a multiple of num_tokens ({self.num_tokens})",
-                fix="choose e.g. components=256 with num_tokens=32",
+                fix="choose e.g. components=384 with num_tokens=32",
             )
         if not self.kernel_sigma_mm > 0:
             raise FmriInputError(
