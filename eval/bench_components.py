@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         split = leave_sites_out_split(cohort, test_sites=test_sites)
         config = ConnectomeConfig(seed=args.seed)
-        room = (len(split["train"]) - 1) // config.num_tokens * config.num_tokens
+        room = config.components_supported(len(split["train"]))
         wanted = args.components or min(config.components, room)
         if wanted > room:
             parser.error(f"--components {wanted}: fold {k + 1} has {len(split['train'])} training scans")

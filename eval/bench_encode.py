@@ -26,7 +26,7 @@ ABIDE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abide"
 
 def _projection_outside_limit(connectome, scan):
     """The connectome tokens as computed before: tangent vectors under one BLAS thread, the PCA projection
-    (1 x 19,900 by 19,900 x 256) on every BLAS thread."""
+    (1 x 19,900 by 19,900 x components) on every BLAS thread."""
     from fmrilm.tokenizer.connectome import ConnectomeTokens, one_blas_thread
 
     with one_blas_thread():

@@ -619,7 +619,7 @@ def _fit_connectome(cohorts: list[Any], cfg: Stage1Config, progress: bool = Fals
     scans = [c.scan(i) for c in cohorts for i in range(len(c))]
     settings = {"num_tokens": cfg.connectome_tokens, "seed": cfg.seed, **cfg.connectome}
     config = ConnectomeConfig(**settings)
-    room = (len(scans) - 1) // config.num_tokens * config.num_tokens
+    room = config.components_supported(len(scans))
     if room < config.components:
         if room < config.num_tokens:
             logger.warning(

@@ -76,6 +76,11 @@ class ConnectomeConfig:
                 f"kernel_sigma_mm must be positive, got {self.kernel_sigma_mm}", fix="give e.g. 4.0"
             )
 
+    def components_supported(self, n_scans: int) -> int:
+        """The most components ``n_scans`` training scans support as tokens: a PCA keeps at most one fewer
+        component than scans, and the count must be a multiple of ``num_tokens`` (0: too few scans)."""
+        return (int(n_scans) - 1) // self.num_tokens * self.num_tokens
+
     @property
     def group_dim(self) -> int:
         return self.components // self.num_tokens
