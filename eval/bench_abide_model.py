@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from fmrilm.eval.evaluate import CODE_FEATURES
 
 from fmrilm.safety import nonnegative_int, positive_float, positive_int
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--full-steps", type=positive_int, default=200, help="optimizer steps of the full fine-tune"
     )
-    parser.add_argument("--code-features", default="latents", choices=("latents", "histogram"))
+    parser.add_argument("--code-features", default="auto", choices=CODE_FEATURES)
     parser.add_argument("--threads", type=positive_int, default=1, help="torch and BLAS threads")
     parser.add_argument("--n-boot", type=positive_int, default=1000)
     parser.add_argument("--out", default="bench_abide_model", help="reports (per fold and pooled)")

@@ -101,7 +101,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--score-batch-size", type=positive_int, default=d.batch_size_scoring)
     p.add_argument(
-        "--code-features", choices=CODE_FEATURES, default=d.code_features, help="code-probe features"
+        "--code-features",
+        choices=CODE_FEATURES,
+        default=d.code_features,
+        help="what the code probe reads: the connectome tokens' values (what the LLM receives; 'auto' when the "
+        "model has them), the window latents ('auto' otherwise) or the window codes' histogram",
     )
     p.add_argument("--no-few-shot-baselines", action="store_true", help="skip FC/code probes on the k shots")
     p.add_argument("--covariates", default=",".join(d.covariates), help="demographics baseline columns")

@@ -56,7 +56,8 @@ logger = logging.getLogger("fmrilm.eval")
 SPLIT_KINDS = ("leave-sites-out", "stratified")
 #: where few-shot subjects are drawn from: the train part (default) or the test part (scored on the rest)
 FEW_SHOT_FROM = ("train", "test")
-CODE_FEATURES = ("latents", "histogram")
+#: what the code probe reads: "auto" is "connectome" for a tokenizer with connectome tokens, else "latents"
+CODE_FEATURES = ("auto", "connectome", "latents", "histogram")
 DEFAULT_SHOTS = (0, 2, 4, 8, 16)
 #: Settings that do not change any number in the report (a resumed run may differ in them).
 NOT_RESULT_SETTINGS = ("out", "progress", "threads", "keep_work", "batch_size_scoring", "device")
@@ -101,7 +102,7 @@ class EvalConfig:
     normalize: str = "sum"
     batch_size_scoring: int = 8
     # baselines
-    code_features: str = "latents"
+    code_features: str = "auto"
     few_shot_baselines: bool = True
     #: tangent-space FC + logistic/ridge next to Fisher-z FC (reference fitted on the train part only)
     tangent_baseline: bool = True
@@ -235,27 +236,44 @@ def write_split_file(path: Path, cohort: Any, split: dict[str, list[int]], how: 
 
 
 # --------------------------------------------------------------------------------------------- code features
-def code_features(
-    fmri_tokenizer: Any, cohort: Any, kind: str = "latents", progress: bool = False
-) -> np.ndarray:
+def resolve_code_features(kind: str, fmri_tokenizer: Any) -> str:
+    """``kind`` with "auto" made concrete: the connectome tokens' values when the tokenizer has them (what the
+    scan summary and the soft connectome tokens carry into the LLM), else the window latents."""
+    if kind not in CODE_FEATURES:
+        raise FmriInputError(f"Unknown code features '{kind}'", fix=f"use one of {', '.join(CODE_FEATURES)}")
+    if kind != "auto":
+        return kind
+    return "connectome" if getattr(fmri_tokenizer, "connectome", None) is not None else "latents"
+
+
+def code_features(fmri_tokenizer: Any, cohort: Any, kind: str = "auto", progress: bool = False) -> np.ndarray:
     """One row per scan summarising the model's tokenizer output, for the linear code probe.
 
+    ``connectome``: the continuous values of the scan's connectome tokens, ``(n_scans, M * group_dim)``: the
+    numbers the LLM reads through the scan summary and the soft tokens, so the probe says how much of the
+    scan a linear reader gets from the LLM's own input (and it costs a fifth of the window encoding);
     ``latents``: the quantized latents of each window (``FmriTokenizerModel.embed``) averaged over the scan's
     windows, ``(n_scans, hidden)``; ``histogram``: the frequency of each code over the scan's windows and
     latent slots, ``(n_scans, codebook_size)``. The windows are those the model reads (a mostly-padded end
-    window is dropped, as the processor does). Both are fixed per-scan transforms: nothing is fitted here.
+    window is dropped, as the processor does). ``auto``: `resolve_code_features`. All are fixed per-scan
+    transforms: nothing is fitted here.
     """
     import torch
 
     from fmrilm.model.processing import valid_windows
     from fmrilm.progress import progress as show_progress
 
-    if kind not in CODE_FEATURES:
-        raise FmriInputError(f"Unknown code features '{kind}'", fix=f"use one of {', '.join(CODE_FEATURES)}")
     if fmri_tokenizer is None:
         raise FmriInputError(
             "The model has no fMRI tokenizer, so scans cannot be encoded",
             fix="evaluate a model saved with its fmri_tokenizer subfolder (Stage 2 or 3 output)",
+        )
+    kind = resolve_code_features(kind, fmri_tokenizer)
+    connectome = getattr(fmri_tokenizer, "connectome", None)
+    if kind == "connectome" and connectome is None:
+        raise FmriInputError(
+            "code features 'connectome' need a tokenizer with connectome tokens; this model's has none",
+            fix="use --code-features latents (or auto)",
         )
     config = fmri_tokenizer.config
     rows = []
@@ -264,6 +282,9 @@ def code_features(
             range(len(cohort)), desc=f"code features ({kind})", disable=not progress, unit="scan"
         ):
             scan = cohort.scan(i)
+            if kind == "connectome":
+                rows.append(np.asarray(connectome.encode(scan).values, dtype=np.float64).reshape(-1))
+                continue
             windows, mask = fmri_tokenizer.windows(scan)
             keep = valid_windows(mask, config.window_length, config.patch_length)
             if kind == "latents":
@@ -648,8 +669,9 @@ def evaluate(
             _store(work, "fmrilm_zero_shot-k0", zero)
         if 0 in shots:
             results.append(zero)
+    features = resolve_code_features(cfg.code_features, model.fmri_tokenizer)
     if codes is None:
-        codes = code_features(model.fmri_tokenizer, cohort, cfg.code_features, progress=cfg.progress)
+        codes = code_features(model.fmri_tokenizer, cohort, features, progress=cfg.progress)
     _check_rows(codes, cohort, "codes")
     model_info = {
         "folder": str(model_dir),
@@ -670,7 +692,7 @@ def evaluate(
         tangent = tangent_features(cohort, split["train"], progress=cfg.progress)
         results += linear_probe(tangent, table, spec, split, method="tangent_linear", **probe_kw)
     for r in linear_probe(codes, table, spec, split, method="code_probe", **probe_kw):
-        r.info["features"] = cfg.code_features
+        r.info["features"] = features
         results.append(r)
     results += demographics_baseline(table, spec, split, covariates=cfg.covariates, seed=cfg.seed)
     results += floor_baseline(table, spec, split)

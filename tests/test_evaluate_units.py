@@ -623,3 +623,48 @@ def test_a_protocol_the_summary_does_not_know_is_shown_by_its_name():
     text = summary_table([_with_metrics("m", None, 0, (0.5, 0.5, 0.5, 0.5), protocol="external-cohort")])
     assert "Protocol `external-cohort`: external-cohort.\n" in text
     assert text.endswith(" |\n")  # each table ends with its last row and a blank line
+
+
+# ------------------------------------------------------------------------------------------------ code features
+class _Scans:
+    """The two things `code_features` asks of a cohort: its length and each scan."""
+
+    def __init__(self, scans) -> None:
+        self.scans = list(scans)
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def scan(self, i: int):
+        return self.scans[i]
+
+
+def test_the_code_probe_reads_the_connectome_values_the_llm_reads():
+    from fmrilm.eval.evaluate import code_features, resolve_code_features
+
+    from tests.test_connectome import tiny_connectome_model
+
+    model, tok, scans = tiny_connectome_model(12)
+    host = model.fmri_tokenizer
+    rows = code_features(host, _Scans(scans[:5]), "auto")
+    expected = np.stack([np.asarray(tok.encode(s).values, dtype=np.float64).reshape(-1) for s in scans[:5]])
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-6)
+    assert rows.shape == (5, tok.config.components)  # every component the summary reads
+    assert resolve_code_features("auto", host) == "connectome"
+    assert resolve_code_features("latents", host) == "latents"  # asked for by name: kept
+
+
+def test_without_connectome_tokens_auto_reads_window_latents_and_connectome_is_refused():
+    from fmrilm.eval.evaluate import code_features, resolve_code_features
+
+    from fmrilm.errors import FmriInputError
+    from fmrilm.model.testing import tiny_fmri_tokenizer
+
+    host = tiny_fmri_tokenizer()
+    assert getattr(host, "connectome", None) is None
+    assert resolve_code_features("auto", host) == "latents"
+    with pytest.raises(FmriInputError, match="connectome tokens") as err:
+        code_features(host, _Scans([]), "connectome")
+    assert "--code-features latents" in str(err.value)
+    with pytest.raises(FmriInputError, match="Unknown code features"):
+        resolve_code_features("codes", host)
