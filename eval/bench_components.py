@@ -1,7 +1,8 @@
 """Whitened or not: how the connectome components should be scaled for a learner that sees them as they are.
 
     python -m fmrilm.eval.bench_components [--abide ../shared/data/abide] [--folds 5] [--tasks diagnosis,sex]
-        [--passes 1,3] [--top 32,64,128,256] [--components N] [--seeds 3] [--exclude-sites A,B] [--json OUT]
+        [--passes 1,3] [--top 32,64,128,256] [--components N] [--seeds 3] [--exclude-sites A,B] [--probe-c]
+        [--json OUT]
 
 The LLM reads the connectome tokenizer's PCA components through a linear map trained by a few Adam passes,
 starting from random: nothing rescales them first. Whitening (each component divided by its own SD, the
@@ -18,6 +19,10 @@ site-grouped CV inside the training sites), and minibatch Adam logistic regressi
 averaged over ``--seeds``; each scaling also reading only the leading ``--top`` components (the scan summary's
 ``scan_summary_components``; ``--top`` counts above ``--components`` are skipped). Out-of-site AUC per fold, and
 the mean over folds.
+
+``--probe-c`` also scores, on all whitened components (what the scan summary reads), Stage 3's warm-start probe
+(`train.probe_init.fit_probe`) with its inner-CV seed 0-4, and logistic regression at each fixed C of the probe's
+grid: whether the C the warm start picks, which moves with its seed, changes how well its probe ranks scans.
 """
 
 from __future__ import annotations
@@ -75,6 +80,24 @@ def l2_logistic(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, groups: np.nda
     return search.decision_function(X_test)
 
 
+def probe_c_scores(
+    X: np.ndarray, y: np.ndarray, X_test: np.ndarray, groups: np.ndarray, cv_seeds: int = 5
+) -> dict[str, np.ndarray]:
+    """Test scores of the warm-start probe for each inner-CV seed, and of logistic regression at each C of its
+    grid (balanced classes, no standardizing, as the probe fits)."""
+    from fmrilm.train.probe_init import PROBE_CS, fit_probe
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    for seed in range(cv_seeds):
+        w, _ = fit_probe(X, y, groups, seed)
+        out[f"warm-start probe, CV seed {seed}"] = X_test @ w
+    for c in PROBE_CS:
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(X, y)
+        out[f"logistic, C {c:.2g}"] = model.decision_function(X_test)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
@@ -102,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sites left out entirely (e.g. the demo's held-out UCLA_1,KKI,OHSU, so a choice is made without them)",
     )
     parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument(
+        "--probe-c",
+        action="store_true",
+        help="also score the warm-start probe over its CV seeds and at each fixed C (all whitened components)",
+    )
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -170,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs = s if isinstance(s, list) else [s]
                     auc = float(np.mean([roc_auc_score(y[te], r) for r in runs]))
                     results.setdefault(key, {}).setdefault(learner, []).append(auc)
+            if args.probe_c:
+                for learner, r in probe_c_scores(whitened[tr], y[tr], whitened[te], sites[tr]).items():
+                    key = f"{name} | whitened, all"
+                    results.setdefault(key, {}).setdefault(learner, []).append(float(roc_auc_score(y[te], r)))
         print(
             f"fold {k + 1} ({','.join(test_sites)}): {len(train)} training scans, {wanted} components, "
             f"{time.perf_counter() - t0:.0f} s",

@@ -43,3 +43,21 @@ def test_a_pass_learns_less_when_the_signal_is_shrunk_among_equal_noise_componen
         for name, Z in (("kept", kept), ("whitened", whitened))
     }
     assert auc["kept"] > auc["whitened"]
+
+
+def test_probe_c_scores_the_warm_start_probe_per_cv_seed_and_every_fixed_c():
+    from fmrilm.eval.bench_components import probe_c_scores
+    from fmrilm.train.probe_init import PROBE_CS
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 20))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(300) > 0).astype(int)
+    groups = np.asarray([f"site{i % 5}" for i in range(300)])
+    scores = probe_c_scores(X[:200], y[:200], X[200:], groups[:200], cv_seeds=3)
+    probes = [k for k in scores if k.startswith("warm-start probe")]
+    fixed = [k for k in scores if k.startswith("logistic, C")]
+    assert len(probes) == 3 and len(fixed) == len(PROBE_CS)
+    for name, s in scores.items():
+        assert s.shape == (100,)
+        if name in probes or name == fixed[-1]:  # the probes, and the weakest penalty: the planted direction
+            assert roc_auc_score(y[200:], s) > 0.85
