@@ -116,3 +116,41 @@ def test_a_task_with_one_answer_only_is_skipped(setting):
     assert warm_start_summary(model, [(one_answer, codes)], [card]) == []
     with pytest.raises(FmriInputError, match="per answer"):
         fit_probe(np.zeros((5, 3)), np.array([1, 1, 1, 1, 0]), None)
+
+
+BINS = ("6", "9", "13", "17", "23", "35")
+
+
+def test_a_binned_regression_is_warm_started_from_a_ridge_probe(setting):
+    """Age is scored as the expectation over its bins: the warm start moves that value along a ridge probe."""
+    import copy
+
+    from fmrilm.train.probe_init import answer_margins, warm_start_summary
+    from fmrilm.train.stage3 import resolve_messages
+
+    model, rows, codes, card, y = setting
+    model = copy.deepcopy(model)
+    signal = np.asarray([codes.connectome[r["scan_id"]].values.reshape(-1)[0] for r in rows])
+    age = 15.0 + 5.0 * (signal - signal.mean()) / signal.std()
+    age_rows = [
+        {**r, "task": "age", "answer": f"{a:.0f}", "value": float(a)} for r, a in zip(rows, age, strict=True)
+    ]
+    values = [float(b) for b in BINS]
+    age_card = SimpleNamespace(name="age", type="regression", options=BINS, bin_values=lambda: values)
+    messages = [resolve_messages(r["messages"], codes) for r in age_rows]
+    before = answer_margins(model, messages, BINS, values)
+    probes = warm_start_summary(model, [(rows + age_rows, codes)], [card, age_card], seed=0)
+    after = answer_margins(model, messages, BINS, values)
+    assert [p.name for p in probes] == ["planted", "age"]
+    ridge = probes[1]
+    assert ridge.summary()["kind"] == "ridge" and ridge.slope > 0
+    assert np.all((after >= min(values)) & (after <= max(values)))  # still an expectation over the bins
+    assert np.corrcoef(after - before, age)[0, 1] > 0.8  # the scored age moved with the planted age
+    assert roc_auc_score(y, margins(model, rows, codes, card)) > 0.9  # the two-answer task's too, beside it
+
+
+def test_a_regression_probe_needs_varied_targets():
+    from fmrilm.train.probe_init import fit_ridge_probe
+
+    with pytest.raises(FmriInputError, match="different values"):
+        fit_ridge_probe(np.zeros((5, 3)), np.full(5, 12.0), None)

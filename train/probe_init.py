@@ -7,13 +7,17 @@ interface, so the model stays one LLM that reads its input embeddings:
 
 1. for each two-answer task, logistic regression on the training scans' summary components (the numbers the
    start marker's projection reads; C by site-grouped inner CV) gives a direction ``w`` in component space;
-2. the gradient of the answer margin ``log p(second option) - log p(first)`` with respect to the start
-   marker's input embedding, averaged over training prompts, gives ``g``: the embedding direction the LLM
-   already turns into that answer;
-3. each probe is rescaled so its logits spread over the training scans by ``PROBE_LOGIT_SD`` (a strongly
-   regularized probe ranks scans well but its raw logits barely move), and the summary projection gains
+   for each regression task with bins (age), ridge regression on the same components (alpha by the same CV);
+2. the gradient of the answer margin with respect to the start marker's input embedding, averaged over
+   training prompts, gives ``g``: the embedding direction the LLM already turns into that answer. A two-answer
+   task's margin is ``log p(second option) - log p(first)``; a regression's is its scored value, the
+   expectation of the bin values under the bins' probabilities (what `predict` returns);
+3. each logistic probe is rescaled so its logits spread over the training scans by ``PROBE_LOGIT_SD`` (a
+   strongly regularized probe ranks scans well but its raw logits barely move; a ridge probe keeps its own
+   units, the task's, since its value is the answer), and the summary projection gains
    ``D M W``: ``D = G (G^T G + ridge)^-1`` (one column per task, so each task's margin moves with its own probe
-   and, to first order, little with the others'), ``M`` a task-by-task mixing set by up to two Newton steps on
+   and, to first order, little with the others'; G's columns are scaled to unit length for the ridge, so
+   margins in different units, log-odds and years, meet one ridge), ``M`` a task-by-task mixing set by up to two Newton steps on
    the measured response of every task's margin to every probe's logit on training prompts, so the margins
    would move one-for-one with the probes. Each column of ``M`` is bounded (``SCALE_BOUNDS``), and on the
    SmolLM2 demo the bound is what stops it: the margins move by 0.04-0.2 per unit of (rescaled) logit. The
@@ -38,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: logistic regression's C grid (inverse L2 strength) for the probe, chosen by site-grouped inner CV
 PROBE_CS = tuple(np.logspace(-4, 1, 8))
+#: ridge regression's alpha grid for a regression task's probe (age), chosen by site-grouped inner CV
+RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 8))
 #: training prompts per task for the margin gradient and for the calibration of its scale
 GRADIENT_PROMPTS = 16
 CALIBRATION_PROMPTS = 48
@@ -58,16 +64,19 @@ MIN_SCANS = 10
 
 @dataclass
 class ProbeTask:
-    """One two-answer task's probe: ``options`` (the margin is option 1 over option 0), ``weights`` over the
-    summary components, the CV-chosen ``C``, and how the warm start moved the margin (``slope``)."""
+    """One task's probe: ``options`` (a two-answer margin is option 1 over option 0; a regression's is the
+    expectation of ``values``), ``weights`` over the summary components, the CV-chosen ``C`` (a ridge probe:
+    its alpha), and how the warm start moved the margin (``slope``)."""
 
     name: str
-    options: tuple[str, str]
+    options: tuple[str, ...]
     weights: np.ndarray
     C: float
     n_scans: int
     scale: float = 1.0
     slope: float = float("nan")
+    #: a regression's bin values (its margin is their expectation); None for a two-answer task
+    values: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a run records (metrics.json): the probe's size, strength and how the margin followed it."""
@@ -75,6 +84,7 @@ class ProbeTask:
             "task": self.name,
             "options": list(self.options),
             "scans": self.n_scans,
+            "kind": "logistic" if self.values is None else "ridge",
             "C": self.C,
             "weight_norm": float(np.linalg.norm(self.weights)),
             "scale": self.scale,
@@ -85,6 +95,35 @@ class ProbeTask:
 def two_answer_tasks(cards: Sequence[Any]) -> list[Any]:
     """Task cards whose answer is one of exactly two options (autism or not, modularity higher or lower)."""
     return [c for c in cards if c.type != "regression" and len(getattr(c, "options", ()) or ()) == 2]
+
+
+def binned_regressions(cards: Sequence[Any]) -> list[Any]:
+    """Regression task cards scored as an expectation over their bins (age): a probe can warm-start them too."""
+    out = []
+    for c in cards:
+        if c.type == "regression" and len(getattr(c, "options", ()) or ()) >= 2 and hasattr(c, "bin_values"):
+            if len(c.bin_values()) == len(c.options):
+                out.append(c)
+    return out
+
+
+def bin_values_of(card: Any) -> np.ndarray | None:
+    """A regression card's bin values (its margin is their expectation); None for a two-answer card."""
+    return np.asarray(card.bin_values(), dtype=np.float64) if card.type == "regression" else None
+
+
+def margin_of(logprobs: Any, values: Any = None) -> Any:
+    """The number a task's answer is read as, from the options' log-probabilities ``(..., options)`` (torch).
+
+    Two answers: ``log p(second) - log p(first)``; bins (``values``): the expectation of the bin values under
+    the options' probabilities, the regression value `predict` returns.
+    """
+    import torch
+
+    if values is None:
+        return logprobs[..., 1] - logprobs[..., 0]
+    weights = torch.as_tensor(values, dtype=logprobs.dtype, device=logprobs.device)
+    return torch.softmax(logprobs, dim=-1) @ weights
 
 
 def fit_probe(
@@ -124,6 +163,31 @@ def fit_probe(
     return np.asarray(model.coef_[0], dtype=np.float64), float(np.ravel(model.C_)[0])
 
 
+def fit_ridge_probe(
+    components: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Weights over ``components`` of ridge regression of ``y`` (alpha by grouped CV) and its alpha.
+
+    Its predictions are in ``y``'s units, the scored answer's; the intercept is left to the LLM (the
+    calibration measures how the answer moves, not where it sits).
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold, KFold
+
+    if len(y) < 3 or float(np.std(y)) == 0.0:
+        raise FmriInputError(
+            f"A regression probe needs at least 3 training scans with different values, got {len(y)}",
+            fix="train on more labelled scans, or leave out --probe-init",
+        )
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    if n_groups >= 3:
+        cv = list(GroupKFold(n_splits=min(5, n_groups)).split(components, y, groups))
+    else:
+        cv = list(KFold(min(5, len(y)), shuffle=True, random_state=seed).split(components))
+    model = RidgeCV(alphas=RIDGE_ALPHAS, cv=cv, scoring="neg_mean_absolute_error").fit(components, y)
+    return np.asarray(model.coef_, dtype=np.float64).reshape(-1), float(model.alpha_)
+
+
 def _prompt_batch(processor: Any, messages: Sequence[list[dict[str, Any]]]) -> Any:
     """Left-padded prompts (user turns up to the answer) of resolved instruction messages."""
     prompts = []
@@ -134,9 +198,13 @@ def _prompt_batch(processor: Any, messages: Sequence[list[dict[str, Any]]]) -> A
 
 
 def answer_margins(
-    model: Any, messages: Sequence[list[dict[str, Any]]], options: Sequence[str]
+    model: Any,
+    messages: Sequence[list[dict[str, Any]]],
+    options: Sequence[str],
+    values: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """``log p(options[1]) - log p(options[0])`` after each prompt (the scored answer, as `predict` reads it)."""
+    """The scored answer after each prompt, as `predict` reads it: ``log p(options[1]) - log p(options[0])``,
+    or with bin ``values`` their expectation (`margin_of`)."""
     import torch
 
     from fmrilm.model.scoring import answer_ids, option_logprobs
@@ -148,21 +216,32 @@ def answer_margins(
         for start in range(0, len(messages), 16):
             batch = _prompt_batch(processor, messages[start : start + 16]).to(model.device)
             lp = option_logprobs(model.llm, batch, ids, processor.tokenizer.pad_token_id, model.embed_inputs)
-            out.append((lp[:, 1] - lp[:, 0]).float().cpu().numpy())
+            out.append(margin_of(lp.double(), values).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def margin_gradient(
-    model: Any, messages: Sequence[list[dict[str, Any]]], options: Sequence[str]
+    model: Any,
+    messages: Sequence[list[dict[str, Any]]],
+    options: Sequence[str],
+    values: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Mean gradient of the answer margin with respect to the start marker's input embedding ``(hidden,)``."""
+    """Mean gradient of the answer margin (`margin_of`) with respect to the start marker's input embedding
+    ``(hidden,)``. The options of one prompt run as one batch, right-padded after the shared prompt."""
     import torch
 
     from fmrilm.model.scoring import answer_ids
 
     processor = model.processor
     table = model.llm.get_input_embeddings()
-    option_ids = [torch.as_tensor([answer_ids(processor, o)], device=model.device) for o in options]
+    option_ids = [answer_ids(processor, o) for o in options]
+    width = max(len(o) for o in option_ids)
+    opt = torch.full((len(options), width), int(processor.tokenizer.pad_token_id or 0), dtype=torch.long)
+    opt_mask = torch.zeros((len(options), width))
+    for j, o in enumerate(option_ids):
+        opt[j, : len(o)] = torch.as_tensor(o, dtype=torch.long)
+        opt_mask[j, : len(o)] = 1
+    opt, opt_mask = opt.to(model.device), opt_mask.to(model.device)
     grads = []
     for conv in messages:
         prompt = _prompt_batch(processor, [conv]).to(model.device)
@@ -173,12 +252,11 @@ def margin_gradient(
         with torch.no_grad():
             base = model.embed_inputs(ids, prompt.get("connectome_values"))
         x = base.detach().clone().requires_grad_(True)
-        logps = []
-        for oid in option_ids:
-            full = torch.cat([x, table(oid).to(x.dtype)], dim=1)
-            logits = model.llm(inputs_embeds=full).logits[0, ids.shape[1] - 1 : -1].float()
-            logps.append(torch.log_softmax(logits, -1).gather(-1, oid[0][:, None]).sum())
-        (grad,) = torch.autograd.grad(logps[1] - logps[0], x)
+        full = torch.cat([x.expand(len(options), -1, -1), table(opt).to(x.dtype)], dim=1)
+        length = ids.shape[1]
+        logits = model.llm(inputs_embeds=full).logits[:, length - 1 : length - 1 + width].float()
+        token_lp = torch.log_softmax(logits, -1).gather(-1, opt[..., None])[..., 0] * opt_mask
+        (grad,) = torch.autograd.grad(margin_of(token_lp.sum(-1).double(), values), x)
         grads.append(grad[0, int(start[0, 0])].float().cpu().numpy())
     if not grads:
         raise FmriInputError(
@@ -199,13 +277,15 @@ def warm_start_summary(
     cards: Sequence[Any],
     *,
     seed: int = 0,
+    rounds: int = CALIBRATION_ROUNDS,
 ) -> list[ProbeTask]:
-    """Add each two-answer task's probe to ``model``'s summary projection (in place); returns the probes.
+    """Add each two-answer and binned-regression task's probe to ``model``'s summary projection (in place);
+    returns the probes.
 
     ``sources`` are ``(rows, codes)`` pairs: training instruction rows (``task``, ``scan_id``, ``answer``,
     ``messages``, ``site``) and their scans' encoded codes (`train.stage3.encode_scans`), whose connectome
-    values hold the components. Only single-question rows are used, one per scan and task. The LLM is
-    measured in eval mode and left in the mode it was in.
+    values hold the components. Only single-question rows are used, one per scan and task. ``rounds`` of
+    calibration (0: the first-order step alone). The LLM is measured in eval mode and left in the mode it was in.
     """
     projection = getattr(model, "soft_projection", None)
     if projection is None or projection.summary is None:
@@ -216,7 +296,7 @@ def warm_start_summary(
     was_training = model.llm.training
     model.llm.eval()  # gradients and margins of the model as it answers: no dropout
     try:
-        return _warm_start(model, projection, sources, cards, seed)
+        return _warm_start(model, projection, sources, cards, seed, rounds)
     finally:
         model.llm.train(was_training)
 
@@ -227,6 +307,7 @@ def _warm_start(
     sources: Sequence[tuple[Sequence[dict[str, Any]], Any]],
     cards: Any,
     seed: int,
+    rounds: int = CALIBRATION_ROUNDS,
 ) -> list[ProbeTask]:
     import torch
     from fmrilm.train.stage3 import resolve_messages
@@ -234,7 +315,8 @@ def _warm_start(
     k = projection.summary_components
     rng = np.random.default_rng(seed)
     probes, gradients, prompts_of = [], [], {}
-    for card in two_answer_tasks(cards):
+    for card in [*two_answer_tasks(cards), *binned_regressions(cards)]:
+        values = bin_values_of(card)
         chosen = []  # (row, codes of its source)
         for rows, codes in sources:
             connectome = getattr(codes, "connectome", {}) or {}
@@ -243,10 +325,7 @@ def _warm_start(
                 sid = str(row["scan_id"])
                 if row["task"] != card.name or sid in seen or sid not in connectome:
                     continue
-                if (
-                    str(row["answer"]) not in card.options
-                    or sum(m["role"] == "assistant" for m in _msgs(row)) != 1
-                ):
+                if _target(row, card) is None or sum(m["role"] == "assistant" for m in _msgs(row)) != 1:
                     continue
                 seen.add(sid)
                 chosen.append((row, codes))
@@ -254,20 +333,25 @@ def _warm_start(
             logger.info("probe warm start: %s skipped (%d training scans)", card.name, len(chosen))
             continue
         X = np.stack([summary_components(c.connectome[str(r["scan_id"])].values, k) for r, c in chosen])
-        y = np.asarray([str(r["answer"]) == card.options[1] for r, _ in chosen], dtype=int)
+        y = np.asarray([_target(r, card) for r, _ in chosen], dtype=np.float64)
         groups = np.asarray([str(r.get("site", "")) for r, _ in chosen])
         try:
-            w, c = fit_probe(X, y, groups, seed)
+            if values is None:
+                w, c = fit_probe(X, y.astype(int), groups, seed)
+            else:
+                w, c = fit_ridge_probe(X, y, groups, seed)
         except FmriInputError as exc:
             logger.info("probe warm start: %s skipped (%s)", card.name, exc)
             continue
         spread = float(np.std(X @ w))
-        if spread > 1e-12:  # the probe's ranking, at a spread that competes with the model's own log-odds
+        if (
+            values is None and spread > 1e-12
+        ):  # the ranking, at a spread that competes with the LLM's log-odds
             w = w * (PROBE_LOGIT_SD / spread)
         messages = [resolve_messages(r["messages"], c) for r, c in chosen]
         order = rng.permutation(len(chosen))
-        g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options)
-        probes.append(ProbeTask(card.name, tuple(card.options), w, c, len(chosen)))
+        g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options, values)
+        probes.append(ProbeTask(card.name, tuple(card.options), w, c, len(chosen), values=values))
         gradients.append(g)
         prompts_of[card.name] = (
             [messages[i] for i in order[:CALIBRATION_PROMPTS]],
@@ -276,16 +360,16 @@ def _warm_start(
     if not probes:
         return []
     G = np.stack(gradients, axis=1)  # (hidden, tasks)
-    gram = G.T @ G  # ridge: tasks the LLM reads along nearly one direction do not blow the columns up
-    D = G @ np.linalg.inv(
-        gram + RIDGE * np.mean(np.diag(gram)) * np.eye(len(gram))
-    )  # g_j . D[:, t] ~ [j == t]
+    norms = np.maximum(np.linalg.norm(G, axis=0), 1e-12)  # margins in log-odds and in years: one ridge
+    unit = G / norms
+    gram = unit.T @ unit  # ridge: tasks the LLM reads along nearly one direction do not blow the columns up
+    D = unit @ np.linalg.inv(gram + RIDGE * np.eye(len(gram))) / norms  # g_j . D[:, t] ~ [j == t]
     weight = projection.summary.weight
     original = weight.detach().clone()
 
     # calibrate: how far each task's margin moves per unit of every task's probe logit (a task's margin also
     # feels the other tasks' steps, and the LLM saturates), then one Newton step on the columns of D, twice
-    before = {p.name: answer_margins(model, prompts_of[p.name][0], p.options) for p in probes}
+    before = {p.name: answer_margins(model, prompts_of[p.name][0], p.options, p.values) for p in probes}
     mix = np.eye(len(probes))  # the step is D @ mix @ W
 
     def apply() -> None:
@@ -298,13 +382,13 @@ def _warm_start(
         R = np.zeros((len(probes), len(probes)))
         for t, p in enumerate(probes):
             messages, X = prompts_of[p.name]
-            moved = answer_margins(model, messages, p.options) - before[p.name]
+            moved = answer_margins(model, messages, p.options, p.values) - before[p.name]
             logits = X @ np.stack([q.weights for q in probes]).T  # (prompts, tasks)
             design = np.column_stack([logits - logits.mean(0), np.ones(len(X))])
             R[t] = np.linalg.lstsq(design, moved, rcond=None)[0][:-1]
         return R
 
-    for _ in range(CALIBRATION_ROUNDS):
+    for _ in range(rounds):
         apply()
         R = response()
         for t, p in enumerate(probes):
@@ -330,6 +414,16 @@ def _warm_start(
             p.slope,
         )
     return probes
+
+
+def _target(row: dict[str, Any], card: Any) -> float | None:
+    """A training row's answer as the probe's target: 0 / 1 (a two-answer task's first / second option), or
+    the row's number (a regression); None when the row has no such answer (a sentence, a multi-question)."""
+    if card.type == "regression":
+        value = row.get("value")
+        return None if value is None or not np.isfinite(float(value)) else float(value)
+    answer = str(row["answer"])
+    return float(answer == card.options[1]) if answer in card.options else None
 
 
 def _msgs(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ class InstructConfig(LoopConfig):
     #: the replay pairs' answers: "written" (as in the pairs) or "own" (the model's own answers before tuning,
     #: adapters off: `fmrilm.train.replay.own_answers`), which hold the chat where it was
     replay_answers: str = "written"
-    #: warm-start the scan summary from a linear probe per two-answer task before tuning (`train.probe_init`)
+    #: warm-start the scan summary from a linear probe per two-answer / binned regression task (`train.probe_init`)
     probe_init: bool = False
 
 
@@ -885,8 +885,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--probe-init", action="store_true",
-        help="before tuning, warm-start the scan summary from a logistic regression per two-answer task "
-        "(training scans only), so the LLM starts from a linear reading of the scan (LP-FT)",
+        help="before tuning, warm-start the scan summary from a logistic regression per two-answer task and "
+        "a ridge regression per binned regression task such as age (training scans only), so the LLM starts "
+        "from a linear reading of the scan (LP-FT)",
     )  # fmt: skip
     add_tuning_arguments(
         p,

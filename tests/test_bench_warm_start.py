@@ -1,0 +1,70 @@
+"""`bench_warm_start`: where Stage 3 starts, scored on held-out scans before any tuning step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_connectome import tiny_connectome_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    """A saved tiny model with a scan summary, a cohort whose diagnosis and age are planted in the first
+    connectome component, and an instruction set with a quarter of the subjects held out."""
+    from fmrilm.instructions.builder import build_instructions, save_instruction_set
+    from fmrilm.instructions.spec import load_tasks
+
+    from fmrilm.cohort import Cohort
+    from fmrilm.splits import stratified_split
+
+    root = tmp_path_factory.mktemp("warm")
+    model, tok, scans = tiny_connectome_model(64)
+    signal = np.asarray([tok.encode(s).values.reshape(-1)[0] for s in scans])
+    z = (signal - signal.mean()) / signal.std()
+    pheno = [
+        {"diagnosis": "patient" if v > 0 else "control", "age": float(np.clip(20 + 6 * v, 7, 40))} for v in z
+    ]
+    cohort = Cohort.from_scans(scans, pheno, atlas=scans[0].atlas)
+    cohort.save(root / "cohort")
+    model.save_pretrained(root / "model")
+    split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=0)
+    tasks = load_tasks("diagnosis,age")
+    rows, meta = build_instructions(cohort, tasks, split=split, paradigms=["brain"], seed=0)
+    meta["cohort_dir"] = str(root / "cohort")
+    instructions = save_instruction_set(rows, meta, tasks, root / "instructions")
+    return root, instructions, len(split["test"])
+
+
+def test_the_warm_start_is_scored_on_held_out_scans_next_to_its_probes(stage2, capsys):
+    from fmrilm.eval.bench_warm_start import main
+
+    root, instructions, n_test = stage2
+    out = root / "report.json"
+    argv = ["--model", str(root / "model"), "--instructions", str(instructions), "--tasks", "diagnosis,age"]
+    assert main([*argv, "--rounds", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["held_out_scans"] == n_test
+    results = report["results"]
+    assert set(results) == {"stage2", "warm start, 0 rounds", "probe"}
+    warm = results["warm start, 0 rounds"]
+    assert {p["task"] for p in warm["probes"]} == {"diagnosis", "age"}
+    # the planted answers are in the summary: the probes read them on held-out scans ...
+    assert results["probe"]["diagnosis"]["auc"] > 0.9 and results["probe"]["age"]["pearson_r"] > 0.8
+    # ... and the warm-started LLM answers with them, where the untouched model does not
+    assert warm["diagnosis"]["auc"] > 0.85 and warm["age"]["pearson_r"] > 0.7
+    assert results["stage2"]["diagnosis"]["auc"] < warm["diagnosis"]["auc"]
+    printed = capsys.readouterr().out
+    assert "| warm start, 0 rounds |" in printed and "AUC" in printed and "MAE" in printed
+
+
+def test_bad_rounds_are_refused_by_name(stage2):
+    from fmrilm.eval.bench_warm_start import main
+
+    root, instructions, _ = stage2
+    with pytest.raises(SystemExit):
+        main(["--model", str(root / "model"), "--instructions", str(instructions), "--rounds", "two"])
