@@ -13,11 +13,11 @@ interface, so the model stays one LLM that reads its input embeddings:
    task's margin is ``log p(second option) - log p(first)``; a regression's is its scored value, the
    expectation of the bin values under the bins' probabilities (what `predict` returns);
 3. each logistic probe is rescaled so its logits spread over the training scans by ``PROBE_LOGIT_SD`` (a
-   strongly regularized probe ranks scans well but its raw logits barely move; a ridge probe keeps its own
-   units, the task's, since its value is the answer), and the summary projection gains
+   strongly regularized probe ranks scans well but its raw logits barely move), a ridge probe so its values
+   spread as the training targets do, and the summary projection gains
    ``D M W``: ``D = G (G^T G + ridge)^-1`` (one column per task, so each task's margin moves with its own probe
-   and, to first order, little with the others'; G's columns are scaled to unit length for the ridge, so
-   margins in different units, log-odds and years, meet one ridge), ``M`` a task-by-task mixing set by up to two Newton steps on
+   and, to first order, little with the others; a regression's column leaves the two-answer margins alone,
+   `first_order_steps`), ``M`` a task-by-task mixing set by up to two Newton steps on
    the measured response of every task's margin to every probe's logit on training prompts, so the margins
    would move one-for-one with the probes. Each column of ``M`` is bounded (``SCALE_BOUNDS``), and on the
    SmolLM2 demo the bound is what stops it: the margins move by 0.04-0.2 per unit of (rescaled) logit. The
@@ -344,10 +344,8 @@ def _warm_start(
             logger.info("probe warm start: %s skipped (%s)", card.name, exc)
             continue
         spread = float(np.std(X @ w))
-        if (
-            values is None and spread > 1e-12
-        ):  # the ranking, at a spread that competes with the LLM's log-odds
-            w = w * (PROBE_LOGIT_SD / spread)
+        if spread > 1e-12:  # the ranking, at a spread that competes with the LLM's own answers
+            w = w * ((PROBE_LOGIT_SD if values is None else float(np.std(y))) / spread)
         messages = [resolve_messages(r["messages"], c) for r, c in chosen]
         order = rng.permutation(len(chosen))
         g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options, values)
@@ -359,16 +357,16 @@ def _warm_start(
         )
     if not probes:
         return []
-    G = np.stack(gradients, axis=1)  # (hidden, tasks)
-    norms = np.maximum(np.linalg.norm(G, axis=0), 1e-12)  # margins in log-odds and in years: one ridge
-    unit = G / norms
-    gram = unit.T @ unit  # ridge: tasks the LLM reads along nearly one direction do not blow the columns up
-    D = unit @ np.linalg.inv(gram + RIDGE * np.eye(len(gram))) / norms  # g_j . D[:, t] ~ [j == t]
+    binary = [t for t, p in enumerate(probes) if p.values is None]
+    regressions = [t for t, p in enumerate(probes) if p.values is not None]
+    D = first_order_steps(np.stack(gradients, axis=1), binary)
     weight = projection.summary.weight
     original = weight.detach().clone()
 
     # calibrate: how far each task's margin moves per unit of every task's probe logit (a task's margin also
-    # feels the other tasks' steps, and the LLM saturates), then one Newton step on the columns of D, twice
+    # feels the other tasks' steps, and the LLM saturates), then one Newton step on the columns of D, twice.
+    # The two-answer tasks are calibrated together; a regression on its own slope only (its cross-terms with
+    # the two-answer tasks, fitted on 48 prompts, sent the joint step astray on a validation fold)
     before = {p.name: answer_margins(model, prompts_of[p.name][0], p.options, p.values) for p in probes}
     mix = np.eye(len(probes))  # the step is D @ mix @ W
 
@@ -378,14 +376,16 @@ def _warm_start(
             weight.copy_(original + torch.as_tensor(delta, dtype=weight.dtype, device=weight.device))
 
     def response() -> np.ndarray:
-        """R[t, j]: margin change of task t per unit of task j's probe logit, on task t's prompts."""
+        """R[t, j]: margin change of task t per unit of task j's probe logit, on task t's prompts (j in t's
+        calibration block; zero elsewhere)."""
         R = np.zeros((len(probes), len(probes)))
         for t, p in enumerate(probes):
             messages, X = prompts_of[p.name]
             moved = answer_margins(model, messages, p.options, p.values) - before[p.name]
-            logits = X @ np.stack([q.weights for q in probes]).T  # (prompts, tasks)
+            block = binary if p.values is None else [t]
+            logits = X @ np.stack([probes[j].weights for j in block]).T  # (prompts, block)
             design = np.column_stack([logits - logits.mean(0), np.ones(len(X))])
-            R[t] = np.linalg.lstsq(design, moved, rcond=None)[0][:-1]
+            R[t, block] = np.linalg.lstsq(design, moved, rcond=None)[0][:-1]
         return R
 
     for _ in range(rounds):
@@ -395,13 +395,20 @@ def _warm_start(
             p.slope = float(R[t, t])
         if np.allclose(R, np.eye(len(probes)), atol=0.25):
             break
-        mix = mix @ np.linalg.pinv(R)
-        norms = np.linalg.norm(mix, axis=0)  # no column grows past the bound (nor shrinks below it)
-        mix = mix * (np.clip(norms, *SCALE_BOUNDS) / np.maximum(norms, 1e-12))[None]
+        if binary:
+            sub = mix[np.ix_(binary, binary)] @ np.linalg.pinv(R[np.ix_(binary, binary)])
+            norms = np.linalg.norm(sub, axis=0)  # no column grows past the bound (nor shrinks below it)
+            mix[np.ix_(binary, binary)] = (
+                sub * (np.clip(norms, *SCALE_BOUNDS) / np.maximum(norms, 1e-12))[None]
+            )
+        for t in regressions:  # a slope that is not positive: the first-order step failed; leave it
+            if R[t, t] > 0:
+                mix[t, t] = float(np.clip(mix[t, t] / R[t, t], *SCALE_BOUNDS))
     else:
         apply()
+        R = response()
         for t, p in enumerate(probes):
-            p.slope = float(response()[t, t])
+            p.slope = float(R[t, t])
     for t, p in enumerate(probes):
         p.scale = float(mix[t, t])
     for p in probes:
@@ -414,6 +421,26 @@ def _warm_start(
             p.slope,
         )
     return probes
+
+
+def first_order_steps(G: np.ndarray, binary: Sequence[int]) -> np.ndarray:
+    """``D`` (hidden, tasks) with ``g_j . D[:, t] ~ [j == t]`` from the margin gradients ``G`` (hidden, tasks).
+
+    Two-answer tasks: ``D = G (G^T G + ridge)^-1`` over their columns (ridge relative to the Gram's mean
+    diagonal, so tasks the LLM reads along nearly one direction do not blow the columns up). A regression's
+    column is its gradient with the two-answer tasks' directions projected out, scaled so its own margin moves
+    one-for-one: moving the age answer leaves the two-answer margins where they were, to first order.
+    """
+    D = np.zeros_like(G)
+    if len(binary):
+        B = G[:, list(binary)]
+        gram = B.T @ B
+        D[:, list(binary)] = B @ np.linalg.inv(gram + RIDGE * np.mean(np.diag(gram)) * np.eye(len(gram)))
+    basis = np.linalg.qr(G[:, list(binary)])[0] if len(binary) else np.zeros((G.shape[0], 0))
+    for t in sorted(set(range(G.shape[1])) - set(binary)):
+        g = G[:, t] - basis @ (basis.T @ G[:, t])
+        D[:, t] = g / max(float(G[:, t] @ g), 1e-12)
+    return D
 
 
 def _target(row: dict[str, Any], card: Any) -> float | None:
