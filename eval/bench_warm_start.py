@@ -38,7 +38,12 @@ def held_out(source: Any) -> list[int]:
     from fmrilm.train.stage3 import TEST_PART
 
     ds = source.dataset
-    parts = ds["split"] if "split" in ds.column_names else []
+    if "split" not in ds.column_names:
+        raise SystemExit(
+            f"{source.directory}: the instruction set has no split column, so no held-out scans to score; "
+            "build it with `fmrilm instructions build ... --split NAME`"
+        )
+    parts = ds["split"]
     test = {str(s) for s, p in zip(ds["scan_id"], parts, strict=True) if p == TEST_PART}
     ids = [str(s) for s in source.cohort.dataset["scan_id"]]
     return [i for i, s in enumerate(ids) if s in test]

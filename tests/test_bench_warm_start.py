@@ -69,3 +69,19 @@ def test_bad_rounds_are_refused_by_name(stage2):
     root, instructions, _ = stage2
     with pytest.raises(SystemExit):
         main(["--model", str(root / "model"), "--instructions", str(instructions), "--rounds", "two"])
+
+
+def test_a_set_without_a_split_is_refused_by_name(stage2, tmp_path):
+    from datasets import load_from_disk
+    from fmrilm.eval.bench_warm_start import main
+
+    root, instructions, _ = stage2
+    import shutil
+
+    copy = tmp_path / "nosplit"
+    shutil.copytree(instructions, copy)
+    rows = load_from_disk(str(copy / "dataset"), keep_in_memory=True).remove_columns("split")
+    shutil.rmtree(copy / "dataset")
+    rows.save_to_disk(str(copy / "dataset"))
+    with pytest.raises(SystemExit, match="no split column"):
+        main(["--model", str(root / "model"), "--instructions", str(copy)])
