@@ -75,6 +75,9 @@ class Preset:
     #: balanced accuracy / AUC 0.644 / 0.646 against 0.580 / 0.633 (BENCHMARKS.md, "A validation fold no step
     #: has seen").
     instruct_probe_init: bool = True
+    #: With the warm start: weight of distilling each two-answer probe into the answer while tuning
+    #: (`train instruct --probe-teacher`; 0: none)
+    instruct_probe_teacher: float = 0.0
     #: Stage 3's learning-rate multiplier of the soft projection (`train instruct --soft-lr-scale`; None: its
     #: default 10, sized for a projection learned from random). After the warm start the summary projection
     #: already holds a fitted reading, and fine-tuning from a fitted head keeps more at the LoRA rate (LP-FT):
@@ -492,6 +495,11 @@ class Demo:
             )
             + ([] if self.p.instruct_lr_schedule is None else ["--lr-schedule", self.p.instruct_lr_schedule])
             + (["--probe-init"] if self.p.instruct_probe_init else [])
+            + (
+                ["--probe-teacher", str(self.p.instruct_probe_teacher)]
+                if self.p.instruct_probe_init and self.p.instruct_probe_teacher
+                else []
+            )
             + (
                 []
                 if self.p.instruct_soft_lr_scale is None

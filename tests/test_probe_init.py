@@ -154,3 +154,110 @@ def test_a_regression_probe_needs_varied_targets():
 
     with pytest.raises(FmriInputError, match="different values"):
         fit_ridge_probe(np.zeros((5, 3)), np.full(5, 12.0), None)
+
+
+def test_the_teacher_ranks_training_scans_by_their_planted_answer(setting):
+    from fmrilm.train.probe_init import teacher_probabilities
+
+    model, rows, codes, card, y = setting
+    X = np.stack([codes.connectome[r["scan_id"]].values.reshape(-1) for r in rows])
+    groups = np.asarray([r["site"] for r in rows])
+    q, auc = teacher_probabilities(X, y, groups, C=1.0, seed=0)
+    assert q is not None and q.shape == (N_SCANS,) and np.all((q > 0) & (q < 1))
+    assert auc > 0.8 and roc_auc_score(y, q) > 0.9
+    # Platt-scaled: confident where the probe is right out of fold, not the raw logits' near-0.5 everywhere
+    assert q.max() - q.min() > 0.5
+
+
+def taught_examples(model, rows, codes, probe):
+    from fmrilm.train.stage3 import attach_teachers, build_examples
+
+    examples, _ = build_examples(model.processor, rows, codes)
+    return examples, attach_teachers(model.processor, examples, [probe])
+
+
+def test_distillation_adds_its_term_to_the_taught_examples_only(setting):
+    import copy
+
+    import torch
+    from fmrilm.train.probe_init import warm_start_summary
+
+    from fmrilm.model.scoring import answer_ids
+
+    model, rows, codes, card, y = setting
+    model = copy.deepcopy(model)
+    (probe,) = warm_start_summary(model, [(rows, codes)], [card], seed=0, rounds=0, teachers=True)
+    assert probe.teacher is not None and len(probe.teacher) == N_SCANS
+    assert probe.summary()["teacher_scans"] == N_SCANS
+    examples, taught = taught_examples(model, rows, codes, probe)
+    assert taught == {"planted": N_SCANS}
+    firsts = tuple(answer_ids(model.processor, o)[0] for o in card.options)
+    assert all(e["answer_options"] == firsts for e in examples)
+    part = examples[:4]
+    part[1] = {k: v for k, v in part[1].items() if k not in ("teacher", "answer_options")}  # one untaught
+    batch = model.processor.pad(
+        [{k: e[k] for k in ("input_ids", "labels", "connectome_values")} for e in part]
+    )
+    options = torch.as_tensor([e.get("answer_options", (-1, -1)) for e in part])
+    teacher = torch.as_tensor([e.get("teacher", float("nan")) for e in part])
+    model.llm.eval()
+    with torch.no_grad():
+        plain = model(**batch, loss_reduction="example")
+        out = model(
+            **batch, loss_reduction="example", answer_options=options, teacher=teacher, teacher_weight=2.0
+        )
+        full = model.llm(inputs_embeds=model.embed_inputs(batch["input_ids"], batch.get("connectome_values")))
+    # the margin is the options' first-token logit difference where the answer starts
+    for i in range(len(part)):
+        start = int((batch["labels"][i] != -100).nonzero()[0, 0]) - 1
+        want = full.logits[i, start, firsts[1]] - full.logits[i, start, firsts[0]]
+        if i != 1:
+            assert float(out.margins[i]) == pytest.approx(float(want), abs=1e-3)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        out.margins, teacher.nan_to_num(0.5), reduction="none"
+    )
+    added = out.example_losses - plain.example_losses
+    assert float(added[1]) == 0.0
+    keep = [0, 2, 3]
+    assert torch.allclose(added[keep], 2.0 * bce[keep], atol=1e-4)
+
+
+def test_distillation_moves_the_answer_towards_the_teacher(setting):
+    import copy
+
+    import torch
+    from fmrilm.train.probe_init import warm_start_summary
+
+    model, rows, codes, card, y = setting
+    model = copy.deepcopy(model)
+    (probe,) = warm_start_summary(model, [(rows, codes)], [card], seed=0, rounds=0, teachers=True)
+    examples, _ = taught_examples(model, rows, codes, probe)
+    teacher = np.asarray([e["teacher"] for e in examples])
+
+    def batch_of(part):
+        batch = model.processor.pad(
+            [{k: e[k] for k in ("input_ids", "labels", "connectome_values")} for e in part]
+        )
+        options = torch.as_tensor([e["answer_options"] for e in part])
+        return {**batch, "answer_options": options, "teacher": torch.as_tensor([e["teacher"] for e in part])}
+
+    def gap() -> float:
+        """The distillation term alone, over every example: how far the answers are from the teacher."""
+        model.llm.eval()
+        with torch.no_grad():
+            first = model(**batch_of(examples), loss_reduction="example").margins
+        model.llm.train()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(first, torch.as_tensor(teacher).float())
+        return float(loss)
+
+    before = gap()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    model.llm.train()
+    for step in range(24):
+        part = examples[(step * 8) % N_SCANS :][:8]
+        out = model(**batch_of(part), loss_reduction="example", teacher_weight=5.0)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert gap() < 0.5 * before

@@ -376,3 +376,15 @@ def test_constant_schedule_holds_the_peak_rate_after_warm_up_where_cosine_decays
     with pytest.raises(SystemExit):
         cli_main([*train, "--out", str(tmp_path / "bad"), "--lr-schedule", "linear"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_probe_teacher_without_the_warm_start_is_refused_before_anything_is_written(tmp_path):
+    from fmrilm.train.stage3 import InstructConfig, train_instruct
+
+    from fmrilm.errors import FmriInputError
+
+    out = tmp_path / "run"
+    cfg = InstructConfig(model="m", instructions=["i"], out=str(out), probe_teacher=1.0)
+    with pytest.raises(FmriInputError, match="--probe-init"):
+        train_instruct(cfg)
+    assert not out.exists()

@@ -77,6 +77,10 @@ class ProbeTask:
     slope: float = float("nan")
     #: a regression's bin values (its margin is their expectation); None for a two-answer task
     values: np.ndarray | None = None
+    #: a two-answer task's teacher: each training scan's probability of the second answer
+    #: (`teacher_probabilities`; None: not asked for, or no ranking out of fold)
+    teacher: dict[str, float] | None = None
+    teacher_auc: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         """What a run records (metrics.json): the probe's size, strength and how the margin followed it."""
@@ -89,6 +93,8 @@ class ProbeTask:
             "weight_norm": float(np.linalg.norm(self.weights)),
             "scale": self.scale,
             "margin_per_logit": self.slope,
+            "teacher_scans": 0 if self.teacher is None else len(self.teacher),
+            "teacher_out_of_fold_auc": self.teacher_auc,
         }
 
 
@@ -161,6 +167,37 @@ def fit_probe(
         random_state=seed,
     ).fit(components, y)
     return np.asarray(model.coef_[0], dtype=np.float64), float(np.ravel(model.C_)[0])
+
+
+def teacher_probabilities(
+    components: np.ndarray, y: np.ndarray, groups: np.ndarray | None, C: float, seed: int = 0
+) -> tuple[np.ndarray | None, float]:
+    """A two-answer probe as a teacher: each training scan's probability of the second answer, and the
+    probe's out-of-fold AUC.
+
+    The probe (L2 logistic regression at the CV-chosen ``C``, balanced classes) ranks scans well but its
+    strongly regularized logits barely spread, so they are Platt-scaled: a logistic regression of the labels
+    on the probe's site-grouped out-of-fold logits sets how confident the teacher is, as confident as it is
+    right on sites it did not see. None when the out-of-fold logits do not rank the answers (slope <= 0).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+
+    y = np.asarray(y, dtype=int)
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    if n_groups >= 3:
+        cv = StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=seed)
+    else:
+        cv = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
+    probe = LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
+    oof = cross_val_predict(probe, components, y, groups=groups, cv=cv, method="decision_function")
+    auc = float(roc_auc_score(y, oof))
+    platt = LogisticRegression(C=1e6, class_weight="balanced", max_iter=3000).fit(oof[:, None], y)
+    if float(platt.coef_[0, 0]) <= 0:
+        return None, auc
+    logits = probe.fit(components, y).decision_function(components)
+    return platt.predict_proba(logits[:, None])[:, 1], auc
 
 
 def fit_ridge_probe(
@@ -278,6 +315,7 @@ def warm_start_summary(
     *,
     seed: int = 0,
     rounds: int = CALIBRATION_ROUNDS,
+    teachers: bool = False,
 ) -> list[ProbeTask]:
     """Add each two-answer and binned-regression task's probe to ``model``'s summary projection (in place);
     returns the probes.
@@ -285,7 +323,9 @@ def warm_start_summary(
     ``sources`` are ``(rows, codes)`` pairs: training instruction rows (``task``, ``scan_id``, ``answer``,
     ``messages``, ``site``) and their scans' encoded codes (`train.stage3.encode_scans`), whose connectome
     values hold the components. Only single-question rows are used, one per scan and task. ``rounds`` of
-    calibration (0: the first-order step alone). The LLM is measured in eval mode and left in the mode it was in.
+    calibration (0: the first-order step alone); ``teachers``: each two-answer probe also keeps its
+    training scans' probabilities (`teacher_probabilities`) for distillation in Stage 3. The LLM is measured
+    in eval mode and left in the mode it was in.
     """
     projection = getattr(model, "soft_projection", None)
     if projection is None or projection.summary is None:
@@ -296,7 +336,7 @@ def warm_start_summary(
     was_training = model.llm.training
     model.llm.eval()  # gradients and margins of the model as it answers: no dropout
     try:
-        return _warm_start(model, projection, sources, cards, seed, rounds)
+        return _warm_start(model, projection, sources, cards, seed, rounds, teachers)
     finally:
         model.llm.train(was_training)
 
@@ -308,6 +348,7 @@ def _warm_start(
     cards: Any,
     seed: int,
     rounds: int = CALIBRATION_ROUNDS,
+    teachers: bool = False,
 ) -> list[ProbeTask]:
     import torch
     from fmrilm.train.stage3 import resolve_messages
@@ -343,13 +384,23 @@ def _warm_start(
         except FmriInputError as exc:
             logger.info("probe warm start: %s skipped (%s)", card.name, exc)
             continue
+        teacher, teacher_auc = None, float("nan")
+        if teachers and values is None:
+            q, teacher_auc = teacher_probabilities(X, y.astype(int), groups, c, seed)
+            if q is not None:
+                teacher = {str(r["scan_id"]): float(v) for (r, _), v in zip(chosen, q, strict=True)}
         spread = float(np.std(X @ w))
         if spread > 1e-12:  # the ranking, at a spread that competes with the LLM's own answers
             w = w * ((PROBE_LOGIT_SD if values is None else float(np.std(y))) / spread)
         messages = [resolve_messages(r["messages"], c) for r, c in chosen]
         order = rng.permutation(len(chosen))
         g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options, values)
-        probes.append(ProbeTask(card.name, tuple(card.options), w, c, len(chosen), values=values))
+        probes.append(
+            ProbeTask(
+                card.name, tuple(card.options), w, c, len(chosen), values=values,
+                teacher=teacher, teacher_auc=teacher_auc,
+            )
+        )  # fmt: skip
         gradients.append(g)
         prompts_of[card.name] = (
             [messages[i] for i in order[:CALIBRATION_PROMPTS]],

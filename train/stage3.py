@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,9 @@ class InstructConfig(LoopConfig):
     replay_answers: str = "written"
     #: warm-start the scan summary from a linear probe per two-answer / binned regression task (`train.probe_init`)
     probe_init: bool = False
+    #: with ``probe_init``: weight of the distillation term that pulls each two-answer answer's first-token
+    #: margin towards its probe's (Platt-scaled) probability on that training scan (0: none)
+    probe_teacher: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -300,7 +304,14 @@ def build_examples(
         if max_length and len(example["input_ids"]) > max_length:
             skipped[row["task"]] += 1
             continue
-        examples.append({**example, "task": row["task"], "answer": str(row.get("answer", ""))})
+        examples.append(
+            {
+                **example,
+                "task": row["task"],
+                "answer": str(row.get("answer", "")),
+                "scan_id": str(row.get("scan_id", "")),
+            }
+        )
     return examples, skipped
 
 
@@ -448,6 +459,7 @@ def fit(
     replay: list[dict[str, Any]] | None = None,
     replay_val: list[dict[str, Any]] | None = None,
     replay_weight: float = 0.0,
+    teacher_weight: float = 0.0,
 ) -> tuple[Any, Any]:
     """Train ``model``'s trainable tensors on ``train`` examples under accelerate; returns ``(model, state)``.
 
@@ -455,6 +467,8 @@ def fit(
     ``resume`` continues from the last checkpoint. The returned model is unwrapped and in eval mode.
     With ``replay_weight`` > 0, that share of every batch comes from the ``replay`` examples (in seeded
     permutations) and the rest from ``train`` as without replay; ``replay_val`` joins the validation loss.
+    Training examples with ``answer_options`` and ``teacher`` (`attach_teachers`) add ``teacher_weight``
+    times their distillation term to their loss.
     """
     import torch
     from fmrilm.train.common import (
@@ -516,9 +530,14 @@ def fit(
     val_batches = [val[s : s + cfg.batch_size] for s in range(0, len(val), cfg.batch_size)]
     weights = balanced_weights(train, cfg.task_weights) if cfg.balance else None
 
-    def collate(examples: list[dict[str, Any]]):
+    def collate(examples: list[dict[str, Any]], taught: bool = False):
         keys = ("input_ids", "labels", "connectome_values")
         batch = processor.pad([{k: e[k] for k in keys if k in e} for e in examples])
+        if taught and teacher_weight and any("teacher" in e for e in examples):
+            batch["answer_options"] = torch.as_tensor(
+                [e.get("answer_options", (-1, -1)) for e in examples], dtype=torch.long
+            )
+            batch["teacher"] = torch.as_tensor([e.get("teacher", float("nan")) for e in examples])
         return {k: v.to(device) for k, v in batch.items()}
 
     def evaluate() -> dict[str, float]:
@@ -546,7 +565,9 @@ def fit(
             chosen = step_examples(train, replay, weights, cfg, replay_weight, state.step)
             answered = sum(has_answer(e) for e in chosen)
             part = shards.take(chosen)
-            batch = collate(part)
+            batch = collate(part, taught=True)
+            if "teacher" in batch:
+                batch["teacher_weight"] = teacher_weight
             out = model(**batch, loss_reduction="example")
             loss = shards.loss(out, batch["labels"], answered, trainable)
             optimizer_step(accelerator, loss, trainable, optimizer, scheduler, cfg.grad_clip)
@@ -694,6 +715,39 @@ def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: b
     return model
 
 
+def attach_teachers(processor: Any, examples: list[dict[str, Any]], probes: Sequence[Any]) -> dict[str, int]:
+    """Give each single-answer training example of a probed two-answer task its teacher (in place): the
+    options' first-token ids (``answer_options``) and the probe's probability of the second option on its
+    scan (``teacher``). Tasks whose options start with the same token are left out (a first-token margin
+    cannot tell them apart); returns the examples taught per task."""
+    from fmrilm.model.processing import IGNORE_INDEX
+    from fmrilm.model.scoring import answer_ids
+
+    taught: dict[str, int] = {}
+    for probe in probes:
+        if probe.teacher is None or len(probe.options) != 2:
+            continue
+        firsts = [answer_ids(processor, o)[0] for o in probe.options]
+        if firsts[0] == firsts[1]:
+            logger.info("probe teacher: %s left out (its options start with the same token)", probe.name)
+            continue
+        count = 0
+        for e in examples:
+            if e.get("task") != probe.name or e.get("scan_id") not in probe.teacher:
+                continue
+            learned = [t for t, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != IGNORE_INDEX]
+            answers = sum(
+                1 for a, b in zip(e["labels"], e["labels"][1:], strict=False) if a == IGNORE_INDEX != b
+            ) + int(e["labels"][0] != IGNORE_INDEX)
+            if answers != 1 or not learned or learned[0] not in firsts:
+                continue  # a chat's second question, or an answer that is not one of the options
+            e["answer_options"] = tuple(firsts)
+            e["teacher"] = probe.teacher[e["scan_id"]]
+            count += 1
+        taught[probe.name] = count
+    return taught
+
+
 def train_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Stage 3 and write the tuned model to ``OUT/model``; returns that folder."""
     with torch_threads(cfg.threads):
@@ -707,6 +761,11 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
     from fmrilm.model.scoring import store_tasks
 
     check_replay_settings(cfg.replay_weight, cfg.replay_file, cfg.replay_answers)
+    if cfg.probe_teacher > 0 and not cfg.probe_init:
+        raise FmriInputError(
+            f"--probe-teacher {cfg.probe_teacher} distils the warm start's probes, but --probe-init is off",
+            fix="add --probe-init, or leave out --probe-teacher",
+        )
     pairs = load_replay_pairs(cfg.replay_file) if cfg.replay_weight > 0 else []
     out_dir = Path(cfg.out)
     sources = load_sources(cfg.instructions, cfg.cohorts or None)
@@ -784,12 +843,19 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
     if cfg.probe_init and not (resume and latest_checkpoint(out_dir)):  # a checkpoint has its own weights
         from fmrilm.train.probe_init import warm_start_summary
 
-        probe_info = [p.summary() for p in warm_start_summary(model, probe_sources, cards, seed=cfg.seed)]
+        probes = warm_start_summary(
+            model, probe_sources, cards, seed=cfg.seed, teachers=cfg.probe_teacher > 0
+        )
+        probe_info = [p.summary() for p in probes]
+        if cfg.probe_teacher > 0:
+            taught = attach_teachers(processor, train, probes)
+            probe_info.append({"teacher_weight": cfg.probe_teacher, "taught_examples": taught})
 
     model, state = fit(
         model, train, val, cfg, out_dir, resume=resume, desc="instruct",
         setup={"sets": info, REPLAY_TASK: replay_info, "probe_init": probe_info},
         replay=replay, replay_val=replay_held, replay_weight=cfg.replay_weight,
+        teacher_weight=cfg.probe_teacher if cfg.probe_init else 0.0,
     )  # fmt: skip
     store_tasks(model, cards)
     final = out_dir / MODEL_DIR
@@ -889,6 +955,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a ridge regression per binned regression task such as age (training scans only), so the LLM starts "
         "from a linear reading of the scan (LP-FT)",
     )  # fmt: skip
+    p.add_argument(
+        "--probe-teacher", type=nonnegative_float, default=InstructConfig.probe_teacher, metavar="W",
+        help="with --probe-init: also distil each two-answer probe into the LLM while tuning, weight W on "
+        "the cross-entropy between the answer's first-token margin and the probe's Platt-scaled probability "
+        "on each training scan (0: none; default %(default)s)",
+    )  # fmt: skip
     add_tuning_arguments(
         p,
         InstructConfig,
@@ -910,6 +982,7 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         replay_file=None if args.replay_file is None else str(args.replay_file),
         replay_answers=str(args.replay_answers),
         probe_init=bool(args.probe_init),
+        probe_teacher=float(args.probe_teacher),
         **tuning_kwargs(args),
     )
 

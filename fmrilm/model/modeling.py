@@ -325,7 +325,15 @@ class FmriLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
 
-    def forward(self, *, loss_reduction: str = "token", **batch: Any) -> Any:
+    def forward(
+        self,
+        *,
+        loss_reduction: str = "token",
+        answer_options: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
+        teacher_weight: float = 0.0,
+        **batch: Any,
+    ) -> Any:
         """The LLM's forward (``input_ids``, ``attention_mask``, ``labels`` ...): loss and logits as usual.
 
         With ``loss_reduction="example"`` and ``labels`` (what Stages 2 and 3 and fine-tuning use), the output
@@ -335,6 +343,12 @@ class FmriLM(nn.Module):
         The loss is the mean over examples of each example's mean token loss, so a long answer does not
         outweigh a short one; ``example_losses`` (B,) come back too, and ``logits`` at the learned positions for
         architectures outside `CHUNKED_LOSS_TYPES` (they may transform logits after the output layer).
+
+        ``answer_options`` ``(B, 2)`` first-token ids of a two-answer task's options (-1: none) and ``teacher``
+        ``(B,)`` a teacher's probability of the second option (NaN: none) add ``teacher_weight`` times the
+        binary cross-entropy between that probability and the answer's first-token margin (``logit(option 1) -
+        logit(option 0)`` where the answer starts) to those examples' losses: knowledge distillation from a
+        linear probe (`train.probe_init.teacher_probabilities`), so the answer ranks scans as the probe does.
         """
         batch = self._with_soft_tokens(dict(batch))
         if "inputs_embeds" in batch:
@@ -349,7 +363,7 @@ class FmriLM(nn.Module):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
         targets = labels[:, 1:][keep[:, :-1]]
-        logits = None
+        logits = hidden = None
         if getattr(self.llm.config, "model_type", None) in CHUNKED_LOSS_TYPES:
             hidden = self._hidden_at(batch, keep)
             token_loss = chunked_cross_entropy(hidden, targets, self.llm.get_output_embeddings())
@@ -364,8 +378,47 @@ class FmriLM(nn.Module):
             torch.zeros(labels.shape[0], device=token_loss.device).index_add(0, rows, token_loss) / n_tokens
         )
         has_answer = keep.any(dim=1)
+        margins = None
+        if answer_options is not None and teacher is not None:
+            first = torch.searchsorted(rows, torch.arange(labels.shape[0], device=rows.device))
+            taught = has_answer & (answer_options[:, 0] >= 0) & ~torch.isnan(teacher)
+            margins = self._first_token_margins(
+                logits, hidden if logits is None else None, first, answer_options
+            )
+            if teacher_weight and taught.any():
+                distill = nn.functional.binary_cross_entropy_with_logits(
+                    margins[taught].float(), teacher[taught].float(), reduction="none"
+                )
+                example_losses = example_losses.index_add(
+                    0, taught.nonzero()[:, 0], float(teacher_weight) * distill
+                )
         loss = example_losses[has_answer].mean() if has_answer.any() else example_losses.sum() * 0.0
-        return ModelOutput(loss=loss, example_losses=example_losses, logits=logits)
+        return ModelOutput(loss=loss, example_losses=example_losses, logits=logits, margins=margins)
+
+    def _first_token_margins(
+        self,
+        logits: torch.Tensor | None,
+        hidden: torch.Tensor | None,
+        first: torch.Tensor,
+        options: torch.Tensor,
+    ) -> torch.Tensor:
+        """``logit(options[:, 1]) - logit(options[:, 0])`` ``(B,)`` at each example's first learned position
+        (``first`` indexes the learned positions; -1 options give 0), from the logits or the output layer's input."""
+        if logits is not None:
+            logits = logits.reshape(-1, logits.shape[-1])
+        index = first.clamp(max=(logits if logits is not None else hidden).shape[0] - 1)
+        ids = options.clamp(min=0)
+        if logits is not None:
+            at = logits[index].float()
+            margin = at.gather(1, ids[:, 1:]) - at.gather(1, ids[:, :1])
+            margin = margin[:, 0]
+        else:
+            head = self.llm.get_output_embeddings()
+            direction = head.weight[ids[:, 1]] - head.weight[ids[:, 0]]
+            margin = (hidden[index] * direction).sum(-1).float()
+            if getattr(head, "bias", None) is not None:
+                margin = margin + (head.bias[ids[:, 1]] - head.bias[ids[:, 0]]).float()
+        return torch.where(options[:, 0] >= 0, margin, torch.zeros_like(margin))
 
     def _hidden_at(self, batch: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
         """The output layer's input at the ``keep`` positions ``(n, hidden)``: the LLM runs as usual with
