@@ -175,6 +175,11 @@ PRESETS: dict[str, Preset] = {
         #: recipe on the validation fold only, and carried over untested it measured lower on both of this
         #: preset's folds (autism AUC 0.600 / 0.617 against 0.610 / 0.638; BENCHMARKS.md, "The `full` preset")
         instruct_soft_lr_scale=None,
+        #: each two-answer probe distilled into the answer while tuning: on the validation fold, one seed,
+        #: sex AUC 0.777 against 0.695 without it, autism balanced accuracy 0.616 against 0.593 at the same
+        #: AUC (0.633 / 0.634), age r 0.45 against 0.50; at weight 4 autism and age lower (BENCHMARKS.md,
+        #: "Distilling the probes into the answers")
+        instruct_probe_teacher=1.0,
     ),
     "gpu": _GPU,
 }

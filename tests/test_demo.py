@@ -105,3 +105,19 @@ def test_the_full_preset_trains_and_evaluates_every_phenotype_task():
     assert set(full.eval_tasks) == {"diagnosis", "sex", "age"}
     assert full.instruct_steps > cpu.instruct_steps and full.instruct_probe_init
     assert full.instruct_soft_lr_scale is None  # the rate its two folds were measured with (BENCHMARKS.md)
+
+
+def test_the_full_presets_stage_3_distils_its_probes_and_the_cpu_presets_does_not(tmp_path, monkeypatch):
+    """The presets' Stage-3 commands as the demo runs them (each step recorded, none run)."""
+    from fmrilm.eval.demo import PRESETS, Demo
+
+    commands = {}
+    for name in ("full", "cpu"):
+        demo = Demo(tmp_path / name, PRESETS[name], abide=None, base=None, threads=None)
+        recorded = []
+        monkeypatch.setattr(demo, "step", lambda title, argv, done=None, seen=recorded: seen.append(argv))
+        demo.train({"abide": {"dir": "c", "train": "c"}}, {"abide": "corpus"}, {"abide": "set"})
+        commands[name] = next(a for a in recorded if a[:2] == ["train", "instruct"])
+    full = commands["full"]
+    assert "--probe-init" in full and full[full.index("--probe-teacher") + 1] == "1.0"
+    assert "--probe-init" in commands["cpu"] and "--probe-teacher" not in commands["cpu"]
