@@ -277,6 +277,25 @@ def test_row_space_rotation_gives_the_same_predictions():
             np.testing.assert_allclose(fast.predict_proba(test), slow.predict_proba(test), atol=2e-3)
 
 
+def test_a_weakly_regularized_baseline_does_not_depend_on_the_solvers_coordinates():
+    """Many features and the weakest C (FC's sex baseline on ABIDE): the fit converges to the same model in
+    rotated and raw coordinates, so a reported baseline does not move with the arithmetic's order (BLAS threads)."""
+    from fmrilm.eval.baselines import make_model
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3000)) + 2 * rng.normal(size=(300, 1))
+    y = np.where(X[:, :20].sum(1) + 6 * rng.normal(size=300) > 0, "a", "b")
+    idx = np.arange(300)
+    cv = [(idx[idx % 3 != k], idx[idx % 3 == k]) for k in range(3)]
+    test = rng.normal(size=(50, 3000))
+    scores = []
+    for rotate in (True, False):
+        model = make_model("binary", cv, rotate=rotate)
+        model[-1].set_params(Cs=[10.0])
+        scores.append(model.fit(X, y).predict_proba(test)[:, 0])
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-3)
+
+
 # ------------------------------------------------------------------------------------ gaps mutation testing found
 def test_fc_features_detrend_only_when_asked():
     """Two regions of independent noise riding one slow drift: detrended they are uncorrelated, raw the drift
