@@ -261,3 +261,21 @@ def test_distillation_moves_the_answer_towards_the_teacher(setting):
         out.loss.backward()
         optimizer.step()
     assert gap() < 0.5 * before
+
+
+def test_a_resumed_run_gets_the_same_teachers_without_touching_the_model(setting):
+    import copy
+
+    import torch
+    from fmrilm.train.probe_init import probe_teachers, warm_start_summary
+
+    model, rows, codes, card, y = setting
+    model = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (fresh,) = probe_teachers(model, [(rows, codes)], [card], seed=0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    (warm,) = warm_start_summary(
+        copy.deepcopy(model), [(rows, codes)], [card], seed=0, rounds=0, teachers=True
+    )
+    assert fresh.teacher == warm.teacher and len(fresh.teacher) == N_SCANS
+    np.testing.assert_allclose(fresh.weights, warm.weights)

@@ -358,49 +358,15 @@ def _warm_start(
     probes, gradients, prompts_of = [], [], {}
     for card in [*two_answer_tasks(cards), *binned_regressions(cards)]:
         values = bin_values_of(card)
-        chosen = []  # (row, codes of its source)
-        for rows, codes in sources:
-            connectome = getattr(codes, "connectome", {}) or {}
-            seen: set[str] = set()
-            for row in rows:
-                sid = str(row["scan_id"])
-                if row["task"] != card.name or sid in seen or sid not in connectome:
-                    continue
-                if _target(row, card) is None or sum(m["role"] == "assistant" for m in _msgs(row)) != 1:
-                    continue
-                seen.add(sid)
-                chosen.append((row, codes))
-        if len(chosen) < MIN_SCANS:
-            logger.info("probe warm start: %s skipped (%d training scans)", card.name, len(chosen))
+        data = probe_data(card, sources, k)
+        probe = None if data is None else fitted_probe(card, *data, seed=seed, teachers=teachers)
+        if probe is None:
             continue
-        X = np.stack([summary_components(c.connectome[str(r["scan_id"])].values, k) for r, c in chosen])
-        y = np.asarray([_target(r, card) for r, _ in chosen], dtype=np.float64)
-        groups = np.asarray([str(r.get("site", "")) for r, _ in chosen])
-        try:
-            if values is None:
-                w, c = fit_probe(X, y.astype(int), groups, seed)
-            else:
-                w, c = fit_ridge_probe(X, y, groups, seed)
-        except FmriInputError as exc:
-            logger.info("probe warm start: %s skipped (%s)", card.name, exc)
-            continue
-        teacher, teacher_auc = None, float("nan")
-        if teachers and values is None:
-            q, teacher_auc = teacher_probabilities(X, y.astype(int), groups, c, seed)
-            if q is not None:
-                teacher = {str(r["scan_id"]): float(v) for (r, _), v in zip(chosen, q, strict=True)}
-        spread = float(np.std(X @ w))
-        if spread > 1e-12:  # the ranking, at a spread that competes with the LLM's own answers
-            w = w * ((PROBE_LOGIT_SD if values is None else float(np.std(y))) / spread)
+        chosen, X = data[0], data[1]
         messages = [resolve_messages(r["messages"], c) for r, c in chosen]
         order = rng.permutation(len(chosen))
         g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options, values)
-        probes.append(
-            ProbeTask(
-                card.name, tuple(card.options), w, c, len(chosen), values=values,
-                teacher=teacher, teacher_auc=teacher_auc,
-            )
-        )  # fmt: skip
+        probes.append(probe)
         gradients.append(g)
         prompts_of[card.name] = (
             [messages[i] for i in order[:CALIBRATION_PROMPTS]],
@@ -472,6 +438,88 @@ def _warm_start(
             p.slope,
         )
     return probes
+
+
+def probe_data(
+    card: Any, sources: Sequence[tuple[Sequence[dict[str, Any]], Any]], k: int
+) -> tuple[list[tuple[dict[str, Any], Any]], np.ndarray, np.ndarray, np.ndarray] | None:
+    """A task's probe data: ``(chosen, X, y, groups)``, one single-question training row per scan with an
+    answer (``chosen``: ``(row, codes)``), its scan's first ``k`` summary components, its target and its site;
+    None when fewer than `MIN_SCANS` scans have one."""
+    chosen = []
+    for rows, codes in sources:
+        connectome = getattr(codes, "connectome", {}) or {}
+        seen: set[str] = set()
+        for row in rows:
+            sid = str(row["scan_id"])
+            if row["task"] != card.name or sid in seen or sid not in connectome:
+                continue
+            if _target(row, card) is None or sum(m["role"] == "assistant" for m in _msgs(row)) != 1:
+                continue
+            seen.add(sid)
+            chosen.append((row, codes))
+    if len(chosen) < MIN_SCANS:
+        logger.info("probe warm start: %s skipped (%d training scans)", card.name, len(chosen))
+        return None
+    X = np.stack([summary_components(c.connectome[str(r["scan_id"])].values, k) for r, c in chosen])
+    y = np.asarray([_target(r, card) for r, _ in chosen], dtype=np.float64)
+    groups = np.asarray([str(r.get("site", "")) for r, _ in chosen])
+    return chosen, X, y, groups
+
+
+def fitted_probe(
+    card: Any,
+    chosen: Sequence[tuple[dict[str, Any], Any]],
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    seed: int = 0,
+    teachers: bool = False,
+) -> ProbeTask | None:
+    """A task's probe on its `probe_data`, its weights rescaled to the spread the warm start plants (and with
+    ``teachers`` a two-answer probe's `teacher_probabilities` per scan); None when it cannot be fitted."""
+    values = bin_values_of(card)
+    try:
+        if values is None:
+            w, c = fit_probe(X, y.astype(int), groups, seed)
+        else:
+            w, c = fit_ridge_probe(X, y, groups, seed)
+    except FmriInputError as exc:
+        logger.info("probe warm start: %s skipped (%s)", card.name, exc)
+        return None
+    teacher, teacher_auc = None, float("nan")
+    if teachers and values is None:
+        q, teacher_auc = teacher_probabilities(X, y.astype(int), groups, c, seed)
+        if q is not None:
+            teacher = {str(r["scan_id"]): float(v) for (r, _), v in zip(chosen, q, strict=True)}
+    spread = float(np.std(X @ w))
+    if spread > 1e-12:  # the ranking, at a spread that competes with the LLM's own answers
+        w = w * ((PROBE_LOGIT_SD if values is None else float(np.std(y))) / spread)
+    return ProbeTask(
+        card.name, tuple(card.options), w, c, len(chosen), values=values,
+        teacher=teacher, teacher_auc=teacher_auc,
+    )  # fmt: skip
+
+
+def probe_teachers(
+    model: Any, sources: Sequence[tuple[Sequence[dict[str, Any]], Any]], cards: Sequence[Any], seed: int = 0
+) -> list[ProbeTask]:
+    """The two-answer probes with their teachers, fitted as `warm_start_summary` fits them but leaving the
+    model alone: a resumed Stage 3 distils the same teachers its first run did."""
+    projection = getattr(model, "soft_projection", None)
+    if projection is None or projection.summary is None:
+        raise FmriInputError(
+            "Probe teachers read the scan summary, which this model does not have",
+            fix="build the model with FmriLM.from_base(..., scan_summary=True), or leave out --probe-teacher",
+        )
+    out = []
+    for card in two_answer_tasks(cards):
+        data = probe_data(card, sources, projection.summary_components)
+        probe = None if data is None else fitted_probe(card, *data, seed=seed, teachers=True)
+        if probe is not None:
+            out.append(probe)
+    return out
 
 
 def first_order_steps(G: np.ndarray, binary: Sequence[int]) -> np.ndarray:

@@ -840,15 +840,22 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
     )  # fmt: skip
 
     probe_info = None
-    if cfg.probe_init and not (resume and latest_checkpoint(out_dir)):  # a checkpoint has its own weights
+    resumed = resume and latest_checkpoint(out_dir) is not None
+    if cfg.probe_init and not resumed:  # a checkpoint has its own weights
         from fmrilm.train.probe_init import warm_start_summary
 
         probes = warm_start_summary(
             model, probe_sources, cards, seed=cfg.seed, teachers=cfg.probe_teacher > 0
         )
         probe_info = [p.summary() for p in probes]
-        if cfg.probe_teacher > 0:
-            taught = attach_teachers(processor, train, probes)
+    if cfg.probe_init and cfg.probe_teacher > 0:
+        if resumed:  # the same teachers as the first run (fitted from the same rows), the model left alone
+            from fmrilm.train.probe_init import probe_teachers
+
+            probes = probe_teachers(model, probe_sources, cards, seed=cfg.seed)
+        taught = attach_teachers(processor, train, probes)
+        logger.info("probe teachers: %s training rows taught per task", taught)
+        if probe_info is not None:
             probe_info.append({"teacher_weight": cfg.probe_teacher, "taught_examples": taught})
 
     model, state = fit(
