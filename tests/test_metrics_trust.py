@@ -437,3 +437,20 @@ def test_intervals_are_reproducible_with_their_seed_and_move_with_another():
     first = metric_intervals("classification", y, seed=3, **args)
     assert metric_intervals("classification", y, seed=3, **args) == first
     assert metric_intervals("classification", y, seed=4, **args)["auc"] != first["auc"]
+
+
+def test_confident_scores_written_to_report_json_give_back_the_reported_auc():
+    """A baseline's probabilities can sit within 1e-7 of 0 or 1 (FC on ABIDE): what report.json keeps must
+    rank the scans as the scored ones did, so the AUC recomputed from the file is the one reported."""
+    rng = np.random.default_rng(0)
+    y = np.asarray(["a", "b"] * 40)
+    margin = 14 + 3 * rng.normal(size=80) + (y == "b") * 2.0  # both classes near probability 1
+    p_b = 1 / (1 + np.exp(-margin))
+    score = np.column_stack([1 - p_b, p_b])
+    result = MethodResult(
+        method="confident", task="t", task_type="binary", y_true=list(y),
+        y_pred=["b"] * 80, y_score=score, classes=["a", "b"],
+    ).score(n_boot=10)  # fmt: skip
+    again = MethodResult.from_dict(json.loads(json.dumps(result.to_dict(predictions=True))))
+    reported = result.metrics["auc"]["value"]
+    assert roc_auc_score(y == "b", again.y_score[:, 1]) == pytest.approx(reported, abs=1e-12)
