@@ -215,15 +215,3 @@ def test_quantized_loading_fails_clearly_without_bitsandbytes():
 def test_from_pretrained_on_a_non_model_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FmriInputError, match="not a saved fmrilm model"):
         FmriLM.from_pretrained(tmp_path)
-
-
-def test_adding_and_loading_adapters_shows_the_user_no_library_warning(tmp_path):
-    """peft reads a property transformers deprecated: the FutureWarning is the libraries', not the user's."""
-    import warnings
-
-    model = build("llama")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model.add_adapters(LoraSettings(r=4, dropout=0.0))
-        model.save_pretrained(tmp_path / "a")
-        FmriLM.from_pretrained(tmp_path / "a")

@@ -313,10 +313,7 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     model = FmriLM.from_pretrained(base_dir)
     if model.has_adapters:
         model.merge_adapters()
-    from fmrilm.model.adapters import peft_quietly
-
-    with peft_quietly():
-        model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
+    model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
     if not is_trainable:
         model.llm.eval()
     if model.soft_projection is not None and (directory / model.soft_projection.WEIGHTS_NAME).exists():

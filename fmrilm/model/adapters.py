@@ -7,9 +7,6 @@ so an adapter of a 135M model is a few MB and the text vocabulary is untouched.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,17 +73,7 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
         task_type="CAUSAL_LM",
         **settings.extra,
     )
-    with peft_quietly():
-        return get_peft_model(model, config)
-
-
-@contextlib.contextmanager
-def peft_quietly() -> Iterator[None]:
-    """peft's ``PeftModel`` reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps a model,
-    a FutureWarning about the two libraries' versions that a user of a demo or a chat can do nothing about."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
+    return get_peft_model(model, config)
 
 
 def is_peft_model(model: Any) -> bool:

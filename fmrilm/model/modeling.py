@@ -25,14 +25,7 @@ import torch
 from torch import nn
 
 from fmrilm.errors import FmriInputError
-from fmrilm.model.adapters import (
-    LoraSettings,
-    add_lora,
-    base_state_dict,
-    is_peft_model,
-    merge_lora,
-    peft_quietly,
-)
+from fmrilm.model.adapters import LoraSettings, add_lora, base_state_dict, is_peft_model, merge_lora
 from fmrilm.model.brain_vocab import resize_and_init
 from fmrilm.model.processing import (
     DESCRIBE_PROMPT,
@@ -250,8 +243,7 @@ class FmriLM(nn.Module):
         if adapters and (adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
 
-            with peft_quietly():
-                llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+            llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
         if not is_trainable:
             llm.eval()
         soft = None
