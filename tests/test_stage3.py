@@ -388,3 +388,21 @@ def test_a_probe_teacher_without_the_warm_start_is_refused_before_anything_is_wr
     with pytest.raises(FmriInputError, match="--probe-init"):
         train_instruct(cfg)
     assert not out.exists()
+
+
+def test_the_warm_starts_calibration_rounds_are_a_training_setting():
+    import argparse
+
+    from fmrilm.train.probe_init import CALIBRATION_ROUNDS
+    from fmrilm.train.stage3 import InstructConfig, add_arguments, config_from_args
+
+    from fmrilm.errors import FmriInputError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "m", "--instructions", "i", "--out", "o", "--probe-init"]
+    assert config_from_args(parser.parse_args(base)).probe_rounds == CALIBRATION_ROUNDS
+    assert InstructConfig.probe_rounds == CALIBRATION_ROUNDS
+    assert config_from_args(parser.parse_args([*base, "--probe-rounds", "0"])).probe_rounds == 0
+    with pytest.raises((SystemExit, FmriInputError)):
+        parser.parse_args([*base, "--probe-rounds", "-1"])

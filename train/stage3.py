@@ -117,6 +117,8 @@ class InstructConfig(LoopConfig):
     #: with ``probe_init``: weight of the distillation term that pulls each two-answer answer's first-token
     #: margin towards its probe's (Platt-scaled) probability on that training scan (0: none)
     probe_teacher: float = 0.0
+    #: with ``probe_init``: calibration rounds of the warm start's step (0: the first-order step alone)
+    probe_rounds: int = 2
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -845,7 +847,12 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         from fmrilm.train.probe_init import warm_start_summary
 
         probes = warm_start_summary(
-            model, probe_sources, cards, seed=cfg.seed, teachers=cfg.probe_teacher > 0
+            model,
+            probe_sources,
+            cards,
+            seed=cfg.seed,
+            rounds=cfg.probe_rounds,
+            teachers=cfg.probe_teacher > 0,
         )
         probe_info = [p.summary() for p in probes]
     if cfg.probe_init and cfg.probe_teacher > 0:
@@ -968,6 +975,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the cross-entropy between the answer's first-token margin and the probe's Platt-scaled probability "
         "on each training scan (0: none; default %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--probe-rounds", type=nonnegative_int, default=InstructConfig.probe_rounds, metavar="N",
+        help="with --probe-init: calibration rounds of the warm start's step on training prompts (0: the "
+        "first-order step alone; default %(default)s)",
+    )  # fmt: skip
     add_tuning_arguments(
         p,
         InstructConfig,
@@ -990,6 +1002,7 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         replay_answers=str(args.replay_answers),
         probe_init=bool(args.probe_init),
         probe_teacher=float(args.probe_teacher),
+        probe_rounds=int(args.probe_rounds),
         **tuning_kwargs(args),
     )
 
