@@ -42,3 +42,17 @@ def test_a_saved_run_resumes_with_more_steps_but_not_with_another_learning_rate(
     # another learning rate or seed changes what is learned: refused, naming the settings
     with pytest.raises(FmriInputError, match=r"\(lr, seed\)"):
         prepare_out_dir(moved, resume=True, cfg=make(str(moved), lr=first.lr * 10, seed=first.seed + 1))
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_at_its_default_but_not_past_it(tmp_path):
+    """Stage 3's probe teacher and calibration rounds came later: an older run had neither, which is their
+    defaults' behaviour, so it resumes; asking it to resume with a teacher is another run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = CONFIGS["instruct"](str(run)).to_dict()
+    for key in ("probe_teacher", "probe_rounds"):
+        saved.pop(key)
+    (run / TRAIN_CONFIG).write_text(json.dumps(saved))
+    prepare_out_dir(run, resume=True, cfg=CONFIGS["instruct"](str(run)))
+    with pytest.raises(FmriInputError, match="probe_teacher"):
+        prepare_out_dir(run, resume=True, cfg=CONFIGS["instruct"](str(run), probe_teacher=1.0))

@@ -103,13 +103,23 @@ def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
     """Refuse to resume a run whose settings (other than RESUMABLE_CHANGES) differ from the saved ones.
 
     Compared key by key, so the order of the saved file does not matter; a key the saved file lacks is read
-    as None (a setting added since, at its None default, does not block an older run).
+    as that setting's default (a setting added since, at the default that keeps the older behaviour, does not
+    block an older run).
     """
+    import dataclasses
+
     path = Path(out_dir) / TRAIN_CONFIG
     if not path.exists():
         return
     old, new = json.loads(path.read_text()), cfg.to_dict()
-    changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k) != new[k])
+    defaults = {}
+    if dataclasses.is_dataclass(cfg):
+        defaults = {
+            f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
+        }
+    changed = sorted(
+        k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new[k]
+    )
     if changed:
         raise FmriInputError(
             f"The run in this folder was started with other settings ({', '.join(changed)})",
