@@ -140,7 +140,6 @@ def fit_probe(
     The components are used as they are (no standardizing), so the weights apply to what the projection reads.
     """
     from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
@@ -148,14 +147,7 @@ def fit_probe(
             f"A probe needs at least 2 training scans per answer, got {counts.tolist()}",
             fix="train on more labelled scans, or leave out --probe-init",
         )
-    n_groups = len(set(groups.tolist())) if groups is not None else 0
-    if n_groups >= 3:
-        splits = StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=seed)
-        cv = list(splits.split(components, y, groups))
-    else:
-        cv = list(
-            StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=seed).split(components, y)
-        )
+    cv = probe_splits(components, y, groups, seed)
     model = LogisticRegressionCV(
         Cs=list(PROBE_CS),
         l1_ratios=(0.0,),
@@ -167,6 +159,21 @@ def fit_probe(
         random_state=seed,
     ).fit(components, y)
     return np.asarray(model.coef_[0], dtype=np.float64), float(np.ravel(model.C_)[0])
+
+
+def probe_splits(
+    components: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A two-answer probe's inner folds: by site (stratified) when there are 3 sites or more, else stratified
+    folds of scans; the probe's C and its teacher's out-of-fold logits come from the same folds."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    if n_groups >= 3:
+        splits = StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=seed)
+        return list(splits.split(components, y, groups))
+    folds = StratifiedKFold(min(5, int(np.bincount(y, minlength=2).min())), shuffle=True, random_state=seed)
+    return list(folds.split(components, y))
 
 
 def teacher_probabilities(
@@ -182,16 +189,12 @@ def teacher_probabilities(
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
 
     y = np.asarray(y, dtype=int)
-    n_groups = len(set(groups.tolist())) if groups is not None else 0
-    if n_groups >= 3:
-        cv = StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=seed)
-    else:
-        cv = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
     probe = LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
-    oof = cross_val_predict(probe, components, y, groups=groups, cv=cv, method="decision_function")
+    cv = probe_splits(components, y, groups, seed)
+    oof = cross_val_predict(probe, components, y, cv=cv, method="decision_function")
     auc = float(roc_auc_score(y, oof))
     platt = LogisticRegression(C=1e6, class_weight="balanced", max_iter=3000).fit(oof[:, None], y)
     if float(platt.coef_[0, 0]) <= 0:

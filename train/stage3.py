@@ -737,10 +737,12 @@ def attach_teachers(processor: Any, examples: list[dict[str, Any]], probes: Sequ
         for e in examples:
             if e.get("task") != probe.name or e.get("scan_id") not in probe.teacher:
                 continue
-            learned = [t for t, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != IGNORE_INDEX]
-            answers = sum(
-                1 for a, b in zip(e["labels"], e["labels"][1:], strict=False) if a == IGNORE_INDEX != b
-            ) + int(e["labels"][0] != IGNORE_INDEX)
+            labels = e["labels"]
+            learned = [t for t, lab in zip(e["input_ids"], labels, strict=True) if lab != IGNORE_INDEX]
+            answers = sum(  # runs of learned labels: one per assistant turn
+                lab != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)
+                for i, lab in enumerate(labels)
+            )
             if answers != 1 or not learned or learned[0] not in firsts:
                 continue  # a chat's second question, or an answer that is not one of the options
             e["answer_options"] = tuple(firsts)
