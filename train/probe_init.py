@@ -56,7 +56,9 @@ SCALE_BOUNDS = (0.5, 20.0)  # of the scale's absolute value
 PROBE_LOGIT_SD = 8.0
 #: ridge on the task gradients' Gram matrix, relative to its mean diagonal
 RIDGE = 0.1
-#: rescaling rounds at most (each one scores the calibration prompts once per task)
+#: rescaling rounds at most (each one scores the calibration prompts once per task). 0 (the first-order step)
+#: starts better but ends worse: the `full` preset's Stage 3 on the validation fold, autism AUC 0.591 against
+#: 0.633 and age r 0.33 against 0.45, sex 0.804 against 0.777 (BENCHMARKS.md, "calibration rounds, re-chosen")
 CALIBRATION_ROUNDS = 2
 #: fewer training scans than this for a task: no probe for it (the fit would be noise)
 MIN_SCANS = 10
