@@ -194,6 +194,8 @@ PRESETS["tiny"] = Preset(
     instruct_steps=2,
     instruct_batch_size=2,
     instruct_sim=True,
+    #: the `full` preset's distillation too, so the suite runs that path end to end
+    instruct_probe_teacher=1.0,
     batch_size=2,
     connectome_tokens=4,
     use_abide=False,

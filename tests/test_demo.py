@@ -38,6 +38,10 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert run["soft_lr_scale"] == 1.0  # with the fitted projection tuned at the LoRA rate
     metrics = json.loads((out / "stage3_instruct" / "metrics.json").read_text())
     assert any(p["task"] == "diagnosis" for p in metrics["setup"]["probe_init"])  # ... and ran before tuning
+    assert run["probe_teacher"] == 1.0  # with its probes distilled into the training answers
+    (taught,) = [p["taught_examples"] for p in metrics["setup"]["probe_init"] if "taught_examples" in p]
+    assert sum(taught.values()) > 0  # (on 32 simulated scans: the modularity question's; diagnosis has no
+    # out-of-fold ranking there, so no teacher)
     # Stage 3 continues Stage 2's adapters: the dropout in effect is the one saved with them
     adapters = json.loads(
         (out / "stage3_instruct" / "model" / "adapters" / "adapter_config.json").read_text()

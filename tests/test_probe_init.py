@@ -279,3 +279,33 @@ def test_a_resumed_run_gets_the_same_teachers_without_touching_the_model(setting
     )
     assert fresh.teacher == warm.teacher and len(fresh.teacher) == N_SCANS
     np.testing.assert_allclose(fresh.weights, warm.weights)
+
+
+def test_two_instruction_sets_sharing_scan_ids_keep_their_own_teachers(setting):
+    """Scan ids are unique within a cohort only: a second set whose scans share the first's ids (their
+    components mirrored, so its answers flip) must not lend its teacher to the first set's examples."""
+    from dataclasses import replace
+
+    from fmrilm.train.probe_init import probe_teachers
+    from fmrilm.train.stage3 import EncodedScans, attach_teachers, build_examples
+
+    model, rows, codes, card, y = setting
+    mirrored = EncodedScans(codes)
+    mirrored.connectome = {k: replace(v, values=-v.values) for k, v in codes.connectome.items()}
+    flip = {"yes": "no", "no": "yes"}
+    flipped = []
+    for r in rows:
+        answer = flip[r["answer"]]
+        messages = [*r["messages"][:1], {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        flipped.append({**r, "answer": answer, "messages": messages})
+    (probe,) = probe_teachers(model, [(rows, codes), (flipped, mirrored)], [card], seed=0)
+    assert probe.teacher is not None and len(probe.teacher) == 2 * N_SCANS
+    examples = []
+    for source, (set_rows, set_codes) in enumerate([(rows, codes), (flipped, mirrored)]):
+        built, _ = build_examples(model.processor, set_rows, set_codes)
+        examples += [{**e, "source": source} for e in built]
+    assert attach_teachers(model.processor, examples, [probe]) == {"planted": 2 * N_SCANS}
+    for source, set_rows in enumerate([rows, flipped]):
+        taught = [e["teacher"] for e in examples if e["source"] == source]
+        labels = [r["answer"] == "yes" for r in set_rows]
+        assert roc_auc_score(labels, taught) > 0.9  # each set's own teacher, which reads its own answers

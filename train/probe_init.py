@@ -79,9 +79,9 @@ class ProbeTask:
     slope: float = float("nan")
     #: a regression's bin values (its margin is their expectation); None for a two-answer task
     values: np.ndarray | None = None
-    #: a two-answer task's teacher: each training scan's probability of the second answer
-    #: (`teacher_probabilities`; None: not asked for, or no ranking out of fold)
-    teacher: dict[str, float] | None = None
+    #: a two-answer task's teacher: each training scan's probability of the second answer, keyed by
+    #: ``(source, scan_id)`` (`probe_data`; `teacher_probabilities`; None: not asked for, or no ranking out of fold)
+    teacher: dict[tuple[int, str], float] | None = None
     teacher_auc: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def _warm_start(
         if probe is None:
             continue
         chosen, X = data[0], data[1]
-        messages = [resolve_messages(r["messages"], c) for r, c in chosen]
+        messages = [resolve_messages(r["messages"], c) for r, c, _ in chosen]
         order = rng.permutation(len(chosen))
         g = margin_gradient(model, [messages[i] for i in order[:GRADIENT_PROMPTS]], card.options, values)
         probes.append(probe)
@@ -447,12 +447,13 @@ def _warm_start(
 
 def probe_data(
     card: Any, sources: Sequence[tuple[Sequence[dict[str, Any]], Any]], k: int
-) -> tuple[list[tuple[dict[str, Any], Any]], np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[list[tuple[dict[str, Any], Any, int]], np.ndarray, np.ndarray, np.ndarray] | None:
     """A task's probe data: ``(chosen, X, y, groups)``, one single-question training row per scan with an
-    answer (``chosen``: ``(row, codes)``), its scan's first ``k`` summary components, its target and its site;
+    answer (``chosen``: ``(row, codes, source)``, ``source`` the index of its ``(rows, codes)`` pair: scan ids
+    are unique within a cohort only), its scan's first ``k`` summary components, its target and its site;
     None when fewer than `MIN_SCANS` scans have one."""
     chosen = []
-    for rows, codes in sources:
+    for source, (rows, codes) in enumerate(sources):
         connectome = getattr(codes, "connectome", {}) or {}
         seen: set[str] = set()
         for row in rows:
@@ -462,19 +463,19 @@ def probe_data(
             if _target(row, card) is None or sum(m["role"] == "assistant" for m in _msgs(row)) != 1:
                 continue
             seen.add(sid)
-            chosen.append((row, codes))
+            chosen.append((row, codes, source))
     if len(chosen) < MIN_SCANS:
         logger.info("probe warm start: %s skipped (%d training scans)", card.name, len(chosen))
         return None
-    X = np.stack([summary_components(c.connectome[str(r["scan_id"])].values, k) for r, c in chosen])
-    y = np.asarray([_target(r, card) for r, _ in chosen], dtype=np.float64)
-    groups = np.asarray([str(r.get("site", "")) for r, _ in chosen])
+    X = np.stack([summary_components(c.connectome[str(r["scan_id"])].values, k) for r, c, _ in chosen])
+    y = np.asarray([_target(r, card) for r, _, _ in chosen], dtype=np.float64)
+    groups = np.asarray([str(r.get("site", "")) for r, _, _ in chosen])
     return chosen, X, y, groups
 
 
 def fitted_probe(
     card: Any,
-    chosen: Sequence[tuple[dict[str, Any], Any]],
+    chosen: Sequence[tuple[dict[str, Any], Any, int]],
     X: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
@@ -497,7 +498,7 @@ def fitted_probe(
     if teachers and values is None:
         q, teacher_auc = teacher_probabilities(X, y.astype(int), groups, c, seed)
         if q is not None:
-            teacher = {str(r["scan_id"]): float(v) for (r, _), v in zip(chosen, q, strict=True)}
+            teacher = {(i, str(r["scan_id"])): float(v) for (r, _, i), v in zip(chosen, q, strict=True)}
     spread = float(np.std(X @ w))
     if spread > 1e-12:  # the ranking, at a spread that competes with the LLM's own answers
         w = w * ((PROBE_LOGIT_SD if values is None else float(np.std(y))) / spread)

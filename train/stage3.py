@@ -720,8 +720,9 @@ def load_trainable_model(path: str | Path, lora: dict[str, Any], new_adapters: b
 def attach_teachers(processor: Any, examples: list[dict[str, Any]], probes: Sequence[Any]) -> dict[str, int]:
     """Give each single-answer training example of a probed two-answer task its teacher (in place): the
     options' first-token ids (``answer_options``) and the probe's probability of the second option on its
-    scan (``teacher``). Tasks whose options start with the same token are left out (a first-token margin
-    cannot tell them apart); returns the examples taught per task."""
+    scan (``teacher``), matched by the example's ``source`` (the index of its instruction set, 0 if absent) and
+    ``scan_id``. Tasks whose options start with the same token are left out (a first-token margin cannot tell
+    them apart); returns the examples taught per task."""
     from fmrilm.model.processing import IGNORE_INDEX
     from fmrilm.model.scoring import answer_ids
 
@@ -735,7 +736,8 @@ def attach_teachers(processor: Any, examples: list[dict[str, Any]], probes: Sequ
             continue
         count = 0
         for e in examples:
-            if e.get("task") != probe.name or e.get("scan_id") not in probe.teacher:
+            key = (int(e.get("source", 0)), str(e.get("scan_id")))
+            if e.get("task") != probe.name or key not in probe.teacher:
                 continue
             labels = e["labels"]
             learned = [t for t, lab in zip(e["input_ids"], labels, strict=True) if lab != IGNORE_INDEX]
@@ -746,7 +748,7 @@ def attach_teachers(processor: Any, examples: list[dict[str, Any]], probes: Sequ
             if answers != 1 or not learned or learned[0] not in firsts:
                 continue  # a chat's second question, or an answer that is not one of the options
             e["answer_options"] = tuple(firsts)
-            e["teacher"] = probe.teacher[e["scan_id"]]
+            e["teacher"] = probe.teacher[key]
             count += 1
         taught[probe.name] = count
     return taught
@@ -800,6 +802,8 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         val_rows = ds.select([i for i in keep if parts[i] == VAL_PART])
         probe_sources.append((train_rows, codes))
         tr, skipped_tr = build_examples(processor, train_rows, codes, cfg.max_length)
+        for e in tr:  # which probe source it came from: scan ids are unique within a cohort only
+            e["source"] = len(probe_sources) - 1
         va, skipped_va = build_examples(processor, val_rows, codes, cfg.max_length)
         train += tr
         val += va
