@@ -31,6 +31,8 @@ LIBRARY_LOGGERS = (
 #: Where routed Python warnings are logged.
 WARNINGS_LOGGER = "fmrilm.library"
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+#: how many `library_warnings` blocks are open (a nested quiet block keeps the outer routing)
+_active = 0
 
 
 def _is_ours(category: type, filename: str) -> bool:
@@ -43,8 +45,14 @@ def _is_ours(category: type, filename: str) -> bool:
 def library_warnings(verbose: bool = False, log_file: str | Path | None = None) -> Iterator[None]:
     """Within the block, library warnings go to ``log_file`` (appended) and, with ``verbose``, to stderr.
 
-    Everything is put back on exit, so the block can run inside a test or a longer program.
+    Everything is put back on exit, so the block can run inside a test or a longer program. Inside another
+    such block (a command the demo runs in its own process), a block that asks for neither a log file nor
+    ``verbose`` keeps the outer routing: the demo's warnings.log gets the training's and evaluation's warnings.
     """
+    global _active
+    if _active and not verbose and log_file is None:
+        yield
+        return
     handlers: list[logging.Handler] = []
     if log_file is not None:
         try:
@@ -81,12 +89,14 @@ def library_warnings(verbose: bool = False, log_file: str | Path | None = None) 
             library.warning("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
 
     warnings.showwarning = show
+    _active += 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # each library warning once per place, into the log
             warnings.showwarning = show
             yield
     finally:
+        _active -= 1
         warnings.showwarning = original_show
         for logger, old_handlers, propagate, level in saved:
             logger.handlers = old_handlers

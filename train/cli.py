@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             stage.set_defaults(stage_run=_unavailable(name, exc))
             continue
         module.add_arguments(stage)
+        stage.add_argument(
+            "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
+        )
+        stage.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
         stage.set_defaults(stage_run=module.run)
 
 
@@ -51,4 +55,9 @@ def _unavailable(name: str, exc: ImportError):
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args.stage_run(args) or 0)
+    """Run the stage with library warnings (deprecations of transformers, peft, ...) kept off the training
+    log: to ``--log-file`` when given, on stderr with ``--verbose``. The stage's own log lines stay."""
+    from fmrilm.logs import library_warnings
+
+    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+        return int(args.stage_run(args) or 0)
