@@ -178,8 +178,8 @@ PRESETS: dict[str, Preset] = {
         #: each two-answer probe distilled into the answer while tuning: on the validation fold, one seed,
         #: sex AUC 0.777 against 0.695 without it, autism balanced accuracy 0.616 against 0.593 at the same
         #: AUC (0.633 / 0.634), age r 0.45 against 0.50; at weight 4 autism and age lower. On the two judging
-        #: folds afterwards: autism AUC 0.609 / 0.706 against 0.657 / 0.677, within a seed's spread
-        #: (BENCHMARKS.md, "Distilling the probes into the answers")
+        #: folds afterwards: autism AUC 0.609 / 0.706 against 0.657 / 0.677, within a seed's spread; a second
+        #: Stage-3 seed 0.595 / 0.675 (BENCHMARKS.md, "Distilling the probes into the answers")
         instruct_probe_teacher=1.0,
     ),
     "gpu": _GPU,
