@@ -34,6 +34,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, FEW_SHOT_FROM, EvalConfig
 
+    from fmrilm.logs import add_warning_options
     from fmrilm.safety import fraction, nonnegative_int, positive_float, positive_int, probability
 
     d = EvalConfig(model="", cohort="", task="", out="")
@@ -121,8 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="append the results table to the evaluated model's card (its README.md)",
     )
-    p.add_argument("--verbose", action="store_true", help="show library warnings (transformers, peft, ...)")
-    p.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
+    add_warning_options(p)
     p.add_argument(
         "--no-tangent", action="store_true", help="leave out the tangent-space FC baseline (the slowest one)"
     )
@@ -178,13 +178,13 @@ def run(args: argparse.Namespace) -> int:
     from fmrilm.eval.evaluate import evaluate, summary_table
     from fmrilm.train.common import setup_logging
 
-    from fmrilm.logs import library_warnings, no_library_progress_bars
+    from fmrilm.logs import no_library_progress_bars, warnings_as_asked
 
     setup_logging()
     quiet = no_library_progress_bars() if getattr(args, "no_progress", False) else nullcontext()
     with (
         quiet,  # --no-progress: no "Loading weights" bars either
-        library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)),
+        warnings_as_asked(args),
     ):
         cfg = config_from_args(args)
         invocation = getattr(args, "invocation", None)  # set by fmrilm.cli.main: the command as typed

@@ -75,17 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the LLM answer attribution and what-if questions too, instead of computing them",
     )
-    parser.add_argument(
-        "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
-    )
-    parser.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
+    from fmrilm.logs import add_warning_options
+
+    add_warning_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.logs import library_warnings, no_library_progress_bars
+    from fmrilm.logs import no_library_progress_bars, warnings_as_asked
 
     with (
-        library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)),
+        warnings_as_asked(args),
         no_library_progress_bars(),
     ):
         return _run(args)

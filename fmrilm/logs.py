@@ -12,8 +12,9 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 #: Library loggers whose WARNING messages are routed (their children follow them).
 LIBRARY_LOGGERS = (
@@ -104,6 +105,19 @@ def library_warnings(verbose: bool = False, log_file: str | Path | None = None) 
             logger.setLevel(level)
         for handler in handlers:
             handler.close()
+
+
+def add_warning_options(parser: Any) -> None:
+    """The options every command that loads a model takes: ``--verbose`` and ``--log-file FILE``."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
+    )
+    parser.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
+
+
+def warnings_as_asked(args: Any) -> AbstractContextManager[None]:
+    """`library_warnings` as a command's `add_warning_options` ask for (absent options: quiet)."""
+    return library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None))
 
 
 @contextmanager

@@ -61,3 +61,12 @@ def test_every_train_stage_takes_the_warning_options():
     for stage in STAGES:
         help_text = parser._subparsers._group_actions[0].choices[stage].format_help()
         assert "--verbose" in help_text and "--log-file" in help_text
+
+
+def test_finetune_and_eval_and_chat_take_the_warning_options():
+    from fmrilm.cli import build_parser
+
+    for command in ("finetune", "eval", "chat"):
+        parser = build_parser(command)
+        help_text = parser._subparsers._group_actions[0].choices[command].format_help()
+        assert "--verbose" in help_text and "--log-file" in help_text

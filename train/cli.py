@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from fmrilm.logs import add_warning_options
+
 #: stage name -> (module with add_arguments(parser) and run(args), one-line help)
 STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": (
@@ -39,10 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             stage.set_defaults(stage_run=_unavailable(name, exc))
             continue
         module.add_arguments(stage)
-        stage.add_argument(
-            "--verbose", action="store_true", help="show library warnings (transformers, peft, ...) on stderr"
-        )
-        stage.add_argument("--log-file", metavar="FILE", help="append library warnings and messages to FILE")
+        add_warning_options(stage)
         stage.set_defaults(stage_run=module.run)
 
 
@@ -57,7 +56,7 @@ def _unavailable(name: str, exc: ImportError):
 def run(args: argparse.Namespace) -> int:
     """Run the stage with library warnings (deprecations of transformers, peft, ...) kept off the training
     log: to ``--log-file`` when given, on stderr with ``--verbose``. The stage's own log lines stay."""
-    from fmrilm.logs import library_warnings
+    from fmrilm.logs import warnings_as_asked
 
-    with library_warnings(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None)):
+    with warnings_as_asked(args):
         return int(args.stage_run(args) or 0)

@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.train.finetune import FinetuneConfig
     from fmrilm.train.stage3 import add_tuning_arguments
 
+    from fmrilm.logs import add_warning_options
     from fmrilm.safety import fraction, positive_int
 
     p = parser
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--paradigms", default="brain", help="comma-separated paradigms to train (default: brain)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (adapters only)")
     add_tuning_arguments(p, FinetuneConfig)
+    add_warning_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         paradigms=[p.strip() for p in args.paradigms.split(",") if p.strip()],
         **tuning_kwargs(args),
     )
-    out = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
+    from fmrilm.logs import warnings_as_asked
+
+    with warnings_as_asked(args):  # peft's deprecation notices stay off the training log
+        out = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if is_main_process():  # under a launcher, said once
         print(f"fine-tuned adapters written to {out} (load with fmrilm.train.finetune.load_finetuned)")
     return 0
