@@ -84,6 +84,11 @@ class Preset:
     #: on the validation fold, two seeds each, autism AUC 0.646 against 0.635 at 10, balanced accuracy 0.628
     #: against 0.624, modularity 68% / 40% (fresh / second) against 69% / 36% (BENCHMARKS.md)
     instruct_soft_lr_scale: float | None = 1.0
+    #: every Stage-3 prompt (and so the chat's) ends the scan with its facts line, the most elevated
+    #: network-pair coupling computed by `fmrilm.descriptors` (`train instruct --scan-facts`): the connectome
+    #: tokens do not carry it, and the chat named it on 0-3% of held-out scans without (BENCHMARKS.md,
+    #: "Scan facts")
+    instruct_scan_facts: bool = True
     instruct_warmup_steps: int | None = 5
     #: Dropout on the LoRA input (Stage 2 creates the adapters, Stage 3 continues them): 0 lets peft skip the
     #: dropout copy of every linear layer's input, a fifth of a CPU step; a few dozen steps cannot overfit.
@@ -503,6 +508,7 @@ class Demo:
             )
             + ([] if self.p.instruct_lr_schedule is None else ["--lr-schedule", self.p.instruct_lr_schedule])
             + (["--probe-init"] if self.p.instruct_probe_init else [])
+            + (["--scan-facts"] if self.p.instruct_scan_facts else [])
             + (
                 ["--probe-teacher", str(self.p.instruct_probe_teacher)]
                 if self.p.instruct_probe_init and self.p.instruct_probe_teacher

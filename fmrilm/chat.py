@@ -83,6 +83,9 @@ def fmri_part(processor: Any, scan: Any) -> dict[str, Any]:
     connectome = processor.encode_connectome(scan)
     if connectome is not None:  # the whole scan's connectome tokens, kept with the history
         part["connectome"] = {"codes": connectome.codes.tolist(), "values": connectome.values.tolist()}
+    facts = processor.scan_facts(scan)
+    if facts:  # the scan's facts line, kept with the history like its tokens
+        part["facts"] = facts
     scan_id = getattr(scan, "scan_id", None)
     if scan_id is not None:
         part["scan_id"] = str(scan_id)

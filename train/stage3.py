@@ -119,6 +119,9 @@ class InstructConfig(LoopConfig):
     probe_teacher: float = 0.0
     #: with ``probe_init``: calibration rounds of the warm start's step (0: the first-order step alone)
     probe_rounds: int = 2
+    #: every whole-scan part ends with the scan's facts line (`fmrilm.descriptors.facts`), z-scored against
+    #: the reference statistics of the instruction sets' descriptor corpora (None: keep the model's setting)
+    scan_facts: bool | None = None
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -191,11 +194,13 @@ def encode_scans(
     scan_ids: set[str] | None = None,
     progress: bool = False,
     windows: bool = True,
+    facts: Any = None,
 ):
     """``{scan_id: codes (W, K)}`` of a cohort's scans (only ``scan_ids`` if given), each encoded once.
 
     ``windows=False`` (a model that shows connectome tokens only and no row asks for a window) skips the
-    window tokenizer: every scan gets zero windows, and only its connectome tokens are computed.
+    window tokenizer: every scan gets zero windows, and only its connectome tokens are computed. ``facts``
+    (scan -> its facts line, the processor's ``scan_facts``) fills ``facts`` for whole-scan parts.
     """
     from fmrilm.train.stage2 import encode_cohorts
 
@@ -221,7 +226,43 @@ def encode_scans(
 
             scans = tqdm(scans, desc="connectome tokens", unit="scan")
         encoded.connectome = {str(s.scan_id): connectome.encode(s) for s in scans}
+    if facts is not None:
+        encoded.facts = {str(s): facts(cohort.scan(i)) for i, s in enumerate(cohort.dataset["scan_id"])}
     return encoded
+
+
+def store_fact_references(config: Any, sources: list[InstructionSource]) -> None:
+    """Put each instruction set's descriptor reference (the statistics its answers were computed against) in
+    the model's ``descriptor_references``, replacing any stored one of the same atlas."""
+    from fmrilm.data_gen.corpus import REFERENCE_FILE
+
+    for source in sources:
+        corpus = source.meta.get("descriptors")
+        if not corpus:
+            continue  # phenotype questions only: no corpus, and no facts for its atlas unless another set has one
+        path = _corpus_of(source.directory, corpus) / REFERENCE_FILE
+        if not path.is_file():
+            raise FmriInputError(
+                f"Scan facts need the descriptor reference of this instruction set's corpus, and {path} is missing",
+                file=source.directory,
+                fix="keep the corpus folder the set was built from (fmrilm corpus build), or leave out --scan-facts",
+            )
+        reference = json.loads(path.read_text())
+        atlas = reference.get("atlas") or {}
+        config.descriptor_references = [
+            r for r in config.descriptor_references if (r.get("atlas") or {}).get("name") != atlas.get("name")
+        ] + [reference]
+
+
+def _corpus_of(directory: Path, stored: str) -> Path:
+    for candidate in (Path(stored), directory.parent / stored, directory / stored):
+        if candidate.is_dir():
+            return candidate
+    raise FmriInputError(
+        f"Scan facts need this instruction set's descriptor corpus ({stored}), which is not found",
+        file=directory,
+        fix="keep the corpus folder the set was built from (fmrilm corpus build), or leave out --scan-facts",
+    )
 
 
 def asks_for_windows(rows: Any) -> bool:
@@ -242,10 +283,12 @@ class EncodedScans(dict):
     tokenizer has connectome tokens (whole-scan parts then carry them)."""
 
     connectome: dict[str, Any]
+    facts: dict[str, str]
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.connectome = {}
+        self.facts = {}
 
 
 def resolve_messages(
@@ -279,10 +322,14 @@ def _resolve_part(part: dict[str, Any], codes: dict[str, np.ndarray]) -> dict[st
     scan_codes = codes[scan_id]
     window = part.get("window")
     if window is None:
+        whole: dict[str, Any] = {"type": "fmri", "codes": scan_codes}
         connectome = getattr(codes, "connectome", {}).get(scan_id)
         if connectome is not None:
-            return {"type": "fmri", "codes": scan_codes, "connectome": connectome}
-        return {"type": "fmri", "codes": scan_codes}
+            whole["connectome"] = connectome
+        facts = getattr(codes, "facts", {}).get(scan_id)
+        if facts is not None:
+            whole["facts"] = facts
+        return whole
     if not 0 <= int(window) < len(scan_codes):
         raise FmriInputError(
             f"Instruction rows ask for window {window} of scan '{scan_id}', which has {len(scan_codes)} windows "
@@ -786,6 +833,10 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         model.processor.config.connectome_shown = int(cfg.connectome_shown)
     if cfg.system_prompt is not None:
         model.processor.config.system_prompt = str(cfg.system_prompt)
+    if cfg.scan_facts is not None:
+        model.processor.config.scan_facts = bool(cfg.scan_facts)
+    if model.processor.config.scan_facts:
+        store_fact_references(model.processor.config, sources)
     processor = model.processor
 
     train, val, info, probe_sources = [], [], {}, []
@@ -796,7 +847,12 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
         scan_ids = {str(s) for s in ds.select(keep)["scan_id"]}
         windows = processor.config.max_windows != 0 or asks_for_windows(ds.select(keep))
         codes = encode_scans(
-            source.cohort, processor.fmri_tokenizer, scan_ids, progress=bool(cfg.progress), windows=windows
+            source.cohort,
+            processor.fmri_tokenizer,
+            scan_ids,
+            progress=bool(cfg.progress),
+            windows=windows,
+            facts=processor.scan_facts if processor.config.scan_facts else None,
         )
         train_rows = ds.select([i for i in keep if parts[i] != VAL_PART])
         val_rows = ds.select([i for i in keep if parts[i] == VAL_PART])
@@ -956,6 +1012,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'' for an empty turn: SmolLM2's default costs 17 more tokens per example)",
     )  # fmt: skip
     p.add_argument(
+        "--scan-facts", action=argparse.BooleanOptionalAction, default=None,
+        help="end every whole-scan part with its facts line (the most elevated network-pair coupling, computed "
+        "by fmrilm.descriptors against each instruction set's corpus reference), saved with the model so chat "
+        "and eval state it too (default: the model's setting)",
+    )  # fmt: skip
+    p.add_argument(
         "--replay-weight", type=float, default=InstructConfig.replay_weight, metavar="W",
         help="share of every batch given to plain text -> text chat pairs, so the LLM stays a chat model "
         "(0: none; the phenotype tasks keep their balance in the rest; default %(default)s)",
@@ -1009,6 +1071,7 @@ def config_from_args(args: argparse.Namespace) -> InstructConfig:
         probe_init=bool(args.probe_init),
         probe_teacher=float(args.probe_teacher),
         probe_rounds=int(args.probe_rounds),
+        scan_facts=args.scan_facts,
         **tuning_kwargs(args),
     )
 

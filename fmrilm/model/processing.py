@@ -73,6 +73,14 @@ class FmriProcessorConfig:
     #: default, e.g. SmolLM2's 21-token "You are a helpful AI assistant named SmolLM..."; "": an empty system
     #: turn, 4 tokens in ChatML). Training and chat read it from here, so they format prompts alike
     system_prompt: str | None = None
+    #: a whole-scan part ends with a line of descriptor text computed from the scan by library code (the most
+    #: elevated network-pair coupling against the reference; `fmrilm.descriptors.facts`): the connectome
+    #: tokens do not carry which pair that is (BENCHMARKS.md, "Scan facts"). Needs the scan itself (not
+    #: precomputed codes) and a reference of its atlas in ``descriptor_references``
+    scan_facts: bool = False
+    #: descriptor reference statistics of each atlas the model was instructed on (``ReferenceStats.to_dict``),
+    #: what scan facts are z-scored against: the same statistics that made the instruction answers
+    descriptor_references: list[dict[str, Any]] = field(default_factory=list)
     fmri_tokenizer_subfolder: str = FMRI_TOKENIZER_SUBFOLDER
     adapters_subfolder: str = ADAPTERS_SUBFOLDER
     extra: dict[str, Any] = field(default_factory=dict)
@@ -326,13 +334,48 @@ class FmriLMProcessor:
                 ) from None
             codes = codes[None] if codes.ndim == 1 else codes
         connectome = None
-        if windows is None:  # the whole scan: its connectome tokens come first
+        facts = ""
+        if windows is None:  # the whole scan: its connectome tokens come first, its facts last
             connectome = self.encode_connectome(part.get("connectome", source))
+            facts = self._part_facts(part, source)
         if connectome is None:
-            return self.vocab.render(codes)
-        if values_out is not None:
-            values_out.append(connectome.values)
-        return self.vocab.render(codes, connectome.token_codes[: self.config.shown_connectome_tokens])
+            text = self.vocab.render(codes)
+        else:
+            if values_out is not None:
+                values_out.append(connectome.values)
+            text = self.vocab.render(codes, connectome.token_codes[: self.config.shown_connectome_tokens])
+        return f"{text}\n{facts}" if facts else text
+
+    # ------------------------------------------------------------------------------------------ facts
+    def scan_facts(self, scan: Any) -> str:
+        """The facts line of a whole scan (`fmrilm.descriptors.facts`); empty when this model states none
+        (``config.scan_facts`` off) or has no descriptor reference of the scan's atlas."""
+        if not self.config.scan_facts or not hasattr(scan, "timeseries"):
+            return ""
+        for facts in self._fact_makers():
+            if facts.matches(scan):
+                return facts.text(scan)
+        return ""
+
+    def _fact_makers(self) -> list[Any]:
+        """One `CouplingFacts` per stored reference, built once (a reference is ~200 kB of JSON)."""
+        from fmrilm.descriptors import ReferenceStats
+        from fmrilm.descriptors.facts import CouplingFacts
+
+        key = id(self.config.descriptor_references), len(self.config.descriptor_references)
+        if getattr(self, "_facts_key", None) != key:
+            self._facts = [
+                CouplingFacts(ReferenceStats.from_dict(r)) for r in self.config.descriptor_references
+            ]
+            self._facts_key = key
+        return self._facts
+
+    def _part_facts(self, part: dict[str, Any], source: Any) -> str:
+        if not self.config.scan_facts:
+            return ""
+        if "facts" in part:  # computed before (a chat's history, Stage 3's encoded scans): still only text
+            return escape_brain_tokens(str(part["facts"] or ""), self.vocab.prefix)
+        return self.scan_facts(source)
 
     def apply_chat_template(
         self,
