@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.processor.fmri_tokenizer,
         fit_ids,
         windows=args.max_windows != 0 or stage3.asks_for_windows(rows),
+        facts=model.processor.scan_facts if model.processor.config.scan_facts else None,
     )
     examples, _ = stage3.build_examples(model.processor, rows, codes)
     encode_s = time.perf_counter() - start

@@ -31,6 +31,10 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     config = json.loads((out / "stage3_instruct" / "model" / "fmri_processor_config.json").read_text())
     assert config["connectome_tokens"] == 4  # the tiny preset's connectome tokens reached the model
     assert config["system_prompt"] == ""  # the preset's empty system turn is saved for chat
+    # the scan's facts line is saved on, with the reference its instruction answers were computed against
+    assert config["scan_facts"] and config["descriptor_references"][0] == json.loads(
+        (out / "corpora" / "sim" / "reference.json").read_text()
+    )
     run = json.loads((out / "stage3_instruct" / "train_config.json").read_text())
     assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
     assert run["lr_schedule"] == "constant" and run["warmup_steps"] == 5

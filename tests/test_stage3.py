@@ -406,3 +406,64 @@ def test_the_warm_starts_calibration_rounds_are_a_training_setting():
     assert config_from_args(parser.parse_args([*base, "--probe-rounds", "0"])).probe_rounds == 0
     with pytest.raises((SystemExit, FmriInputError)):
         parser.parse_args([*base, "--probe-rounds", "-1"])
+
+
+def test_a_batch_split_by_length_gives_the_same_gradient(tmp_path, monkeypatch):
+    """Short and long examples run as two padded groups (a quarter less of a CPU step for the demo's prompts):
+    the gradient the update sees is the whole batch's, and the logged example losses are the same."""
+    import fmrilm.train.common as common
+    from fmrilm.train.common import length_groups
+    from fmrilm.train.stage3 import LoopConfig, fit
+
+    from fmrilm.model.adapters import LoraSettings
+
+    def one_step(split: bool) -> tuple[list[torch.Tensor], list[float]]:
+        torch.manual_seed(0)
+        llm, tok = tiny_causal_lm("llama", initializer_range=0.3)
+        model = FmriLM.from_base(
+            llm, tokenizer=tok, fmri_tokenizer=tiny_fmri_tokenizer(codebook_size=CODEBOOK)
+        )
+        model.add_adapters(LoraSettings(r=4, alpha=8, dropout=0.0))
+        rng = np.random.default_rng(0)
+        examples = []
+        for i, windows in enumerate((1, 6, 1, 6)):  # two short prompts, two long ones
+            codes = rng.integers(0, CODEBOOK, (windows, K))
+            messages = [
+                {
+                    "role": "user",
+                    "content": [{"type": "fmri", "codes": codes}, {"type": "text", "text": "Sex?"}],
+                },
+                {"role": "assistant", "content": ["male", "female"][i % 2]},
+            ]
+            examples.append({**model.processor.training_example(messages), "task": "sex"})
+        lengths = [len(e["input_ids"]) for e in examples]
+        assert len(length_groups(lengths)) == 2  # this batch does split
+        grads: list[torch.Tensor] = []
+
+        def keep_gradients(accelerator, params, optimizer, scheduler, grad_clip):
+            grads.extend(p.grad.detach().clone() for p in params)
+            optimizer.zero_grad(set_to_none=True)
+
+        monkeypatch.setattr(common, "apply_gradients", keep_gradients)
+        cfg = LoopConfig(
+            steps=1, batch_size=4, warmup_steps=0, balance=False, progress=False, split_by_length=split,
+            log_every=1, eval_every=100, save_every=100,
+        )  # fmt: skip
+        fit(model, examples, [], cfg, tmp_path / f"run-{split}")
+        logged = json.loads((tmp_path / f"run-{split}" / "metrics.json").read_text())["train"][0]
+        return grads, [logged["loss_sex"]]
+
+    whole, whole_loss = one_step(False)
+    split, split_loss = one_step(True)
+    assert len(whole) == len(split) > 0
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+
+
+def test_length_groups_split_only_where_padding_is_saved():
+    from fmrilm.train.common import length_groups
+
+    assert length_groups([40, 80, 41, 79]) == [[0, 2], [1, 3]]
+    assert length_groups([78, 80, 79, 80]) == [[0, 1, 2, 3]]  # all alike: one group
+    assert length_groups([50]) == [[0]] and length_groups([]) == [[]]

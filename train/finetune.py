@@ -212,7 +212,11 @@ def _finetune(cfg: FinetuneConfig, resume: bool, overwrite: bool = False) -> Pat
 
     model = load_trainable_model(base_dir, cfg.lora, new_adapters=True, seed=cfg.seed)
     all_scan_ids = [str(s) for s in cohort.dataset["scan_id"]]
-    codes = encode_scans(cohort, model.processor.fmri_tokenizer, {all_scan_ids[i] for i in rows + val_idx})
+    processor = model.processor  # the model's facts line, if it states one, as its chat and eval will
+    facts = processor.scan_facts if processor.config.scan_facts else None
+    codes = encode_scans(
+        cohort, processor.fmri_tokenizer, {all_scan_ids[i] for i in rows + val_idx}, facts=facts
+    )
     train, _ = build_examples(model.processor, train_rows, codes, cfg.max_length)
     val, _ = build_examples(model.processor, val_rows, codes, cfg.max_length) if val_idx else ([], None)
 

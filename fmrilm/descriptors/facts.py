@@ -49,17 +49,38 @@ class CouplingFacts:
         ]
 
     def matches(self, scan: Any) -> bool:
-        """Whether ``scan`` is on this reference's atlas (same name and region count)."""
+        """Whether ``scan`` is on this reference's atlas: the same name and the same regions, in any order."""
         atlas = getattr(scan, "atlas", None)
         ref = self.reference.atlas
-        return atlas is not None and atlas.name == ref.name and atlas.n_regions == ref.n_regions
+        return (
+            atlas is not None
+            and atlas.name == ref.name
+            and atlas.n_regions == ref.n_regions
+            and sorted(map(str, atlas.labels)) == sorted(map(str, ref.labels))
+        )
+
+    def _in_reference_order(self, scan: Any) -> Any:
+        """The scan with its regions in the reference atlas's order (networks are read by region)."""
+        labels = [str(x) for x in scan.atlas.labels]
+        wanted = [str(x) for x in self.reference.atlas.labels]
+        if labels == wanted:
+            return scan
+        from dataclasses import replace
+
+        position = {label: i for i, label in enumerate(labels)}
+        order = np.array([position[label] for label in wanted])
+        moved = {int(old): new for new, old in enumerate(order)}
+        flags = dict(scan.flags)
+        if "bad_regions" in flags:  # region indices follow the regions
+            flags["bad_regions"] = sorted(moved[int(i)] for i in flags["bad_regions"])
+        return replace(scan, timeseries=scan.timeseries[:, order], atlas=self.reference.atlas, flags=flags)
 
     def pair_z(self, scan: Any) -> dict[tuple[str, str], float]:
         """z of every between-network pair's mean coupling in the whole scan, against the reference."""
         from fmrilm.descriptors.features import _blas_limit
         from fmrilm.descriptors.reference import MIN_SD, Z_CLIP
 
-        ts = self.reference.prepare(scan)
+        ts = self.reference.prepare(self._in_reference_order(scan))
         with _blas_limit():
             values = fc_features(fisher_z(correlation(ts[None])), self.reference.atlas)[0]
         with np.errstate(invalid="ignore"):

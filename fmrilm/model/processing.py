@@ -375,7 +375,7 @@ class FmriLMProcessor:
             return ""
         if "facts" in part:  # computed before (a chat's history, Stage 3's encoded scans): still only text
             return escape_brain_tokens(str(part["facts"] or ""), self.vocab.prefix)
-        return self.scan_facts(source)
+        return self.scan_facts(part.get("scan", source))
 
     def apply_chat_template(
         self,
