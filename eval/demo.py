@@ -63,9 +63,10 @@ class Preset:
     #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
     instruct_system_prompt: str | None = ""
     #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares. Autism
-    #: half of 100 steps of 16 (800 rows, half of them a chat's second question, whose first question trains
-    #: too): about 1.5 passes over its 549 training scans and one over each descriptor question, in 6 minutes.
-    instruct_task_weights: str | None = "diagnosis=2"
+    #: 2 / 3.4 of 85 steps of 16 (800 rows, half of them a chat's second question, whose first question trains
+    #: too): about 1.5 passes over its 549 training scans; modularity 400 rows; the coupled pair, a copy from
+    #: the facts line that its loss learns within a few dozen steps, 160.
+    instruct_task_weights: str | None = "diagnosis=2,coupled_pair=0.4"
     #: Stage 3's learning rate after its warm-up (`train instruct --lr-schedule`): a run of a few dozen steps
     #: keeps learning to its end at "constant" (cosine spends its second half at a fraction of the rate).
     instruct_lr_schedule: str | None = "constant"
@@ -98,7 +99,10 @@ class Preset:
     gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
-    instruct_steps: int = 100
+    #: 85 steps of 16 with the coupled pair at 0.4 of a share give autism and modularity the rows that 100
+    #: steps at equal shares gave them (800 and 400) and the coupled pair, copied from the facts line, 160:
+    #: the facts line's ten tokens a prompt fit in the 15 minutes (BENCHMARKS.md, "Scan facts")
+    instruct_steps: int = 85
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt) and keeps second questions of a
@@ -119,6 +123,9 @@ class Preset:
     #: cpu preset trains the task it is judged on (autism) and the two descriptor questions its chat asks.
     abide_tasks: str = "diagnosis,coupled_pair,modularity"
     batch_size: int = 4
+    #: the demo's chat rates also ask each question as a chat's second one (`bench_chat` always does): 40 more
+    #: answers, 20 s of a CPU demo
+    chat_second_questions: bool = False
     eval_shots: str = "0"
     eval_seeds: int = 1
     eval_tasks: tuple[str, ...] = ("diagnosis",)
@@ -201,6 +208,7 @@ PRESETS["tiny"] = Preset(
     instruct_sim=True,
     #: the `full` preset's distillation too, so the suite runs that path end to end
     instruct_probe_teacher=1.0,
+    chat_second_questions=True,
     batch_size=2,
     connectome_tokens=4,
     use_abide=False,
@@ -556,7 +564,7 @@ class Demo:
             if task in truth:
                 source = "recorded" if task in PHENOTYPE_QUESTIONS else "its descriptors say"
                 print(f"  ({source}: {truth[task]})")
-        descriptor_rates(model, cohort, split, sets[name])
+        descriptor_rates(model, cohort, split, sets[name], second_questions=self.p.chat_second_questions)
         stored = stored_tasks(model)
         task = f"diagnosis@{cohort.name}" if f"diagnosis@{cohort.name}" in stored else "diagnosis"
         probs = model.predict(scan, task)
@@ -610,7 +618,9 @@ CHAT_QUESTIONS = (
 PHENOTYPE_QUESTIONS = {"diagnosis"}
 
 
-def descriptor_rates(model, cohort, split, instruction_set: str, n_scans: int = 20) -> None:
+def descriptor_rates(
+    model, cohort, split, instruction_set: str, n_scans: int = 20, second_questions: bool = True
+) -> None:
     """How often the model's chat answers `CHAT_QUESTIONS` (the descriptor questions and the diagnosis, asked
     without an answer list, as a user asks) right on held-out scans, next to always giving the answer most
     frequent in the training rows (the bar a model that ignores the scan reaches), and how often it answers
@@ -635,7 +645,7 @@ def descriptor_rates(model, cohort, split, instruction_set: str, n_scans: int = 
         options = next(iter(rows["options"]), None)
         options = list(options) if options is not None and len(options) else sorted(set(rows["answer"]))
         asked = {"in a fresh chat": {s: None for s in scored}}
-        if k > 0 and first_chats:
+        if second_questions and k > 0 and first_chats:
             asked["as the second question of a chat"] = {
                 s: first_chats[s] for s in scored if s in first_chats
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -126,7 +128,7 @@ def test_stage3_stores_each_instruction_sets_reference_and_replaces_one_of_the_s
     source = InstructionSource(tmp_path, None, {"descriptors": str(corpus)}, {}, None)
     config = FmriProcessorConfig(descriptor_references=[{"atlas": {"name": "toy"}, "stale": True}])
     store_fact_references(config, [source])
-    assert config.descriptor_references == [reference.to_dict()]
+    assert config.descriptor_references == [json.loads((corpus / "reference.json").read_text())]
     missing = InstructionSource(tmp_path, None, {"descriptors": str(tmp_path / "gone")}, {}, None)
     with pytest.raises(FmriInputError, match="gone.*not found"):
         store_fact_references(config, [missing])
