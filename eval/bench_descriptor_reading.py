@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -136,7 +137,35 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"{r.task:<14} {r.n_answers:>7} {r.n_train:>5} {r.n_test:>5} {r.reader:>13.1%} {r.bar:>6.1%}  {r.C:.3g}"
         )
+        if task == "coupled_pair":
+            test = rows[keep][~is_train[rows[keep]]]
+            rate = facts_rate(
+                args.instructions, [cohort.scan(int(i)) for i in test], [truth[ids[i]] for i in test]
+            )
+            print(
+                f"{'':<14} the facts line (fmrilm.descriptors.facts) names it on {rate:.1%} of the test scans"
+            )
     return 0
+
+
+def facts_rate(instructions: str, scans: list, answers: list[str]) -> float:
+    """How often the facts line of a scan, z-scored against the instruction set's corpus reference, names the
+    recorded most-coupled pair (the line a model with ``scan_facts`` shows its LLM)."""
+    from fmrilm.data_gen.corpus import REFERENCE_FILE
+    from fmrilm.instructions.builder import load_instruction_set
+    from fmrilm.train.stage3 import descriptor_corpus_of
+
+    from fmrilm.descriptors import ReferenceStats
+    from fmrilm.descriptors.facts import FACTS_PREFIX, CouplingFacts, render_coupling_facts
+
+    _, meta, _ = load_instruction_set(instructions)
+    facts = CouplingFacts(
+        ReferenceStats.load(descriptor_corpus_of(Path(instructions), meta["descriptors"]) / REFERENCE_FILE)
+    )
+    said = [render_coupling_facts(facts.pair_z(scan)) for scan in scans]
+    return float(
+        np.mean([line == f"{FACTS_PREFIX} {answer}." for line, answer in zip(said, answers, strict=True)])
+    )
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def store_fact_references(config: Any, sources: list[InstructionSource]) -> None
         corpus = source.meta.get("descriptors")
         if not corpus:
             continue  # phenotype questions only: no corpus, and no facts for its atlas unless another set has one
-        path = _corpus_of(source.directory, corpus) / REFERENCE_FILE
+        path = descriptor_corpus_of(source.directory, corpus) / REFERENCE_FILE
         if not path.is_file():
             raise FmriInputError(
                 f"Scan facts need the descriptor reference of this instruction set's corpus, and {path} is missing",
@@ -258,7 +258,8 @@ def store_fact_references(config: Any, sources: list[InstructionSource]) -> None
         ] + [reference]
 
 
-def _corpus_of(directory: Path, stored: str) -> Path:
+def descriptor_corpus_of(directory: Path, stored: str) -> Path:
+    """The descriptor corpus an instruction set was built from (its ``descriptors``, as stored or beside it)."""
     for candidate in (Path(stored), directory.parent / stored, directory / stored):
         if candidate.is_dir():
             return candidate
