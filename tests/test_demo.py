@@ -36,11 +36,8 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
         (out / "corpora" / "sim" / "reference.json").read_text()
     )
     run = json.loads((out / "stage3_instruct" / "train_config.json").read_text())
-    assert run["task_weights"] == {
-        "diagnosis": 2.0,
-        "coupled_pair": 0.4,
-    }  # and its task shares reached Stage 3
-    assert run["scan_facts"]
+    assert run["task_weights"] == {"diagnosis": 2.0}  # and its task shares reached Stage 3
+    assert run["scan_facts"]  # and its facts line
     assert run["lr_schedule"] == "constant" and run["warmup_steps"] == 5
     assert run["probe_init"]  # the preset's probe warm start reached Stage 3 ...
     assert run["soft_lr_scale"] == 1.0  # with the fitted projection tuned at the LoRA rate
