@@ -77,10 +77,15 @@ class CouplingFacts:
 
     def pair_z(self, scan: Any) -> dict[tuple[str, str], float]:
         """z of every between-network pair's mean coupling in the whole scan, against the reference."""
+        import warnings
+
         from fmrilm.descriptors.features import _blas_limit
         from fmrilm.descriptors.reference import MIN_SD, Z_CLIP
+        from fmrilm.signal import BadRegionWarning
 
-        ts = self.reference.prepare(self._in_reference_order(scan))
+        with warnings.catch_warnings():  # the scan's tokens already reported its bad regions once
+            warnings.simplefilter("ignore", BadRegionWarning)
+            ts = self.reference.prepare(self._in_reference_order(scan))
         with _blas_limit():
             values = fc_features(fisher_z(correlation(ts[None])), self.reference.atlas)[0]
         with np.errstate(invalid="ignore"):
