@@ -39,9 +39,7 @@ class CouplingFacts:
         missing = [n for n in names if n not in index]
         if missing or "scan" not in reference.stats:
             raise ValueError("reference statistics without whole-scan FC statistics cannot state scan facts")
-        columns = np.array([index[n] for n in names])
-        self.mean = np.asarray(reference.stats["scan"]["mean"], dtype=np.float64)[columns]
-        self.sd = np.asarray(reference.stats["scan"]["sd"], dtype=np.float64)[columns]
+        self.columns = np.array([index[n] for n in names])
         self.pairs = [
             (i, tuple(n[len("fc.between.") :].split("~")))
             for i, n in enumerate(names)
@@ -80,17 +78,16 @@ class CouplingFacts:
         import warnings
 
         from fmrilm.descriptors.features import _blas_limit
-        from fmrilm.descriptors.reference import MIN_SD, Z_CLIP
         from fmrilm.signal import BadRegionWarning
 
         with warnings.catch_warnings():  # the scan's tokens already reported its bad regions once
             warnings.simplefilter("ignore", BadRegionWarning)
             ts = self.reference.prepare(self._in_reference_order(scan))
         with _blas_limit():
-            values = fc_features(fisher_z(correlation(ts[None])), self.reference.atlas)[0]
-        with np.errstate(invalid="ignore"):
-            z = np.where(self.sd > MIN_SD, (values - self.mean) / np.where(self.sd > 0, self.sd, 1), 0.0)
-        z = np.clip(z, -Z_CLIP, Z_CLIP)
+            fc = fc_features(fisher_z(correlation(ts[None])), self.reference.atlas)[0]
+        values = np.full(len(self.reference.feature_names), np.nan)  # the other families are not needed
+        values[self.columns] = fc
+        z = self.reference.zscore(values[None], unit="scan")[0][self.columns]
         return {pair: float(z[i]) for i, pair in self.pairs if np.isfinite(z[i])}
 
     def text(self, scan: Any) -> str:
