@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from fmrilm.eval.report import MethodResult
+from fmrilm.eval.report import MethodResult, sites_of
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from fmrilm.cohort import is_missing as _missing
@@ -494,5 +494,6 @@ def _make(method, task, ttype, classes, y, part, idx, table, info, pred, score) 
         classes=None if classes is None else list(classes),
         part=part,
         subject_ids=table["subject_id"].astype(str).to_numpy()[idx].tolist(),
+        sites=sites_of(table, idx),
         info=dict(info),
     )

@@ -314,7 +314,7 @@ def model_result(
     The truth is the baselines' (`task_target`), and the model's own label column is checked against it, so
     no method can be scored against a differently coded answer.
     """
-    from fmrilm.eval.report import MethodResult
+    from fmrilm.eval.report import MethodResult, sites_of
 
     from fmrilm.model.scoring import PROB_PREFIX
 
@@ -344,6 +344,7 @@ def model_result(
         classes=None if classes is None else list(classes),
         part="test",
         subject_ids=table["subject_id"].astype(str).to_numpy()[rows].tolist(),
+        sites=sites_of(table, rows),
         shots=shots,
         seed=seed,
         info=dict(info or {}),
@@ -491,6 +492,7 @@ def restrict(result: Any, rows: list[int], test_rows: list[int], shots: int, see
         classes=result.classes,
         part=result.part,
         subject_ids=None if result.subject_ids is None else [result.subject_ids[p] for p in pos],
+        sites=None if result.sites is None else [result.sites[p] for p in pos],
         shots=shots,
         seed=seed,
         info={**result.info, "own_shots": result.shots, "own_seed": result.seed},

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fmrilm.eval.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, evaluate, seed_ci
+from fmrilm.eval.metrics import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    classification_metrics,
+    evaluate,
+    regression_metrics,
+    seed_ci,
+)
 
 #: The headline metric of each task type (few-shot curves, summary lines).
 MAIN_METRIC = {"binary": "balanced_accuracy", "multiclass": "balanced_accuracy", "regression": "mae"}
@@ -47,6 +54,13 @@ def by_protocol(results: list[MethodResult]) -> dict[str, list[MethodResult]]:
     return dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
+def sites_of(table: Any, rows: Any) -> list[str] | None:
+    """The acquisition site of each of ``rows`` of a cohort's phenotype table (None without a site column)."""
+    if "site" not in getattr(table, "columns", ()):
+        return None
+    return table["site"].fillna("").astype(str).to_numpy()[rows].tolist()
+
+
 @dataclass
 class MethodResult:
     """One method's predictions for one task on one split part (and, for few-shot runs, one k and seed).
@@ -72,6 +86,8 @@ class MethodResult:
     info: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     protocol: str = WHOLE_TEST
+    #: each test subject's acquisition site ("" unknown): the report's by-site table
+    sites: list[str] | None = None
 
     @classmethod
     def pooled(cls, runs: list[MethodResult]) -> MethodResult:
@@ -94,6 +110,7 @@ class MethodResult:
             seed=first.seed,
             info={"folds": len(runs)},
             protocol=first.protocol,
+            sites=[s for r in runs for s in (r.sites or [""] * r.n)] if any(r.sites for r in runs) else None,
         )
 
     @classmethod
@@ -116,6 +133,7 @@ class MethodResult:
             info=dict(record.get("info") or {}),
             metrics=dict(record.get("metrics") or {}),
             protocol=record.get("protocol", WHOLE_TEST),
+            sites=record.get("sites"),
         )
 
     @property
@@ -157,6 +175,37 @@ class MethodResult:
             # an AUC recomputed from report.json by 0.002 (ABIDE FC, sex) away from the one reported
             out["y_score"] = None if self.y_score is None else np.asarray(self.y_score, dtype=float).tolist()
             out["subject_ids"] = self.subject_ids
+            out["sites"] = self.sites
+        by_site = self.by_site()
+        if by_site:
+            out["by_site"] = by_site
+        return out
+
+    def by_site(self) -> dict[str, dict[str, Any]]:
+        """Point metrics of each test site with at least two subjects (``{site: {"n", metric: value}}``), for
+        results whose subjects come from two sites or more; empty otherwise.
+
+        Why: a pooled AUC over several unseen sites also scores how far each site's answers sit from the
+        others' (a per-site offset), which the within-site rows separate from how each site's scans are ranked.
+        """
+        if not self.sites or len(self.sites) != self.n:
+            return {}
+        if self.task_type != "regression" and self.y_score is None:
+            return {}
+        sites = np.asarray(self.sites, dtype=object)
+        names = [s for s in dict.fromkeys(self.sites) if s and int((sites == s).sum()) >= 2]
+        if len(names) < 2:
+            return {}
+        out = {}
+        for site in sorted(names):
+            idx = np.flatnonzero(sites == site)
+            y_true = [self.y_true[i] for i in idx]
+            y_pred = [self.y_pred[i] for i in idx]
+            if self.task_type == "regression":
+                values = regression_metrics(y_true, y_pred)
+            else:
+                values = classification_metrics(y_true, np.asarray(self.y_score)[idx], self.classes, y_pred)
+            out[site] = {"n": len(idx), **values}
         return out
 
 
@@ -297,6 +346,7 @@ def _markdown(
                 + " |"
             )
         lines.append("")
+        lines += _site_table(runs)
         repeated = {
             (p, k): v for p, agg in aggs.items() for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1
         }
@@ -320,6 +370,48 @@ def _markdown(
             lines.append(f"![{p.stem}](plots/{p.name})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _site_table(runs: list[MethodResult]) -> list[str]:
+    """Markdown lines of the by-site table (point values) of a task's zero-shot and fully trained runs;
+    none when the test subjects come from one site. Few-shot runs keep theirs in report.json only."""
+    rows = [(r, r.by_site()) for r in runs if not r.shots]
+    rows = [(r, sites) for r, sites in rows if sites]
+    if not rows:
+        return []
+    regression = rows[0][0].task_type == "regression"
+    first, second = ("mae", "pearson_r") if regression else ("balanced_accuracy", "auc")
+    names = sorted({s for _, sites in rows for s in sites})
+    counts = {s: max(sites[s]["n"] for _, sites in rows if s in sites) for s in names}
+    lines = [
+        f"By test site ({'MAE / Pearson r' if regression else 'balanced accuracy / AUC'}, point values; the "
+        "mean over sites is unweighted; a pooled figure also scores how far apart the sites' answers sit):",
+        "",
+        "| method | protocol | seed | "
+        + " | ".join(f"{s} (n={counts[s]})" for s in names)
+        + " | mean over sites |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
+    ]
+    for r, sites in rows:
+        cells = [
+            f"{_fmt(sites[s][first], 2 if regression else 3)} / {_fmt(sites[s][second])}"
+            if s in sites
+            else "—"
+            for s in names
+        ]
+        means = [_finite_mean([v[m] for v in sites.values()]) for m in (first, second)]
+        seed = "—" if r.seed is None else str(r.seed)
+        lines.append(
+            f"| {r.method} | {r.protocol} | {seed} | "
+            + " | ".join(cells)
+            + f" | {_fmt(means[0], 2 if regression else 3)} / {_fmt(means[1])} |"
+        )
+    return [*lines, ""]
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------- plots

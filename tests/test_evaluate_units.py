@@ -35,8 +35,8 @@ from fmrilm.eval.evaluate import (
     write_split_file,
 )
 from fmrilm.eval.evaluate import test_draw_plan as draw_plan_from_test  # not collected as a test
-from fmrilm.eval.metrics import seed_ci
-from fmrilm.eval.report import FROM_TEST, WHOLE_TEST, MethodResult
+from fmrilm.eval.metrics import classification_metrics, seed_ci
+from fmrilm.eval.report import FROM_TEST, WHOLE_TEST, MethodResult, write_report
 
 from fmrilm.atlas import Atlas
 from fmrilm.cohort import Cohort
@@ -140,6 +140,75 @@ def test_a_stored_result_reads_back_equal_without_its_metrics():
     bare = {"method": "m", "task": "t", "task_type": "regression", "y_true": [1.0], "y_pred": [2.0]}
     plain = result_from_record(bare)
     assert plain.y_score is None and plain.part == "test" and plain.info == {} and plain.shots is None
+
+
+# --------------------------------------------------------------------------------------------------- by site
+def _two_sites() -> MethodResult:
+    """Six subjects of sites A and B whose answers rank well within each site but sit apart between them."""
+    p = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])  # A: 0.9 / 0.8 / 0.7, B: 0.3 / 0.2 / 0.1
+    return MethodResult(
+        method="fmrilm_zero_shot", task="diagnosis", task_type="binary",
+        y_true=["b", "a", "a", "b", "b", "a"], y_pred=["b", "b", "b", "a", "a", "a"],
+        y_score=np.column_stack([1 - p, p]), classes=["a", "b"], subject_ids=[f"s{i}" for i in range(6)],
+        shots=0, seed=0, sites=["A", "A", "A", "B", "B", "B"],
+    )  # fmt: skip
+
+
+def test_each_test_site_is_scored_on_its_own_subjects():
+    r = _two_sites()
+    by_site = r.by_site()
+    assert sorted(by_site) == ["A", "B"] and by_site["A"]["n"] == 3
+    for site, rows in (("A", [0, 1, 2]), ("B", [3, 4, 5])):
+        expected = classification_metrics(
+            [r.y_true[i] for i in rows], r.y_score[rows], r.classes, [r.y_pred[i] for i in rows]
+        )
+        assert {k: v for k, v in by_site[site].items() if k != "n"} == pytest.approx(expected)
+    # each site ranks its scans right (AUC 1), while pooled the two sites' offsets cost ranking
+    assert by_site["A"]["auc"] == by_site["B"]["auc"] == 1.0
+    assert r.score(n_boot=0).metrics["auc"]["value"] < 1.0
+    one_site = MethodResult(**{**r.__dict__, "sites": ["A"] * 6, "metrics": {}})
+    assert one_site.by_site() == {} and MethodResult(**{**r.__dict__, "sites": None}).by_site() == {}
+
+
+def test_sites_are_kept_through_storage_pooling_and_model_results():
+    r = _two_sites()
+    back = result_from_record(json.loads(json.dumps(result_to_record(r))))
+    assert back.sites == r.sites and back.by_site() == r.by_site()
+    other = MethodResult(**{**r.__dict__, "sites": ["C"] * 6, "subject_ids": [f"t{i}" for i in range(6)]})
+    pooled = MethodResult.pooled([r, other])
+    assert pooled.sites == r.sites + ["C"] * 6 and sorted(pooled.by_site()) == ["A", "B", "C"]
+    table = _table().assign(site=["X", "Y", "X", None, "Y"])
+    y = table["diagnosis"].to_numpy()
+    frame = _frame(
+        [3, 0, 4], ["patient", "control", "control"], {"patient": [0.9, 0.2, 0.7], "control": [0.1, 0.8, 0.3]}
+    )
+    made = model_result(frame, "m", "diagnosis", (y, ["control", "patient"], "binary"), [3, 0, 4], table)
+    assert made.sites == ["", "X", "Y"]  # a missing site is unknown, never another site's name
+    assert (
+        model_result(
+            frame, "m", "diagnosis", (y, ["control", "patient"], "binary"), [3, 0, 4], _table()
+        ).sites
+        is None
+    )
+
+
+def test_the_report_has_a_by_site_table_for_results_from_several_sites(tmp_path):
+    r = _two_sites()
+    paths = write_report([r], tmp_path / "report", n_boot=20)
+    md = paths["markdown"].read_text()
+    assert "By test site (balanced accuracy / AUC" in md
+    header, row = _rows(md.split("By test site", 1)[1].split("\n\n", 2)[1])
+    assert header == ["method", "protocol", "seed", "A (n=3)", "B (n=3)", "mean over sites"]
+    a, b = r.by_site()["A"], r.by_site()["B"]
+    assert row == [
+        "fmrilm_zero_shot", "whole-test-part", "0", f"{a['balanced_accuracy']:.3f} / 1.000",
+        f"{b['balanced_accuracy']:.3f} / 1.000", f"{(a['balanced_accuracy'] + b['balanced_accuracy']) / 2:.3f} / 1.000",
+    ]  # fmt: skip
+    stored = json.loads(paths["json"].read_text())["results"][0]
+    assert stored["sites"] == r.sites and stored["by_site"]["B"]["auc"] == 1.0
+    single = MethodResult(**{**r.__dict__, "sites": ["A"] * 6, "metrics": {}})
+    md_one = write_report([single], tmp_path / "one", n_boot=20)["markdown"].read_text()
+    assert "By test site" not in md_one
 
 
 # ------------------------------------------------------------------------------------------- few-shot plans
