@@ -183,7 +183,8 @@ class MethodResult:
 
     def by_site(self) -> dict[str, dict[str, Any]]:
         """Point metrics of each test site with at least two subjects (``{site: {"n", metric: value}}``), for
-        results whose subjects come from two sites or more; empty otherwise.
+        results whose subjects come from two sites or more; empty otherwise. A classification site whose
+        subjects do not hold every answer (an all-male site, for sex) gets NaN metrics.
 
         Why: a pooled AUC over several unseen sites also scores how far each site's answers sit from the
         others' (a per-site offset), which the within-site rows separate from how each site's scans are ranked.
@@ -203,6 +204,8 @@ class MethodResult:
             y_pred = [self.y_pred[i] for i in idx]
             if self.task_type == "regression":
                 values = regression_metrics(y_true, y_pred)
+            elif set(y_true) != set(self.classes):  # a site without every answer: nothing balanced to score
+                values = dict.fromkeys(CLASSIFICATION_METRICS, float("nan"))
             else:
                 values = classification_metrics(y_true, np.asarray(self.y_score)[idx], self.classes, y_pred)
             out[site] = {"n": len(idx), **values}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -166,6 +167,13 @@ def test_each_test_site_is_scored_on_its_own_subjects():
     # each site ranks its scans right (AUC 1), while pooled the two sites' offsets cost ranking
     assert by_site["A"]["auc"] == by_site["B"]["auc"] == 1.0
     assert r.score(n_boot=0).metrics["auc"]["value"] < 1.0
+    # a site whose subjects all give one answer has nothing balanced to score: NaN, and no library warning
+    lopsided = MethodResult(**{**r.__dict__, "sites": ["A", "B", "B", "A", "B", "B"], "metrics": {}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_site = lopsided.by_site()
+    assert by_site["A"]["n"] == 2 and all(math.isnan(v) for k, v in by_site["A"].items() if k != "n")
+    assert by_site["B"]["auc"] == pytest.approx(1 / 3)  # B's scores 0.8 / 0.7 / 0.1 (a) against 0.2 (b)
     one_site = MethodResult(**{**r.__dict__, "sites": ["A"] * 6, "metrics": {}})
     assert one_site.by_site() == {} and MethodResult(**{**r.__dict__, "sites": None}).by_site() == {}
 
