@@ -4,10 +4,10 @@
 
 ``--tokenizer`` is a Stage-1 folder with connectome tokens (e.g. ``demo_out/stage1_tokenizer``); ``--cohort``
 defaults to the real ABIDE scans (``../shared/data/abide``, imported into a temporary cohort). Milliseconds per
-scan, best of ``--rounds``, for: the window tokens alone, the connectome tokens alone, both in turn as
-`fmrilm.train.stage2.encode_cohorts` runs them, and both with the connectome's PCA projection left outside the
-one-BLAS-thread block (the code before 2026-12-05), whose OpenBLAS threads, still spinning, slowed torch's next
-operations. Ratios are against the window tokens alone, measured in the same process.
+scan, best of ``--rounds``, for: the window tokens alone, the connectome tokens scan by scan and batched
+(`ConnectomeTokenizer.encode_many`, as Stages 2-3 and evaluation encode now), both scan by scan (before) and with
+the connectome batched, and both with the connectome's PCA projection left outside the one-BLAS-thread block (the
+code before 2026-12-05), whose OpenBLAS threads, still spinning, slowed torch's next operations. Ratios are against the window tokens alone, measured in the same process.
 """
 
 from __future__ import annotations
@@ -44,23 +44,29 @@ def time_paths(tokenizer, scans, rounds: int) -> dict[str, float]:
         w, m = tokenizer.windows(scan)
         return tokenizer.encode(w, coords=scan.atlas, mask=m)
 
+    def each(path):
+        return lambda scans: [path(s) for s in scans]
+
     paths = {
-        "window tokens": lambda s: windows(s),
-        "connectome tokens": lambda s: connectome.encode(s),
-        "both (as Stages 2-3 encode)": lambda s: (windows(s), connectome.encode(s)),
-        "both, projection outside the BLAS limit (before)": lambda s: (
-            windows(s),
-            _projection_outside_limit(connectome, s),
+        "window tokens": each(windows),
+        "connectome tokens": each(connectome.encode),
+        "connectome tokens, batched (encode_many, now)": lambda scans: list(connectome.encode_many(scans)),
+        "both, scan by scan (Stages 2-3 before)": each(lambda s: (windows(s), connectome.encode(s))),
+        "both, connectome batched (Stages 2-3 now)": lambda scans: (
+            [windows(s) for s in scans],
+            list(connectome.encode_many(scans)),
+        ),
+        "both, projection outside the BLAS limit (before 2026-12-05)": each(
+            lambda s: (windows(s), _projection_outside_limit(connectome, s))
         ),
     }
     best = {}
     for name, run in paths.items():
-        run(scans[0])  # warm-up: kernels for these shapes
+        run(scans[:1])  # warm-up: kernels for these shapes
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
-            for scan in scans:
-                run(scan)
+            run(scans)
             times.append((time.perf_counter() - start) / len(scans) * 1000)
         best[name] = min(times)
     return best

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -458,6 +459,25 @@ def test_the_encoding_benchmark_times_the_same_tokens_both_ways(fitted):
         before, now = _projection_outside_limit(tok, scan), tok.encode(scan)
         np.testing.assert_array_equal(before.codes, now.codes)
         np.testing.assert_allclose(before.values, now.values, rtol=1e-6, atol=1e-7)
+
+
+def test_encoding_many_scans_gives_each_scans_tokens_in_order_without_a_warning(fitted):
+    """Stages 2-3 and evaluation encode a cohort with `encode_many` (chunks on threads): every scan must get
+    exactly the tokens `encode` gives it, in the order given, a bad region included, and nothing printed."""
+    tok, scans = fitted
+    bad = replace(scans[5], timeseries=scans[5].timeseries.copy(), scan_id="bad")
+    bad.timeseries[:, 3] = 0.0  # a constant region: zeroed by the cleaning, a BadRegionWarning inside
+    given = [*scans[:5], bad, *scans[6:9]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        many = list(tok.encode_many(iter(given), workers=2, chunk=4))  # chunks of 4, 4 and 1
+    assert len(many) == len(given)
+    for scan, tokens in zip(given, many, strict=True):
+        one = tok.encode(scan)
+        np.testing.assert_array_equal(tokens.codes, one.codes)
+        np.testing.assert_array_equal(tokens.values, one.values)
+    assert not np.array_equal(many[0].values, many[1].values)
+    assert list(tok.encode_many([])) == []
 
 
 def test_command_line_and_demo_default_components_are_the_tokenizers_default():

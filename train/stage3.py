@@ -224,12 +224,13 @@ def encode_scans(
         encoded = EncodedScans((str(s), np.zeros((0, k), np.int64)) for s in cohort.dataset["scan_id"])
     connectome = getattr(fmri_tokenizer, "connectome", None)
     if connectome is not None:
-        scans = [cohort.scan(i) for i in range(len(cohort))]
+        ids = [str(s) for s in cohort.dataset["scan_id"]]
+        scans = (cohort.scan(i) for i in range(len(cohort)))
         if progress:
             from tqdm.auto import tqdm
 
-            scans = tqdm(scans, desc="connectome tokens", unit="scan")
-        encoded.connectome = {str(s.scan_id): connectome.encode(s) for s in scans}
+            scans = tqdm(scans, total=len(ids), desc="connectome tokens", unit="scan")
+        encoded.connectome = dict(zip(ids, connectome.encode_many(scans), strict=True))
     if facts is not None:
         encoded.facts = {str(s): facts(cohort.scan(i)) for i, s in enumerate(cohort.dataset["scan_id"])}
     return encoded
