@@ -354,16 +354,18 @@ def test_restrict_keeps_the_predictions_of_the_rows_a_draw_left():
         method="fc_linear", task="diagnosis", task_type="binary", y_true=["a", "b", "a", "b"],
         y_pred=["a", "a", "b", "b"], y_score=np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]),
         classes=["a", "b"], subject_ids=["s0", "s1", "s2", "s3"], shots=None, seed=0, info={"C": 1},
+        sites=["X", "Y", "X", "Z"],
     )  # fmt: skip
     test_rows = [10, 11, 12, 13]
     r = restrict(whole, [13, 11], test_rows, shots=2, seed=5)
     assert r.y_true == ["b", "b"] and r.y_pred == ["b", "a"] and r.subject_ids == ["s3", "s1"]
+    assert r.sites == ["Z", "Y"]  # each kept subject's own site
     np.testing.assert_allclose(r.y_score, [[0.2, 0.8], [0.6, 0.4]])
     assert (r.shots, r.seed, r.protocol, r.method, r.classes) == (2, 5, FROM_TEST, "fc_linear", ["a", "b"])
     assert r.info == {"C": 1, "own_shots": None, "own_seed": 0} and whole.info == {"C": 1}
     bare = MethodResult(method="m", task="t", task_type="regression", y_true=[1.0, 2.0], y_pred=[1.5, 2.5])
     cut = restrict(bare, [5], [4, 5], shots=1, seed=0)
-    assert cut.y_score is None and cut.subject_ids is None and cut.y_pred == [2.5]
+    assert cut.y_score is None and cut.subject_ids is None and cut.sites is None and cut.y_pred == [2.5]
     with pytest.raises(RuntimeError, match="scored on other test rows"):
         restrict(whole, [10], [10, 11], shots=1, seed=0)
 
