@@ -6,11 +6,11 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
-time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.0 minutes on an idle 2-core Xeon at two
-threads; Stage 3 100 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
+time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.7 minutes on an idle 2-core Xeon at two
+threads; Stage 3 75 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
 of them, half of every task's rows a chat's second question and half asked without the answer list, prompts
-with the scan summary, one connectome token and an empty system turn; autism AUC 0.607 on its held-out sites,
-FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the same machine); ``gpu`` is
+with the scan summary, one connectome token, the scan's facts line and an empty system turn; autism AUC 0.592
+on its held-out sites, FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the same machine); ``gpu`` is
 the GPU-sized recipe.
 """
 
@@ -602,6 +602,9 @@ class Demo:
                 text = md.read_text()
                 start = text.find("## Summary")
                 print(text[start:].split("\n## ", 2)[0] if start >= 0 else text[:3000])
+                by_site = text.find("By test site")  # where each held-out site's answers are lost
+                if by_site >= 0:
+                    print("\n\n".join(text[by_site:].split("\n\n", 2)[:2]) + "\n")
         print("Step times:")
         for title, seconds in self.timings:
             print(f"  {seconds:7.0f} s  {title}")

@@ -61,6 +61,12 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     report = json.loads((out / "eval" / "sim_diagnosis" / "report.json").read_text())
     methods = {r["method"] for r in report["results"]}
     assert {"fmrilm_zero_shot", "fc_linear", "tangent_linear"} <= methods
+    # the held-out scans come from several simulated sites: the demo prints how each site reads
+    (zero_shot,) = [r for r in report["results"] if r["method"] == "fmrilm_zero_shot"]
+    assert len(zero_shot["by_site"]) >= 2
+    assert (
+        "By test site (balanced accuracy / AUC" in text and "| fmrilm_zero_shot | whole-test-part |" in text
+    )
     assert "Warning" not in text and "Warning" not in proc.stderr  # library warnings go to warnings.log
     assert "Loading weights" not in text + proc.stderr  # and transformers' own bars stay out of the demo's
 
