@@ -5,9 +5,10 @@
 ``--tokenizer`` is a Stage-1 folder with connectome tokens (e.g. ``demo_out/stage1_tokenizer``); ``--cohort``
 defaults to the real ABIDE scans (``../shared/data/abide``, imported into a temporary cohort). Milliseconds per
 scan, best of ``--rounds``, for: the window tokens alone, the connectome tokens scan by scan and batched
-(`ConnectomeTokenizer.encode_many`, as Stages 2-3 and evaluation encode now), both scan by scan (before) and with
-the connectome batched, and both with the connectome's PCA projection left outside the one-BLAS-thread block (the
-code before 2026-12-05), whose OpenBLAS threads, still spinning, slowed torch's next operations. Ratios are against the window tokens alone, measured in the same process.
+(`ConnectomeTokenizer.encode_many`, as Stages 2-3 and evaluation encode now), both scan by scan (before) and
+with the connectome batched, and both with the connectome's PCA projection left outside the one-BLAS-thread
+block (the code before 2026-12-05), whose OpenBLAS threads, still spinning, slowed torch's next operations.
+Ratios are against the window tokens alone, measured in the same process.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 14.7 minutes on an id
 threads; Stage 3 75 steps of 16 on ABIDE from a logistic-regression warm start of the scan summary, autism half
 of them, half of every task's rows a chat's second question and half asked without the answer list, prompts
 with the scan summary, one connectome token, the scan's facts line and an empty system turn; autism AUC 0.592
-on its held-out sites, FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the same machine); ``gpu`` is
-the GPU-sized recipe.
+on its held-out sites, FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the same
+machine); ``gpu`` is the GPU-sized recipe.
 """
 
 from __future__ import annotations

@@ -283,12 +283,30 @@ class ConnectomeTokenizer(nn.Module):
         scale = self.pca_scale.numpy()
         return scale if self.config.whiten else float(np.sqrt(np.mean(scale**2)))
 
-    def continuous(self, scans: Sequence[Any] | Any) -> np.ndarray:
-        """Components ``(N, components)`` of scans: what the quantizer quantizes and soft tokens read."""
+    def continuous(self, scans: Sequence[Any] | Any, *, workers: int | None = None) -> np.ndarray:
+        """Components ``(N, components)`` of scans: what the quantizer quantizes and soft tokens read.
+
+        Several scans run on ``workers`` threads (default: torch's thread count), one BLAS thread each."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from fmrilm.signal import BadRegionWarning
+
         scans = [scans] if hasattr(scans, "timeseries") else list(scans)
-        # the projection too: OpenBLAS threads left spinning after it slowed torch's next operations 3-4x
-        with one_blas_thread():
-            vectors = [self.tangent_vector(self.reference_timeseries(s)) for s in scans]
+        workers = min(len(scans), max(1, int(workers or torch.get_num_threads())))
+
+        def vector(scan: Any) -> np.ndarray:
+            return self.tangent_vector(self.reference_timeseries(scan))
+
+        # the projection too: OpenBLAS threads left spinning after it slowed torch's next operations 3-4x. The
+        # filter is set here for every thread: warnings.catch_warnings is not thread-safe, and each thread's
+        # own (in reference_timeseries) restores a state that already holds this one
+        with warnings.catch_warnings(), one_blas_thread():
+            warnings.simplefilter("ignore", BadRegionWarning)
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    vectors = list(pool.map(vector, scans))
+            else:
+                vectors = [vector(s) for s in scans]
             return self.components_of(np.stack(vectors)).astype(np.float32)
 
     @torch.no_grad()
@@ -309,32 +327,18 @@ class ConnectomeTokenizer(nn.Module):
     def encode_many(
         self, scans: Iterable[Any], *, workers: int | None = None, chunk: int = 64
     ) -> Iterator[ConnectomeTokens]:
-        """`encode` of many scans, in order, with the same numbers: each chunk's scans on ``workers`` threads
-        (default: torch's thread count), one BLAS thread each, and one quantizer call a chunk.
+        """`encode` of many scans, in order, with the same numbers: `continuous` and one quantizer call a chunk
+        of scans; the one-BLAS-thread limit is lifted between chunks, so the caller's torch keeps its threads.
 
-        Why: scan by scan, entering the one-BLAS-thread limit and the quantizer cost as much as the
-        connectome itself (19 ms a scan against 9 ms batched on one thread; `eval/bench_encode.py`).
+        Why: scan by scan, entering that limit and a quantizer call cost more than the connectome itself (18.7
+        against 6.9 ms a scan; `eval/bench_encode.py`).
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from fmrilm.signal import BadRegionWarning
-
-        def vector(scan: Any) -> np.ndarray:
-            return self.tangent_vector(self.reference_timeseries(scan))
-
-        workers = max(1, int(workers or torch.get_num_threads()))
         iterator = iter(scans)
-        with ThreadPoolExecutor(workers) as pool:
-            while batch := list(itertools.islice(iterator, max(1, int(chunk)))):
-                # the BLAS limit is lifted before yielding (the caller's torch keeps its threads); the filter
-                # is set here for every thread: warnings.catch_warnings is not thread-safe, and each thread's
-                # own (in reference_timeseries) restores a state that already holds this one
-                with warnings.catch_warnings(), one_blas_thread():
-                    warnings.simplefilter("ignore", BadRegionWarning)
-                    z = self.components_of(np.stack(list(pool.map(vector, batch)))).astype(np.float32)
-                codes, _ = self.quantize(z)
-                for c, v in zip(codes, z, strict=True):
-                    yield ConnectomeTokens(codes=c, values=v.reshape(self.config.num_tokens, -1))
+        while batch := list(itertools.islice(iterator, max(1, int(chunk)))):
+            z = self.continuous(batch, workers=workers)
+            codes, _ = self.quantize(z)
+            for c, v in zip(codes, z, strict=True):
+                yield ConnectomeTokens(codes=c, values=v.reshape(self.config.num_tokens, -1))
 
     # -------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, directory: str | os.PathLike) -> None:
