@@ -136,3 +136,26 @@ def test_the_full_presets_stage_3_distils_its_probes_and_the_cpu_presets_does_no
     full = commands["full"]
     assert "--probe-init" in full and full[full.index("--probe-teacher") + 1] == "1.0"
     assert "--probe-init" in commands["cpu"] and "--probe-teacher" not in commands["cpu"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_presets_stage_3_runs_in_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, native):
+    """bf16 autocast where it is measured to be faster with the same reading (the cpu preset on a CPU with
+    native bf16); float32 on other CPUs and for the full preset, whose figures were measured in float32."""
+    import fmrilm.train.common as common
+    from fmrilm.eval.demo import PRESETS, Demo
+
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: native)
+    for name in ("cpu", "full"):
+        demo = Demo(tmp_path / name, PRESETS[name], abide=None, base=None, threads=None)
+        recorded = []
+        monkeypatch.setattr(demo, "step", lambda title, argv, done=None, seen=recorded: seen.append(argv))
+        demo.train({"abide": {"dir": "c", "train": "c"}}, {"abide": "corpus"}, {"abide": "set"})
+        stage2, stage3 = (next(a for a in recorded if a[:2] == ["train", s]) for s in ("align", "instruct"))
+        wanted = native and name == "cpu"
+        assert (
+            (stage3[stage3.index("--mixed-precision") + 1] == "bf16")
+            if wanted
+            else "--mixed-precision" not in stage3
+        )
+        assert "--mixed-precision" not in stage2

@@ -159,6 +159,71 @@ def test_yaml_only_task_trains_answers_and_resumes(tmp_path, monkeypatch):
     assert cli_main([*train, "--out", str(tmp_path / "run"), "--steps", "6"]) == 2
 
 
+def test_bf16_autocast_on_the_cpu_trains_float32_weights_that_load_and_answer(tmp_path, monkeypatch):
+    """`--mixed-precision bf16` (the cpu demo's Stage 3 on a CPU that computes bf16): every training forward
+    runs under CPU autocast, the adapters learn, and the saved model keeps float32 weights that load and
+    answer with probabilities, as a float32 run's do."""
+    cohort = toy_cohort(8)
+    cohort.save(tmp_path / "cohort")
+    base = save_base(tmp_path / "base")
+    build = ["instructions", "build", str(tmp_path / "cohort"), "--tasks", "sex"]
+    assert cli_main([*build, "--out", str(tmp_path / "instr")]) == 0
+    autocast_seen = []
+    forward = FmriLM.forward
+
+    def spy(self, *args, **kwargs):
+        if self.llm.training:
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FmriLM, "forward", spy)
+    train = ["train", "instruct", "--model", base, "--instructions", str(tmp_path / "instr"), "--lr", "1e-2"]
+    train += ["--batch-size", "4", "--steps", "3", "--no-progress", "--mixed-precision", "bf16"]
+    assert cli_main([*train, "--out", str(tmp_path / "run")]) == 0
+    assert autocast_seen and all(autocast_seen)
+    tuned = FmriLM.from_pretrained(tmp_path / "run" / "model")
+    learned = [p for n, p in tuned.llm.named_parameters() if "lora_B" in n]  # LoRA's B starts at zero
+    assert learned and all(p.dtype == torch.float32 for p in learned)
+    assert any(p.abs().sum() > 0 for p in learned)
+    probs = tuned.predict(cohort.scan(0), "sex")
+    assert set(probs) == {"male", "female"} and sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_bf16_counts_as_native_only_on_a_cpu_with_its_instructions_and_no_accelerator(monkeypatch):
+    from fmrilm.train.common import cpu_computes_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    for helper in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, helper, lambda: False, raising=False)
+    assert not cpu_computes_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_computes_bf16()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: accelerate's own settings decide
+    assert not cpu_computes_bf16()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for helper in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, helper)  # a torch without the private helpers
+    assert not cpu_computes_bf16()
+
+
+def test_stages_run_in_one_process_may_each_take_their_own_precision(tmp_path, monkeypatch):
+    """`fmrilm demo` runs Stage 2 in float32 and then Stage 3 in bf16 in one process; accelerate's one
+    process-wide state must not refuse the second, nor pass a stage's bf16 on to a later stage that asks for
+    the launcher's default."""
+    from fmrilm.train.common import make_accelerator
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert make_accelerator(tmp_path / "a", mixed_precision="no").mixed_precision == "no"
+    assert make_accelerator(tmp_path / "b", mixed_precision="bf16").mixed_precision == "bf16"
+    assert make_accelerator(tmp_path / "c").mixed_precision == "no"
+    monkeypatch.setenv(
+        "ACCELERATE_MIXED_PRECISION", "bf16"
+    )  # what `accelerate launch --mixed_precision` sets
+    assert make_accelerator(tmp_path / "d").mixed_precision == "bf16"
+
+
 def mini_atlas() -> Atlas:
     """32 Dosenbach regions, half of them default-mode, so the planted DMN effect shapes most windows."""
     full = Atlas.builtin("dosenbach160")

@@ -405,6 +405,28 @@ def _warn_if_one_cpu_process() -> None:
         )
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether training here runs on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX tiles).
+
+    There bf16 autocast runs a Stage-3 step 1.19x as fast as float32 (BENCHMARKS.md, "bf16 autocast in Stage
+    3"); a CPU without them emulates bf16 and is slower, and a GPU (any torch accelerator) is left to accelerate's
+    own configuration. torch exposes the checks as private helpers: one that is missing reads as no.
+    """
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    if (accelerator is not None and accelerator.is_available()) or torch.cuda.is_available():
+        return False
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(getattr(torch, "cpu", None), name, None)
+        try:
+            if check is not None and check():
+                return True
+        except (RuntimeError, AttributeError):  # a private helper that changed: read as absent
+            continue
+    return False
+
+
 def make_accelerator(
     out_dir: str | os.PathLike,
     *,
@@ -426,6 +448,7 @@ def make_accelerator(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _warn_if_one_cpu_process()
+    _fresh_precision(mixed_precision)
     accelerator = Accelerator(
         cpu=cpu or runs_on_cpu(),
         mixed_precision=mixed_precision,  # None: the launcher's choice (accelerate config / --mixed_precision)
@@ -437,6 +460,22 @@ def make_accelerator(
     )
     set_seed(seed)
     return accelerator
+
+
+def _fresh_precision(mixed_precision: str | None) -> None:
+    """Let this stage's precision differ from an earlier stage's in the same process (`fmrilm demo` runs Stage 2
+    in float32, then Stage 3 in bf16 on a CPU that computes it): accelerate keeps one process-wide state and
+    refuses a second precision, so its precision part is cleared (the processes' own state stays). None means
+    the launcher's choice, as `Accelerator` reads it; DeepSpeed's config sets the precision itself."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    shared = AcceleratorState._shared_state
+    if not shared or shared.get("distributed_type") == DistributedType.DEEPSPEED:
+        return
+    wanted = mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if shared.get("_mixed_precision") != wanted:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 class BatchShards:
