@@ -1,4 +1,4 @@
-"""What a Stage-3 step costs on a CPU: the scan's facts line, and batches split by length.
+"""What a Stage-3 step costs on a CPU: the scan's facts line, batches split by length, and bf16 autocast.
 
     python -m fmrilm.eval.bench_step --model DIR --instructions DIR [--batch-size 16] [--steps 6]
         [--connectome-shown 1] [--system-prompt ''] [--threads 2]
@@ -7,9 +7,11 @@
 cohort (e.g. ``demo_out/instructions/abide``). Examples are built as Stage 3 builds them (connectome tokens only,
 the demo's prompt settings), with and without the facts line (`fmrilm.descriptors.facts`, computed from each
 scan); ``--steps`` seeded batches of ``--batch-size`` run forward and backward (LoRA gradients, no update) as
-one padded batch and as the two length groups Stage 3 now splits them into (`train.common.length_groups`). It
-prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3 ran it before the facts
-line and the split, measured in the same process, the paths interleaved step by step.
+one padded batch and as the two length groups Stage 3 now splits them into (`train.common.length_groups`),
+and the split batches once more with the forward pass under CPU bf16 autocast, as `--mixed-precision bf16` runs
+it (the cpu demo's Stage 3 where `train.common.cpu_computes_bf16`: on a CPU without native bf16 that path is
+emulated and slow). It prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3
+ran it before the facts line and the split, measured in the same process, the paths interleaved step by step.
 """
 
 from __future__ import annotations
@@ -78,32 +80,37 @@ def main(argv: list[str] | None = None) -> int:
             ]
         model.llm.train()
 
-        def step(batch_examples: list[dict], groups: list[list[int]]) -> tuple[float, int]:
+        def step(
+            batch_examples: list[dict], groups: list[list[int]], bf16: bool = False
+        ) -> tuple[float, int]:
             answered = len(batch_examples)
             start, tokens = time.perf_counter(), 0
             for group in groups:
                 batch = processor.pad([batch_examples[i] for i in group])
                 tokens += int(batch["input_ids"].numel())
-                out = model(**batch, loss_reduction="example")
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as accelerate wraps forward
+                    out = model(**batch, loss_reduction="example")
                 keep = (batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=1)
                 (out.example_losses[keep].sum() / answered).backward()
             model.zero_grad(set_to_none=True)
             return time.perf_counter() - start, tokens
 
         paths = {
-            "one batch, no facts line (before)": (False, False),
-            "one batch, facts line": (True, False),
-            "facts line, split by length (now)": (True, True),
+            "one batch, no facts line (before)": (False, False, False),
+            "one batch, facts line": (True, False, False),
+            "facts line, split by length": (True, True, False),
+            "the same in bf16 autocast (cpu demo)": (True, True, True),
         }
         times: dict[str, list[float]] = {k: [] for k in paths}
         tokens: dict[str, list[int]] = {k: [] for k in paths}
         step(examples[False][: args.batch_size], [list(range(args.batch_size))])  # warm-up
+        step(examples[True][: args.batch_size], [list(range(args.batch_size))], True)  # and in bf16
         for s in range(args.steps):
-            for name, (facts, split) in paths.items():
+            for name, (facts, split, bf16) in paths.items():
                 batch = examples[facts][s * args.batch_size : (s + 1) * args.batch_size]
                 lengths = [len(e["input_ids"]) for e in batch]
                 groups = length_groups(lengths) if split else [list(range(len(batch)))]
-                seconds, n = step(batch, groups)
+                seconds, n = step(batch, groups, bf16)
                 times[name].append(seconds)
                 tokens[name].append(n)
     base = "one batch, no facts line (before)"
