@@ -93,9 +93,9 @@ class Preset:
     instruct_scan_facts: bool = True
     instruct_warmup_steps: int | None = 5
     #: Stage 3 under bf16 autocast (`train instruct --mixed-precision bf16`) where it trains on a CPU that
-    #: computes bf16 natively (`train.common.cpu_computes_bf16`), float32 elsewhere: 1.19x its steps a second
-    #: and the same reading on the validation fold (autism BA / AUC 0.601 / 0.645 against 0.601 / 0.646, the
-    #: same chat rates; BENCHMARKS.md, "bf16 autocast in Stage 3")
+    #: computes bf16 natively (`train.common.cpu_computes_bf16`), float32 elsewhere: a step in 0.72x the time,
+    #: the demo in 12.6 minutes instead of 14.7, and the same reading on the validation fold (autism BA / AUC
+    #: 0.601 / 0.645 against 0.601 / 0.646, the chat above its bars; BENCHMARKS.md, "bf16 autocast in Stage 3")
     instruct_native_bf16: bool = True
     #: Dropout on the LoRA input (Stage 2 creates the adapters, Stage 3 continues them): 0 lets peft skip the
     #: dropout copy of every linear layer's input, a fifth of a CPU step; a few dozen steps cannot overfit.

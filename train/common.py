@@ -408,8 +408,8 @@ def _warn_if_one_cpu_process() -> None:
 def cpu_computes_bf16() -> bool:
     """Whether training here runs on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX tiles).
 
-    There bf16 autocast runs a Stage-3 step 1.19x as fast as float32 (BENCHMARKS.md, "bf16 autocast in Stage
-    3"); a CPU without them emulates bf16 and is slower, and a GPU (any torch accelerator) is left to accelerate's
+    There a Stage-3 step under bf16 autocast takes 0.72x the time of a float32 one (BENCHMARKS.md, "bf16
+    autocast in Stage 3"); a CPU without them emulates bf16 and is slower, and a GPU (any torch accelerator) is left to accelerate's
     own configuration. torch exposes the checks as private helpers: one that is missing reads as no.
     """
     import torch
