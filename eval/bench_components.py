@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_components [--abide ../shared/data/abide] [--folds 5] [--tasks diagnosis,sex]
         [--passes 1,3] [--top 32,64,128,256] [--components N] [--seeds 3] [--exclude-sites A,B] [--probe-c]
-        [--json OUT]
+        [--crops K] [--crop-fraction F] [--json OUT]
 
 The LLM reads the connectome tokenizer's PCA components through a linear map trained by a few Adam passes,
 starting from random: nothing rescales them first. Whitening (each component divided by its own SD, the
@@ -23,19 +23,28 @@ the mean over folds.
 ``--probe-c`` also scores, on all whitened components (what the scan summary reads), Stage 3's warm-start probe
 (`train.probe_init.fit_probe`) with its inner-CV seed 0-4, and logistic regression at each fixed C of the probe's
 grid: whether the C the warm start picks, which moves with its seed, changes how well its probe ranks scans.
+
+``--crops K`` asks whether training on the connectome of random stretches of each training scan (K contiguous
+crops of ``--crop-fraction`` of its timepoints, a data augmentation whose noise is the scan-length sampling noise
+of FC itself) reads unseen sites better: on all whitened components, L2 logistic regression on the whole
+training scans plus their crops (C by site-grouped CV, crops in their scan's site group), and the Adam learner
+with the same number of steps, each drawn row shown as its whole scan or one of its crops at random (what the
+augmentation would do to Stage 3's batches). Test scans are always read whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fmrilm.safety import nonnegative_int, positive_int
+from fmrilm.safety import fraction, nonnegative_int, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,16 +58,22 @@ def adam_logistic(
     seed: int,
     lr: float = 3e-3,
     batch: int = 16,
+    views: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Scores of a logistic regression trained from zero by ``passes`` passes of class-balanced Adam steps."""
+    """Scores of a logistic regression trained from zero by ``passes`` passes of class-balanced Adam steps.
+
+    ``views`` ``(N, V, D)``: other versions of each training row (crops of its scan); each drawn row is then
+    shown as itself or one of its views, uniformly, so augmentation costs no extra steps."""
     rng = np.random.default_rng(seed)
     w, b = np.zeros(X.shape[1]), 0.0
     m, v = np.zeros_like(w), np.zeros_like(w)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    options = None if views is None else np.concatenate([X[:, None], views], axis=1)
     for t in range(1, passes * len(y) // batch + 1):
         idx = np.r_[rng.choice(pos, batch // 2), rng.choice(neg, batch // 2)]
-        p = 1.0 / (1.0 + np.exp(-(X[idx] @ w + b)))
-        g = X[idx].T @ (p - y[idx]) / batch
+        rows = X[idx] if options is None else options[idx, rng.integers(0, options.shape[1], len(idx))]
+        p = 1.0 / (1.0 + np.exp(-(rows @ w + b)))
+        g = rows.T @ (p - y[idx]) / batch
         b -= lr * float(np.mean(p - y[idx]))
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
         w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
@@ -98,6 +113,27 @@ def probe_c_scores(
     return out
 
 
+def random_crop(scan: Any, fraction: float, rng: np.random.Generator, min_timepoints: int = 40) -> Any:
+    """The scan cut to one random contiguous stretch of ``fraction`` of its timepoints (at least
+    ``min_timepoints``, at most all of them)."""
+    total = scan.timeseries.shape[0]
+    length = min(total, max(min_timepoints, int(round(fraction * total))))
+    start = int(rng.integers(0, total - length + 1))
+    return dataclasses.replace(scan, timeseries=scan.timeseries[start : start + length])
+
+
+def crop_views(
+    tokenizer: Any, scans: list[Any], rows: list[int], crops: int, fraction: float, seed: int
+) -> np.ndarray:
+    """``(len(scans), crops, components)``: the components of ``crops`` random crops of each scan in ``rows``
+    (zeros elsewhere), through the fold's fitted tokenizer."""
+    rng = np.random.default_rng(seed)
+    cut = [random_crop(scans[i], fraction, rng) for i in rows for _ in range(crops)]
+    out = np.zeros((len(scans), crops, tokenizer.config.components))
+    out[np.asarray(rows)] = tokenizer.continuous(cut).reshape(len(rows), crops, -1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--abide", default=str(REPO_ROOT / ".." / "shared" / "data" / "abide"))
@@ -129,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-c",
         action="store_true",
         help="also score the warm-start probe over its CV seeds and at each fixed C (all whitened components)",
+    )
+    parser.add_argument(
+        "--crops",
+        type=nonnegative_int,
+        default=0,
+        help="also train on K random contiguous crops of each training scan (all whitened components)",
+    )
+    parser.add_argument(
+        "--crop-fraction", type=fraction, default=0.7, help="share of a scan's timepoints in each crop"
     )
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
@@ -176,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         with one_blas_thread():
             tangent = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
         whitened = tok.components_of(tangent)  # the default config whitens
+        if args.crops:
+            crop_components = crop_views(
+                tok, scans, split["train"], args.crops, args.crop_fraction, args.seed
+            )
         scale = tok.pca_scale.numpy()
         kept = whitened * scale / np.sqrt(np.mean(scale**2))  # what ConnectomeConfig(whiten=False) gives
         train, test = np.asarray(split["train"]), np.asarray(split["test"])
@@ -195,6 +244,31 @@ def main(argv: list[str] | None = None) -> int:
                     runs = [adam_logistic(Z[tr], y[tr], Z[te], passes=p, seed=s) for s in range(args.seeds)]
                     scores[f"Adam, {p} pass{'es' if p > 1 else ''}"] = runs
                 for learner, s in scores.items():
+                    runs = s if isinstance(s, list) else [s]
+                    auc = float(np.mean([roc_auc_score(y[te], r) for r in runs]))
+                    results.setdefault(key, {}).setdefault(learner, []).append(auc)
+            if args.crops:
+                key = f"{name} | whitened, all"
+                crops = crop_components[tr]  # (n, K, components)
+                augmented = {
+                    f"L2 logistic, whole + {args.crops} crops": l2_logistic(
+                        np.concatenate([whitened[tr], crops.reshape(-1, crops.shape[-1])]),
+                        np.r_[y[tr], np.repeat(y[tr], args.crops)],
+                        whitened[te],
+                        np.r_[sites[tr], np.repeat(sites[tr], args.crops)],
+                    ),
+                    "L2 logistic, whole scans": l2_logistic(whitened[tr], y[tr], whitened[te], sites[tr]),
+                }
+                for p in passes:
+                    for shown, views in (
+                        ("whole scans", None),
+                        (f"a crop or the whole ({args.crops})", crops),
+                    ):
+                        augmented[f"Adam, {p} pass{'es' if p > 1 else ''}, {shown}"] = [
+                            adam_logistic(whitened[tr], y[tr], whitened[te], passes=p, seed=s, views=views)
+                            for s in range(args.seeds)
+                        ]
+                for learner, s in augmented.items():
                     runs = s if isinstance(s, list) else [s]
                     auc = float(np.mean([roc_auc_score(y[te], r) for r in runs]))
                     results.setdefault(key, {}).setdefault(learner, []).append(auc)

@@ -61,3 +61,39 @@ def test_probe_c_scores_the_warm_start_probe_per_cv_seed_and_every_fixed_c():
         assert s.shape == (100,)
         if name in probes or name == fixed[-1]:  # the probes, and the weakest penalty: the planted direction
             assert roc_auc_score(y[200:], s) > 0.85
+
+
+def test_adam_shows_each_drawn_row_as_itself_or_one_of_its_views():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 32))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(600) > 0).astype(int)
+    train, test = slice(0, 400), slice(400, None)
+    plain = roc_auc_score(y[test], adam_logistic(X[train], y[train], X[test], passes=1, seed=0))
+    # views that keep the row: the same reading; views of pure noise: three in four rows carry no label
+    kept = adam_logistic(X[train], y[train], X[test], passes=1, seed=0, views=np.repeat(X[train, None], 3, 1))
+    noise = adam_logistic(
+        X[train], y[train], X[test], passes=1, seed=0, views=rng.standard_normal((400, 3, 32))
+    )
+    assert abs(roc_auc_score(y[test], kept) - plain) < 0.02
+    assert roc_auc_score(y[test], noise) < plain - 0.05
+
+
+def test_a_crop_is_one_contiguous_stretch_of_the_scan():
+    from fmrilm.eval.bench_components import random_crop
+
+    from fmrilm.scan import Scan
+
+    series = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    scan = Scan(timeseries=series, tr=2.0, scan_id="s1")
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(20):
+        cut = random_crop(scan, 0.7, rng)
+        assert cut.timeseries.shape == (140, 3) and cut.scan_id == "s1"
+        start = int(cut.timeseries[0, 0]) // 3
+        np.testing.assert_array_equal(cut.timeseries, series[start : start + 140])
+        starts.add(start)
+    assert len(starts) > 5  # random, not always the first stretch
+    short = Scan(timeseries=series[:50], tr=2.0)
+    assert random_crop(short, 0.5, rng).timeseries.shape[0] == 40  # never below the floor
+    assert random_crop(Scan(timeseries=series[:30], tr=2.0), 0.5, rng).timeseries.shape[0] == 30
