@@ -218,9 +218,8 @@ def test_stages_run_in_one_process_may_each_take_their_own_precision(tmp_path, m
     assert make_accelerator(tmp_path / "a", mixed_precision="no").mixed_precision == "no"
     assert make_accelerator(tmp_path / "b", mixed_precision="bf16").mixed_precision == "bf16"
     assert make_accelerator(tmp_path / "c").mixed_precision == "no"
-    monkeypatch.setenv(
-        "ACCELERATE_MIXED_PRECISION", "bf16"
-    )  # what `accelerate launch --mixed_precision` sets
+    # what `accelerate launch --mixed_precision` sets
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert make_accelerator(tmp_path / "d").mixed_precision == "bf16"
 
 
