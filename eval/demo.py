@@ -651,7 +651,10 @@ def descriptor_rates(
     Each question is asked in a fresh chat (greedy decoding, as `fmrilm chat` answers), and every question
     after the first once more as the next turn of the first question's chat, the way a user goes on asking
     about a scan. An answer is right when it is the recorded one, a network pair in either order.
-    Generating costs a few tokens per scan, where scoring every one of the 78 network pairs cost minutes."""
+    Generating costs a few tokens per scan, where scoring every one of the 78 network pairs cost minutes; the
+    scans' chats are generated together (`fmrilm.chat.chat_batch`), each with the answer it gets alone."""
+    from fmrilm.chat import chat_batch
+
     answers = answer_table(instruction_set)
     test_ids = {str(cohort.dataset[int(i)]["scan_id"]): int(i) for i in split["test"][:n_scans]}
     train_ids = {str(cohort.dataset[int(i)]["scan_id"]) for i in split["train"]}
@@ -673,9 +676,9 @@ def descriptor_rates(
             }
         for how, histories in asked.items():
             right, valid = [], []
-            for s, history in histories.items():
-                scan = cohort.scan(test_ids[s]) if history is None else None
-                said, chat = model.chat(scan, question, history=history, max_new_tokens=24)
+            scans = [cohort.scan(test_ids[s]) if h is None else None for s, h in histories.items()]
+            replies = chat_batch(model, scans, question, list(histories.values()), max_new_tokens=24)
+            for s, (said, chat) in zip(histories, replies, strict=True):
                 right.append(same_answer(said, truth[s]))
                 valid.append(any(same_answer(said, o) for o in options))
                 if k == 0:

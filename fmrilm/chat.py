@@ -229,6 +229,18 @@ class ChatSession:
 
     def ask(self, message: str, scans: Any = None, *, stream: Stream = False, **generate_kwargs: Any) -> str:
         """Send a user message (with any queued or given scans) and return the assistant's answer text."""
+        user = self._user_turn(message, scans)
+        computed = self._computed_answer(message) if self.tools else None
+        if computed is not None:
+            _emit(stream, computed)
+            return self._record(user, computed)
+        answer_ids = self._generate(
+            [*self.history, user], stream, {**self.generate_kwargs, **generate_kwargs}
+        )
+        return self._record(user, answer_ids)
+
+    def _user_turn(self, message: str, scans: Any = None) -> dict[str, Any]:
+        """The user message: queued and given scans, then the text (checked: text, not empty)."""
         for scan in _scan_list(scans):
             self.attach(scan)
         if not isinstance(message, str):
@@ -240,25 +252,18 @@ class ChatSession:
             content.append({"type": "text", "text": message})
         if not content:
             raise FmriInputError("The message is empty and no scan is attached", fix="type a question")
-        user = {"role": "user", "content": content}
-        computed = self._computed_answer(message) if self.tools else None
-        if computed is not None:
-            _emit(stream, computed)
-            self.history = [
-                *self.history,
-                user,
-                {"role": "assistant", "content": [{"type": "text", "text": computed}]},
-            ]
-            self.pending = []
-            return computed
-        answer_ids = self._generate(
-            [*self.history, user], stream, {**self.generate_kwargs, **generate_kwargs}
-        )
-        text = self.processor.decode(answer_ids)
-        reply: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        codes = self.processor.codes_from_ids(answer_ids)
-        if len(codes):  # the model wrote brain tokens: keep them in the context, never in the text
-            reply.append({"type": "fmri", "codes": codes.tolist()})
+        return {"role": "user", "content": content}
+
+    def _record(self, user: dict[str, Any], answer: Any) -> str:
+        """Append the turn to the history; ``answer`` is computed text or generated ids. Returns the text."""
+        if isinstance(answer, str):
+            text, reply = answer, [{"type": "text", "text": answer}]
+        else:
+            text = self.processor.decode(answer)
+            reply = [{"type": "text", "text": text}]
+            codes = self.processor.codes_from_ids(answer)
+            if len(codes):  # the model wrote brain tokens: keep them in the context, never in the text
+                reply.append({"type": "fmri", "codes": codes.tolist()})
         self.history = [*self.history, user, {"role": "assistant", "content": reply}]
         self.pending = []
         return text
@@ -384,6 +389,80 @@ def chat(
     )
     answer = session.ask(message, scan, stream=stream)
     return answer, session.history
+
+
+def chat_batch(
+    model: Any,
+    scans: Sequence[Any],
+    message: str,
+    histories: Sequence[History | None] | None = None,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    tools: bool = True,
+    text_only: bool = True,
+) -> list[tuple[str, History]]:
+    """The same message in many conversations at once: ``[(answer, history), ...]``, one per scan.
+
+    Each conversation is ``chat(model, scans[i], message, histories[i], ...)``; they are generated together, a
+    left-padded batch of ``batch_size`` in one greedy ``generate``, which costs about what one conversation
+    does on a CPU (evaluating a chat on held-out scans asks one question of each). Greedy decoding of a padded
+    batch gives each conversation the answer it gets alone, up to floating-point rounding. ``scans[i]`` is
+    None to go on talking about the scans in ``histories[i]``.
+    """
+    import torch
+
+    histories = list(histories) if histories is not None else [None] * len(scans)
+    if len(histories) != len(scans):
+        raise FmriInputError(
+            f"chat_batch got {len(scans)} scans but {len(histories)} histories",
+            fix="give one history (or None) per scan",
+        )
+    if int(batch_size) < 1:
+        raise FmriInputError(
+            f"batch_size must be at least 1, got {batch_size}", fix="pass --batch-size 1 or more"
+        )
+    sessions = [ChatSession(model, h, reuse_cache=False, tools=tools, text_only=text_only) for h in histories]
+    answers: list[str | None] = [None] * len(sessions)
+    waiting = []  # (index, user turn) of the conversations the LLM answers
+    for i, (session, scan) in enumerate(zip(sessions, scans, strict=True)):
+        user = session._user_turn(message, scan)
+        computed = session._computed_answer(message) if tools else None
+        if computed is not None:
+            answers[i] = session._record(user, computed)
+        else:
+            waiting.append((i, user))
+    processor = model.processor
+    stops = _stop_ids(model)
+    for start in range(0, len(waiting), int(batch_size)):
+        chunk = waiting[start : start + int(batch_size)]
+        inputs = processor([[*sessions[i].history, user] for i, user in chunk], add_generation_prompt=True)
+        ids = inputs["input_ids"]
+        kwargs: dict[str, Any] = {"max_new_tokens": _fit_context(model, ids.shape[1], int(max_new_tokens))}
+        if inputs.get("connectome_values") is not None:
+            kwargs["connectome_values"] = inputs["connectome_values"].to(model.device)
+        if text_only:
+            kwargs = text_only_kwargs(processor, kwargs)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=inputs["attention_mask"].to(model.device),
+                do_sample=False,
+                **kwargs,
+            )
+        for row, (i, user) in zip(out[:, ids.shape[1] :].cpu(), chunk, strict=True):
+            ended = [k for k, t in enumerate(row.tolist()) if t in stops]
+            answers[i] = sessions[i]._record(user, row[: ended[0] + 1] if ended else row)
+    return [(str(a), s.history) for a, s in zip(answers, sessions, strict=True)]
+
+
+def _stop_ids(model: Any) -> set[int]:
+    """Token ids that end a generated answer (the generation config's end-of-sequence ids)."""
+    config = getattr(model.llm, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = model.processor.tokenizer.eos_token_id
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
 
 
 def print_stream(text: str) -> None:

@@ -163,6 +163,35 @@ def test_history_continues_and_keeps_earlier_scans(trained, model):
     assert len(history3) == 6 and _brain_counts(model, history3) == (2, K * windows)
 
 
+def test_a_batch_of_chats_answers_each_as_it_would_alone(trained, model):
+    """`chat_batch` (the demo's chat rates on held-out scans) generates many conversations in left-padded
+    batches: each answer and history is what `chat` gives that conversation alone, prompts of other lengths
+    beside it included (a continued chat is longer than a fresh one)."""
+    from fmrilm.chat import chat_batch
+
+    scan_a, scan_b = (load_chat_scan(p, model=model) for p in trained.scans)
+    first, history = model.chat(scan_a, QUESTION, max_new_tokens=NEW_TOKENS)
+    alone = [
+        model.chat(scan_b, QUESTION, max_new_tokens=NEW_TOKENS),
+        model.chat(None, QUESTION, history, max_new_tokens=NEW_TOKENS),
+        (first, history),
+    ]
+    together = chat_batch(
+        model,
+        [scan_b, None, scan_a],
+        QUESTION,
+        [None, history, None],
+        max_new_tokens=NEW_TOKENS,
+        batch_size=2,
+    )
+    assert [a for a, _ in together] == [a for a, _ in alone] and together[0][0] != together[2][0]
+    assert [json.dumps(h) for _, h in together] == [json.dumps(h) for _, h in alone]
+    with pytest.raises(FmriInputError, match="one history"):
+        chat_batch(model, [scan_a, scan_b], QUESTION, [None])
+    with pytest.raises(FmriInputError, match="batch_size"):
+        chat_batch(model, [scan_a], QUESTION, batch_size=0)
+
+
 def test_streaming_sends_the_answer_as_it_is_generated(trained, model, capsys):
     pieces: list[str] = []
     answer, _ = model.chat(trained.codes[1], QUESTION, stream=pieces.append, max_new_tokens=NEW_TOKENS)

@@ -177,10 +177,30 @@ def test_bf16_autocast_on_the_cpu_trains_float32_weights_that_load_and_answer(tm
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(FmriLM, "forward", spy)
+    from fmrilm.train import probe_init
+
+    warm_autocast = []
+
+    def warm_spy(*args, **kwargs):  # the warm start measures the model as it will train: under bf16 too
+        # (this base has no scan summary to warm-start; tests/test_probe_init.py runs it under bf16)
+        warm_autocast.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return []
+
+    monkeypatch.setattr(probe_init, "warm_start_summary", warm_spy)
     train = ["train", "instruct", "--model", base, "--instructions", str(tmp_path / "instr"), "--lr", "1e-2"]
-    train += ["--batch-size", "4", "--steps", "3", "--no-progress", "--mixed-precision", "bf16"]
+    train += [
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--no-progress",
+        "--mixed-precision",
+        "bf16",
+        "--probe-init",
+    ]
     assert cli_main([*train, "--out", str(tmp_path / "run")]) == 0
     assert autocast_seen and all(autocast_seen)
+    assert warm_autocast == [torch.bfloat16]
     tuned = FmriLM.from_pretrained(tmp_path / "run" / "model")
     learned = [p for n, p in tuned.llm.named_parameters() if "lora_B" in n]  # LoRA's B starts at zero
     assert learned and all(p.dtype == torch.float32 for p in learned)

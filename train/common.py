@@ -427,6 +427,20 @@ def cpu_computes_bf16() -> bool:
     return False
 
 
+def precision_autocast(mixed_precision: str | None, device: Any):
+    """The autocast a stage's ``--mixed-precision`` trains under, for work outside accelerate's wrapped forward
+    (Stage 3's warm start scores and differentiates the model before training): bf16 or fp16 on
+    ``device``'s type, else no autocast. The warm start then measures the model as it will train. The cast
+    weights are not cached: the warm start edits a weight in place between measurements, and autocast's cache
+    would keep reading the old one."""
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if mixed_precision not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtypes[mixed_precision], cache_enabled=False)
+
+
 def make_accelerator(
     out_dir: str | os.PathLike,
     *,

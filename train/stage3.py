@@ -934,16 +934,18 @@ def _train_instruct(cfg: InstructConfig, resume: bool, overwrite: bool = False) 
     probe_info = None
     resumed = resume and latest_checkpoint(out_dir) is not None
     if cfg.probe_init and not resumed:  # a checkpoint has its own weights
+        from fmrilm.train.common import precision_autocast
         from fmrilm.train.probe_init import warm_start_summary
 
-        probes = warm_start_summary(
-            model,
-            probe_sources,
-            cards,
-            seed=cfg.seed,
-            rounds=cfg.probe_rounds,
-            teachers=cfg.probe_teacher > 0,
-        )
+        with precision_autocast(cfg.mixed_precision, model.device):  # measured as it will train
+            probes = warm_start_summary(
+                model,
+                probe_sources,
+                cards,
+                seed=cfg.seed,
+                rounds=cfg.probe_rounds,
+                teachers=cfg.probe_teacher > 0,
+            )
         probe_info = [p.summary() for p in probes]
     if cfg.probe_init and cfg.probe_teacher > 0:
         if resumed:  # the same teachers as the first run (fitted from the same rows), the model left alone
