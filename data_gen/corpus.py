@@ -111,7 +111,7 @@ def build_corpus(
 
     ref = _reference(
         cohort, out, reference, fit_indices, fit_on, feature_config, signal_config, max_reference_scans, seed,
-        progress,
+        progress, num_proc,
     )  # fmt: skip
     names = ref.feature_names
     plan = {
@@ -163,7 +163,13 @@ def build_corpus(
                 num_proc=num_proc if num_proc > 1 and len(rows) > 1 else None,
                 keep_in_memory=True,
                 new_fingerprint=f"corpus-{plan['reference_sha1'][:16]}-{i}",
-                fn_kwargs={"reference": ref, "atlas": cohort.atlas, "units": units, "seed": int(seed)},
+                fn_kwargs={
+                    "reference": ref,
+                    "atlas": cohort.atlas,
+                    "units": units,
+                    "seed": int(seed),
+                    "known": ref.fitted_features.subset(part["scan_id"]),
+                },
             )
             _save_atomic(result, target)
             bar.update(len(rows))
@@ -228,9 +234,10 @@ def load_corpus(directory: str | os.PathLike):
 
 # ----------------------------------------------------------------------------------------------- the worker
 def _describe_batch(
-    batch: dict[str, Any], reference: ReferenceStats, atlas, units, seed: int
+    batch: dict[str, Any], reference: ReferenceStats, atlas, units, seed: int, known: Any = None
 ) -> dict[str, list]:
-    """Rows of every window (and/or whole scan) of a batch of cohort rows; runs in datasets.map workers."""
+    """Rows of every window (and/or whole scan) of a batch of cohort rows; runs in datasets.map workers.
+    ``known``: features the reference fit already computed (`FittedFeatures`), used for the same series only."""
     from fmrilm.scan import Scan
 
     out: dict[str, list] = {k: [] for k in _columns()}
@@ -251,7 +258,8 @@ def _describe_batch(
                 ts = reference.prepare(scan)
             descriptors = []
             for unit in units:
-                values, index = reference.features_from_timeseries(ts, unit)
+                found = known.lookup(scan.scan_id, ts, unit) if known else None
+                values, index = found or reference.features_from_timeseries(ts, unit)
                 descriptors += reference.describe_values(
                     values, index, scan.scan_id, str(scan.subject_id), unit, seed
                 )
@@ -303,7 +311,17 @@ def _features(n_features: int):
 
 # -------------------------------------------------------------------------------------------------- helpers
 def _reference(
-    cohort, out, reference, fit_indices, fit_on, feature_config, signal_config, max_scans, seed, progress
+    cohort,
+    out,
+    reference,
+    fit_indices,
+    fit_on,
+    feature_config,
+    signal_config,
+    max_scans,
+    seed,
+    progress,
+    num_proc=1,
 ):
     saved = out / REFERENCE_FILE
     if reference is not None:
@@ -325,6 +343,8 @@ def _reference(
             max_scans=max_scans,
             seed=seed,
             progress=progress,
+            n_jobs=num_proc,
+            keep_features=True,  # the corpus describes these scans again: their features are reused
         )
         ref.meta["fit_on"] = fit_on or (
             f"all scans of {cohort.name}" if fit_indices is None else "given rows"

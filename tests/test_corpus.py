@@ -164,6 +164,60 @@ def test_parallel_build_equals_sequential(tmp_path, built):
     assert par["text"] == seq["text"]
 
 
+def test_the_fits_features_are_reused_for_its_own_scans_only(tmp_path, built, monkeypatch):
+    """Building a corpus fits the reference on the training scans and then describes them: their features
+    are computed once (reused, checked by content) and in parallel with num_proc; the rows and statistics are
+    those of computing everything afresh."""
+    _, out_full, _ = built
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_corpus(
+            toy_cohort(), tmp_path / "fit2", feature_config=FEATURES, shard_size=3, units=("window", "scan"),
+            num_proc=2, fit_indices=list(range(6)), progress=False,
+        )  # fmt: skip
+        build_corpus(
+            toy_cohort(), tmp_path / "fresh", reference=tmp_path / "fit2" / "reference.json",
+            units=("window", "scan"), progress=False,
+        )  # fmt: skip
+    # two workers fit the statistics one process fits
+    parallel = ReferenceStats.load(tmp_path / "fit2" / "reference.json").to_dict()
+    assert json.dumps(parallel) == json.dumps(ReferenceStats.load(out_full / "reference.json").to_dict())
+    reused, _, _ = load_corpus(tmp_path / "fit2")
+    fresh, _, _ = load_corpus(tmp_path / "fresh")
+    assert reused["text"] == fresh["text"] and reused["window"] == fresh["window"]
+    np.testing.assert_array_equal(np.asarray(reused["z"]), np.asarray(fresh["z"]))
+
+    calls = []
+    compute = ReferenceStats.features_from_timeseries
+    monkeypatch.setattr(
+        ReferenceStats,
+        "features_from_timeseries",
+        lambda self, *a, **k: calls.append(1) or compute(self, *a, **k),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_corpus(
+            toy_cohort(8, short=None), tmp_path / "once", feature_config=FEATURES, shard_size=3,
+            units=("window", "scan"), fit_indices=list(range(6)), progress=False,
+        )  # fmt: skip
+    assert len(calls) == 2 * 6 + 2 * 2  # each unit of the 6 fitted scans once, of the 2 others once
+
+
+def test_fitted_features_are_handed_back_only_for_the_same_series():
+    from fmrilm.descriptors.reference import FittedFeatures, timeseries_key
+
+    ts = np.random.default_rng(0).standard_normal((60, 5))
+    values, index = np.ones((2, 3)), np.arange(2)
+    kept = FittedFeatures({"a": (timeseries_key(ts), {"window": (values, index)})})
+    found = kept.lookup("a", ts.copy(), "window")
+    assert found is not None and np.array_equal(found[0], values) and found[0] is not values
+    changed = ts.copy()
+    changed[3, 2] += 1e-9
+    assert kept.lookup("a", changed, "window") is None  # another series under the same id: computed afresh
+    assert kept.lookup("a", ts, "scan") is None and kept.lookup("b", ts, "window") is None
+    assert set(kept.subset(["a", "b"])) == {"a"}
+
+
 def test_cli_fits_reference_on_the_training_split(tmp_path):
     from fmrilm.cli import main
     from fmrilm.splits import save_split

@@ -56,6 +56,37 @@ class Descriptor:
         return " ".join(self.texts[f] for f in FAMILIES if self.texts.get(f))
 
 
+def timeseries_key(ts: np.ndarray) -> str:
+    """A content key of a preprocessed series (shape, dtype and bytes): what features were computed from."""
+    import hashlib
+
+    arr = np.ascontiguousarray(ts)
+    digest = hashlib.sha1(f"{arr.shape}{arr.dtype}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+class FittedFeatures(dict):
+    """The features `ReferenceStats.fit` computed for its scans: ``scan id -> (timeseries_key, {unit: (values,
+    index)})``. `lookup` hands them back only for the very series they came from (checked by content)."""
+
+    def lookup(self, scan_id: str, ts: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray] | None:
+        entry = self.get(str(scan_id))
+        if entry is None or unit not in entry[1] or entry[0] != timeseries_key(ts):
+            return None
+        values, index = entry[1][unit]
+        return values.copy(), index.copy()
+
+    def subset(self, scan_ids: Iterable[str]) -> FittedFeatures:
+        """The entries of ``scan_ids`` (what one worker's share of a corpus needs)."""
+        return FittedFeatures({str(i): self[str(i)] for i in scan_ids if str(i) in self})
+
+
+def _unit_features(ref: ReferenceStats, ts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every unit's features of one preprocessed series (one task of `ReferenceStats.fit`'s second pass)."""
+    return {unit: ref.features_from_timeseries(ts, unit) for unit in UNITS}
+
+
 @dataclass
 class ReferenceStats:
     """Population statistics of every descriptor feature plus the group gradients and group ICA."""
@@ -70,6 +101,8 @@ class ReferenceStats:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        #: features of the scans it was fitted on, when `fit` was asked to keep them (never saved)
+        self.fitted_features = FittedFeatures()
         self.group_gradients = np.asarray(self.group_gradients, dtype=np.float64)
         self._extractor = FeatureExtractor(
             self.atlas, self.feature_config, self.group_gradients, self.ica, float(self.tr)
@@ -187,12 +220,17 @@ class ReferenceStats:
         max_scans: int | None = None,
         seed: int = 0,
         progress: bool = True,
+        n_jobs: int = 1,
+        keep_features: bool = False,
     ) -> ReferenceStats:
         """Fit on a Cohort or a sequence of Scans (training scans only).
 
         Two passes: the group objects first (group gradients from the mean whole-scan Fisher-z matrix; group
         ICA on the concatenated preprocessed series), then every feature of every window and every whole scan,
-        whose mean and SD become the statistics. ``max_scans`` evenly subsamples a large cohort.
+        whose mean and SD become the statistics. ``max_scans`` evenly subsamples a large cohort. ``n_jobs``
+        worker processes compute the second pass (joblib; the same statistics). ``keep_features`` keeps each
+        scan's features in ``fitted_features`` (`FittedFeatures`), so describing the same scans afterwards
+        (a corpus of the cohort the reference was fitted on) need not compute them again.
         """
         from fmrilm.progress import progress as show_progress
         from fmrilm.signal import SignalConfig, preprocess
@@ -250,10 +288,22 @@ class ReferenceStats:
             ica=ica,
         )
         per_unit: dict[str, list[np.ndarray]] = {u: [] for u in UNITS}
-        for ts in show_progress(ready, desc="reference: features", disable=not progress):
+        shown = show_progress(ready, desc="reference: features", disable=not progress)
+        if int(n_jobs) > 1 and len(ready) > 1:
+            from joblib import Parallel, delayed
+
+            every = Parallel(n_jobs=int(n_jobs), return_as="generator")(
+                delayed(_unit_features)(ref, ts) for ts in shown
+            )
+        else:
+            every = (_unit_features(ref, ts) for ts in shown)
+        kept: dict[str, tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+        for scan_id, ts, features in zip(ids, ready, every, strict=True):
             for unit in UNITS:
-                values, _ = ref.features_from_timeseries(ts, unit)
-                per_unit[unit].append(values)
+                per_unit[unit].append(features[unit][0])
+            if keep_features:
+                kept[scan_id] = (timeseries_key(ts), features)
+        ref.fitted_features = FittedFeatures(kept)
         for unit in UNITS:
             values = np.concatenate(per_unit[unit], axis=0)
             ref.stats[unit] = _moments(values)
@@ -396,4 +446,4 @@ def _scan_source(
     return scans, len(scans), atlas, "scans"
 
 
-__all__ = ["Descriptor", "ReferenceStats", "feature_names", "window_seed"]
+__all__ = ["Descriptor", "FittedFeatures", "ReferenceStats", "feature_names", "timeseries_key", "window_seed"]
