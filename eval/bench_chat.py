@@ -10,6 +10,10 @@ the first one's chat; each rate is printed next to always giving the training ro
 how often the answer is one of the question's answers at all (`fmrilm.eval.demo.descriptor_rates`).
 BENCHMARKS.md, "Stage-3 recipe, chosen on validation sites", ran it on a split whose test part is three
 training sites held out of Stage 3.
+
+``--compare-sequential`` first times the chats generated one by one (`FmriLM.chat`) against the same chats
+generated in padded batches (`fmrilm.chat.chat_batch`, what the rates use) in this process, and prints the
+ratio and how many answers agree.
 """
 
 from __future__ import annotations
@@ -32,7 +36,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scans", type=positive_int, default=60, help="test scans asked (default %(default)s)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="which test scans (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--compare-sequential",
+        action="store_true",
+        help="time one-by-one chats against batched ones first (same process)",
+    )
     return p.parse_args(argv)
+
+
+def compare_sequential(model, scans, questions) -> tuple[float, float, int, int]:
+    """``(seconds one by one, seconds batched, answers that agree, answers)``: each question in a fresh chat
+    about each scan, generated as the demo's rates ask (greedy, 24 new tokens), first alone, then batched."""
+    import time
+
+    from fmrilm.chat import chat_batch
+
+    alone, together = [], []
+    start = time.perf_counter()
+    for question in questions:
+        alone += [model.chat(scan, question, max_new_tokens=24)[0] for scan in scans]
+    sequential = time.perf_counter() - start
+    start = time.perf_counter()
+    for question in questions:
+        together += [a for a, _ in chat_batch(model, scans, question, max_new_tokens=24)]
+    batched = time.perf_counter() - start
+    return sequential, batched, sum(a == b for a, b in zip(alone, together, strict=True)), len(alone)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     split["test"] = np.random.default_rng(args.seed).permutation(split["test"])
     # peft's deprecation notices and transformers' "Loading weights" bars stay out of the printed rates
     with library_warnings(), no_library_progress_bars():
-        descriptor_rates(
-            FmriLM.from_pretrained(args.model), cohort, split, args.instructions, n_scans=args.scans
-        )
+        model = FmriLM.from_pretrained(args.model)
+        if args.compare_sequential:
+            from fmrilm.eval.demo import CHAT_QUESTIONS
+
+            scans = [cohort.scan(int(i)) for i in split["test"][: args.scans]]
+            one, batch, same, n = compare_sequential(model, scans, [q for _, q in CHAT_QUESTIONS])
+            print(
+                f"chats one by one {one:.1f} s, in batches {batch:.1f} s ({batch / one:.2f}x); "
+                f"the same answer in {same} of {n}"
+            )
+        descriptor_rates(model, cohort, split, args.instructions, n_scans=args.scans)
     return 0
 
 

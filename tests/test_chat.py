@@ -192,6 +192,14 @@ def test_a_batch_of_chats_answers_each_as_it_would_alone(trained, model):
         chat_batch(model, [scan_a], QUESTION, batch_size=0)
 
 
+def test_the_chat_benchmark_compares_one_by_one_with_batched_chats(trained, model):
+    from fmrilm.eval.bench_chat import compare_sequential
+
+    scans = [load_chat_scan(p, model=model) for p in trained.scans]
+    one, batch, same, n = compare_sequential(model, scans, [QUESTION, "Which scan?"])
+    assert n == 4 and same == 4 and one > 0 and batch > 0
+
+
 def test_streaming_sends_the_answer_as_it_is_generated(trained, model, capsys):
     pieces: list[str] = []
     answer, _ = model.chat(trained.codes[1], QUESTION, stream=pieces.append, max_new_tokens=NEW_TOKENS)
