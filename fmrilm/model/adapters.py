@@ -73,7 +73,86 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
         task_type="CAUSAL_LM",
         **settings.extra,
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    light_trainable_tokens(peft_model)
+    return peft_model
+
+
+def light_trainable_tokens(model: Any) -> int:
+    """Give ``model``'s peft TrainableTokens layers a forward that reads the trained rows directly; returns
+    how many layers it changed.
+
+    peft's forward copies the whole table with the trained rows written in (``index_copy``), then looks up or
+    multiplies by that copy, so every forward copies the vocabulary (SmolLM2: 49k x 576, twice, as its output
+    layer is tied) and every backward builds a gradient of its full size, for a few hundred trained rows: 0.28 s
+    a training forward and backward on 2 CPU cores, a tenth of a Stage-3 step (BENCHMARKS.md, "peft's trained
+    token rows"). This forward computes the same values from the frozen table and the trained rows: an
+    embedding looks up the frozen table and takes the trained row where the id is a trained token, an output
+    layer multiplies by the frozen table and writes the trained rows' logits. Only the layers' class changes
+    (to a subclass of peft's): saving, merging and loading are peft's; anything else (merged or disabled
+    adapters, several active adapters, a bias, a max-norm embedding) runs peft's forward.
+    """
+    if not is_peft_model(model):
+        return 0
+    light = _light_tokens_class()
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, light.__base__) and not isinstance(module, light):
+            module.__class__ = light
+            changed += 1
+    return changed
+
+
+def _light_tokens_class() -> type:
+    global _LIGHT_TOKENS
+    if _LIGHT_TOKENS is not None:
+        return _LIGHT_TOKENS
+    import torch
+    import torch.nn.functional as F
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    class LightTrainableTokensLayer(TrainableTokensLayer):
+        """peft's TrainableTokensLayer whose forward reads the trained rows without copying the table."""
+
+        def forward_adapters(self, x: Any, active_adapters: Any, *args: Any, **kwargs: Any) -> Any:
+            base = self.base_layer
+            names = list(active_adapters or [])
+            plain = type(base) in (torch.nn.Embedding, torch.nn.Linear)
+            if (
+                self.disable_adapters
+                or self.merged
+                or len(names) != 1
+                or names[0] not in self.token_indices
+                or args
+                or kwargs
+                or not plain
+                or getattr(base, "bias", None) is not None
+                or getattr(base, "max_norm", None) is not None
+            ):
+                return super().forward_adapters(x, active_adapters, *args, **kwargs)
+            weight = base.weight
+            index = torch.as_tensor(self.token_indices[names[0]], dtype=torch.long, device=weight.device)
+            rows = self.trainable_tokens_delta[names[0]].to(weight)  # the trained rows' values (peft's name)
+            if isinstance(base, torch.nn.Embedding):
+                out = F.embedding(
+                    x, weight, padding_idx=base.padding_idx, scale_grad_by_freq=base.scale_grad_by_freq
+                )
+                slot = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+                slot[index] = torch.arange(len(index), device=weight.device)
+                where = slot[x]
+                out = torch.where(
+                    (where >= 0)[..., None], F.embedding(where.clamp(min=0), rows).to(out.dtype), out
+                )
+                scale = self._get_embed_scale()
+                return out if scale is None else out * scale.to(out.dtype)
+            out = F.linear(x, weight)  # a tied output layer: the trained rows' logits from their values
+            return out.index_copy(-1, index.to(out.device), F.linear(x, rows).to(out.dtype))
+
+    _LIGHT_TOKENS = LightTrainableTokensLayer
+    return _LIGHT_TOKENS
+
+
+_LIGHT_TOKENS: type | None = None
 
 
 def is_peft_model(model: Any) -> bool:
