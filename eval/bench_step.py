@@ -10,9 +10,7 @@ scan); ``--steps`` seeded batches of ``--batch-size`` run forward and backward (
 one padded batch and as the two length groups Stage 3 now splits them into (`train.common.length_groups`),
 and the split batches once more with the forward pass under CPU bf16 autocast, as `--mixed-precision bf16` runs
 it (the cpu demo's Stage 3 where `train.common.cpu_computes_bf16`: on a CPU without native bf16 that path is
-emulated and slow), and that bf16 path once more with peft's own forward of the trained token rows, which
-copies the whole vocabulary table each time (`fmrilm.model.adapters.light_trainable_tokens` reads the rows
-without the copy). It prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3
+emulated and slow). It prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3
 ran it before the facts line and the split, measured in the same process, the paths interleaved step by step.
 """
 
@@ -82,16 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         model.llm.train()
 
-        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-
-        token_layers = [m for m in model.llm.modules() if isinstance(m, TrainableTokensLayer)]
-        light = {m: type(m) for m in token_layers}
-
         def step(
-            batch_examples: list[dict], groups: list[list[int]], bf16: bool = False, copy: bool = False
+            batch_examples: list[dict], groups: list[list[int]], bf16: bool = False
         ) -> tuple[float, int]:
-            for m in token_layers:  # copy: peft's own forward of the trained rows
-                m.__class__ = TrainableTokensLayer if copy else light[m]
             answered = len(batch_examples)
             start, tokens = time.perf_counter(), 0
             for group in groups:
@@ -105,22 +96,21 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - start, tokens
 
         paths = {
-            "one batch, no facts line (before)": (False, False, False, False),
-            "one batch, facts line": (True, False, False, False),
-            "facts line, split by length": (True, True, False, False),
-            "the same in bf16 autocast (cpu demo)": (True, True, True, False),
-            "bf16, peft copying the token table": (True, True, True, True),
+            "one batch, no facts line (before)": (False, False, False),
+            "one batch, facts line": (True, False, False),
+            "facts line, split by length": (True, True, False),
+            "the same in bf16 autocast (cpu demo)": (True, True, True),
         }
         times: dict[str, list[float]] = {k: [] for k in paths}
         tokens: dict[str, list[int]] = {k: [] for k in paths}
         step(examples[False][: args.batch_size], [list(range(args.batch_size))])  # warm-up
         step(examples[True][: args.batch_size], [list(range(args.batch_size))], True)  # and in bf16
         for s in range(args.steps):
-            for name, (facts, split, bf16, copy) in paths.items():
+            for name, (facts, split, bf16) in paths.items():
                 batch = examples[facts][s * args.batch_size : (s + 1) * args.batch_size]
                 lengths = [len(e["input_ids"]) for e in batch]
                 groups = length_groups(lengths) if split else [list(range(len(batch)))]
-                seconds, n = step(batch, groups, bf16, copy)
+                seconds, n = step(batch, groups, bf16)
                 times[name].append(seconds)
                 tokens[name].append(n)
     base = "one batch, no facts line (before)"
