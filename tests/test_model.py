@@ -153,51 +153,6 @@ def test_training_moves_only_lora_and_brain_token_rows(arch):
     )
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # tied and untied output layer
-def test_trained_token_rows_give_pefts_outputs_and_gradients_without_copying_the_table(arch, tmp_path):
-    """`light_trainable_tokens`: the brain-token rows are read from the frozen table and the trained rows
-    (no whole-table copy per forward), with peft's outputs and gradients; loaded adapters get it too."""
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-
-    from fmrilm.model.adapters import _light_tokens_class
-
-    light = _light_tokens_class()
-    model = build(arch)
-    model.add_adapters(LoraSettings(r=4, dropout=0.0))
-    perturb_adapters(model)
-    layers = [m for m in model.llm.modules() if isinstance(m, TrainableTokensLayer)]
-    assert len(layers) == 2 and all(type(m) is light for m in layers)  # input rows and output rows
-    batch = batch_for(model)
-    assert np.isin(batch["input_ids"].numpy(), model.processor.ids.all_ids).any()  # it reads trained rows
-
-    def run():
-        model.llm.zero_grad()
-        model.llm.train()
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out.float().pow(2).mean().backward()  # every logit, the brain tokens' columns too
-        return out.detach(), {
-            n: p.grad.clone() for n, p in model.llm.named_parameters() if p.grad is not None
-        }
-
-    fast, fast_grads = run()
-    for m in layers:
-        m.__class__ = TrainableTokensLayer
-    slow, slow_grads = run()
-    torch.testing.assert_close(fast, slow)
-    assert set(fast_grads) == set(slow_grads) and any("trainable_tokens" in n for n in fast_grads)
-    for name, grad in slow_grads.items():
-        torch.testing.assert_close(fast_grads[name], grad, msg=name)
-
-    model.llm.eval()
-    model.save_pretrained(tmp_path / "m")
-    loaded = FmriLM.from_pretrained(tmp_path / "m")
-    assert [type(m) for m in loaded.llm.modules() if isinstance(m, TrainableTokensLayer)] == [light] * len(
-        layers
-    )
-    with loaded.llm.disable_adapter():  # peft's own paths still answer: no adapter, the base model
-        torch.testing.assert_close(logits(loaded, batch), logits(build(arch), batch))
-
-
 def test_brain_embeddings_start_from_the_codebook_inside_the_text_distribution():
     fmri_tok = tiny_fmri_tokenizer(codebook_size=CODEBOOK, num_latents=K)
     model = build("llama", fmri_tokenizer=fmri_tok)

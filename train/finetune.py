@@ -295,7 +295,6 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     """The fine-tuned `FmriLM`: its base (merged adapters) with the saved adapters on top; tasks stored."""
     from peft import PeftModel
 
-    from fmrilm.model.adapters import light_trainable_tokens
     from fmrilm.model.modeling import FmriLM
     from fmrilm.model.scoring import TaskCard, store_tasks
 
@@ -319,7 +318,6 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     if model.has_adapters:
         model.merge_adapters()
     model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
-    light_trainable_tokens(model.llm)
     if not is_trainable:
         model.llm.eval()
     if model.soft_projection is not None and (directory / model.soft_projection.WEIGHTS_NAME).exists():

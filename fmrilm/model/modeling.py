@@ -243,10 +243,7 @@ class FmriLM(nn.Module):
         if adapters and (adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
 
-            from fmrilm.model.adapters import light_trainable_tokens
-
             llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
-            light_trainable_tokens(llm)
         if not is_trainable:
             llm.eval()
         soft = None
