@@ -420,7 +420,7 @@ def chat_batch(
         )
     if int(batch_size) < 1:
         raise FmriInputError(
-            f"batch_size must be at least 1, got {batch_size}", fix="pass --batch-size 1 or more"
+            f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more"
         )
     sessions = [ChatSession(model, h, reuse_cache=False, tools=tools, text_only=text_only) for h in histories]
     answers: list[str | None] = [None] * len(sessions)
