@@ -64,8 +64,8 @@ class Preset:
     #: an empty turn, 40-token prompts instead of 57; None keeps the template's.
     instruct_system_prompt: str | None = ""
     #: Each Stage-3 task's share of the batches (`train instruct --task-weights`); None: equal shares. Autism
-    #: half of 75 steps of 16 (600 rows, half of them a chat's second question, whose first question trains
-    #: too): about 1.1 passes over its 549 training scans, and 300 rows for each descriptor question. The
+    #: half of 70 steps of 16 (560 rows, half of them a chat's second question, whose first question trains
+    #: too): about one pass over its 549 training scans, and 280 rows for each descriptor question. The
     #: coupled pair at 0.4 of a share (85 steps: 160 rows) did not learn to copy the facts line on the
     #: validation fold (right on 5% of 20 held-out scans; at an equal share, 340 rows: 100%; "Scan facts").
     instruct_task_weights: str | None = "diagnosis=2"
@@ -106,9 +106,11 @@ class Preset:
     gradient_checkpointing: bool | None = False
     #: Stage 3 on the simulated cohort as well (the cpu preset spends its few steps on ABIDE, where it is judged)
     instruct_sim: bool = False
-    #: 75 steps of 16 (100 before the facts line): the facts line's ten tokens a prompt, with batches split by
-    #: length, fit in the 15 minutes (85 steps took 15.4 min on the demo's fold; BENCHMARKS.md, "Scan facts")
-    instruct_steps: int = 75
+    #: 70 steps of 16 (100 before the facts line, 75 until the eighth session): the facts line's ten tokens a
+    #: prompt, with batches split by length, fit in the 15 minutes (85 steps took 15.4 min on the demo's fold;
+    #: BENCHMARKS.md, "Scan facts"); on a slow hour of a 2-core AMD EPYC 75 steps took 15.1 min, and 70 read the
+    #: validation fold as 75 do (BENCHMARKS.md, "Demo runs", runs 11-12)
+    instruct_steps: int = 70
     instruct_batch_size: int = 16
     #: Which instruction paradigms to build; the CPU preset leaves out prompts that carry a whole descriptor
     #: text (~900 tokens each, four times the cost of a brain-token prompt) and keeps second questions of a
