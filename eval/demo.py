@@ -7,11 +7,12 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
 time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 12.6 minutes on an idle 2-core Xeon at two
-threads, 14.4 on a 2-core AMD EPYC; Stage 3 75 steps of 16 on ABIDE, in bf16 autocast where the CPU computes
-bf16 natively, from a logistic-regression warm start of the scan summary, autism half of them, half of every
+threads with 75 Stage-3 steps, 14.2 on a 2-core AMD EPYC with 70; Stage 3 70 steps of 16 on ABIDE, in bf16
+autocast where the CPU computes bf16 natively, from a logistic-regression warm start of the scan summary,
+autism half of them, half of every
 task's rows a chat's second question and half asked without the answer list, prompts with the scan summary,
-one connectome token, the scan's facts line and an empty system turn; autism AUC 0.590 on its held-out sites,
-FC 0.668). ``full`` adds sex and age and triples Stage 3 (29.4-31.7 minutes on the Xeon); ``gpu`` is the
+one connectome token, the scan's facts line and an empty system turn; autism AUC 0.588 on its held-out sites,
+FC 0.668). ``full`` adds sex and age and runs 300 Stage-3 steps (29.4-31.7 minutes on the Xeon); ``gpu`` is the
 GPU-sized recipe.
 """
 
