@@ -9,11 +9,10 @@ step by hand. A step whose output folder is complete is skipped, so an interrupt
 time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 12.6 minutes on an idle 2-core Xeon at two
 threads with 75 Stage-3 steps, 14.2 on a 2-core AMD EPYC with 70; Stage 3 70 steps of 16 on ABIDE, in bf16
 autocast where the CPU computes bf16 natively, from a logistic-regression warm start of the scan summary,
-autism half of them, half of every
-task's rows a chat's second question and half asked without the answer list, prompts with the scan summary,
-one connectome token, the scan's facts line and an empty system turn; autism AUC 0.588 on its held-out sites,
-FC 0.668). ``full`` adds sex and age and runs 300 Stage-3 steps (29.4-31.7 minutes on the Xeon); ``gpu`` is the
-GPU-sized recipe.
+autism half of them, half of every task's rows a chat's second question and half asked without the answer
+list, prompts with the scan summary, one connectome token, the scan's facts line and an empty system turn;
+autism AUC 0.588 on its held-out sites, FC 0.668). ``full`` adds sex and age and runs 300 Stage-3 steps
+(29.4-31.7 minutes on the Xeon); ``gpu`` is the GPU-sized recipe.
 """
 
 from __future__ import annotations

@@ -188,16 +188,8 @@ def test_bf16_autocast_on_the_cpu_trains_float32_weights_that_load_and_answer(tm
 
     monkeypatch.setattr(probe_init, "warm_start_summary", warm_spy)
     train = ["train", "instruct", "--model", base, "--instructions", str(tmp_path / "instr"), "--lr", "1e-2"]
-    train += [
-        "--batch-size",
-        "4",
-        "--steps",
-        "3",
-        "--no-progress",
-        "--mixed-precision",
-        "bf16",
-        "--probe-init",
-    ]
+    train += ["--batch-size", "4", "--steps", "3", "--no-progress"]
+    train += ["--mixed-precision", "bf16", "--probe-init"]
     assert cli_main([*train, "--out", str(tmp_path / "run")]) == 0
     assert autocast_seen and all(autocast_seen)
     assert warm_autocast == [torch.bfloat16]

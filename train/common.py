@@ -410,7 +410,8 @@ def cpu_computes_bf16() -> bool:
 
     There a Stage-3 step under bf16 autocast takes 0.72x the time of a float32 one (BENCHMARKS.md, "bf16
     autocast in Stage 3"); a CPU without them emulates bf16 and is slower, and a GPU (any torch accelerator)
-    is left to accelerate's own configuration. torch exposes the checks as private helpers: one that is missing reads as no.
+    is left to accelerate's own configuration. torch exposes the checks as private helpers: one that is
+    missing reads as no.
     """
     import torch
 
