@@ -78,7 +78,7 @@ def test_the_warm_start_makes_the_models_answer_follow_the_probe(setting):
     assert summary["task"] == "planted" and summary["scans"] == N_SCANS
 
 
-def test_the_warm_start_calibrates_under_the_stages_bf16_autocast(setting):
+def test_the_warm_start_calibrates_under_the_stages_bf16_autocast(setting, monkeypatch):
     """`train instruct --mixed-precision bf16` runs the warm start under bf16 autocast (`precision_autocast`):
     the calibration edits the projection in place between measurements, so each measurement must read the
     edited weight (autocast's weight cache would keep the first cast: no response, a scale of 0)."""
@@ -95,9 +95,13 @@ def test_the_warm_start_calibrates_under_the_stages_bf16_autocast(setting):
         (probe,) = warm_start_summary(model, [(rows, codes)], [card], seed=0)
     assert probe.slope > 0 and SCALE_BOUNDS[0] <= abs(probe.scale) <= SCALE_BOUNDS[1] + 1e-9
     assert roc_auc_score(y, margins(model, rows, codes, card)) > 0.9
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     for off in ("no", None):
         with precision_autocast(off, model.device):
             assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch --mixed_precision bf16`
+    with precision_autocast(None, model.device):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
 
 
 def test_only_the_summary_projection_changes(setting):

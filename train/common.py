@@ -431,11 +431,13 @@ def cpu_computes_bf16() -> bool:
 def precision_autocast(mixed_precision: str | None, device: Any):
     """The autocast a stage's ``--mixed-precision`` trains under, for work outside accelerate's wrapped forward
     (Stage 3's warm start scores and differentiates the model before training): bf16 or fp16 on
-    ``device``'s type, else no autocast. The warm start then measures the model as it will train. The cast
-    weights are not cached: the warm start edits a weight in place between measurements, and autocast's cache
-    would keep reading the old one."""
+    ``device``'s type, else no autocast; None is the launcher's choice, as `make_accelerator` reads it. The
+    warm start then measures the model as it will train. The cast weights are not cached: the warm start edits
+    a weight in place between measurements, and autocast's cache would keep reading the old one."""
     import torch
 
+    if mixed_precision is None:  # what `accelerate launch --mixed_precision` (or its config) sets
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if mixed_precision not in dtypes:
         return contextlib.nullcontext()
