@@ -42,6 +42,9 @@ PROTOCOLS = {
 }
 #: Short headings of the protocols (summary sections, plot legends).
 PROTOCOL_TITLES = {WHOLE_TEST: "Whole test part", FROM_TEST: "Few-shot from the test sites"}
+#: The linear readers a model's answers are ranked against (`agreement`): Fisher-z FC, tangent FC, and the
+#: same linear model on the model's own input (its connectome values or codes), each fitted on the training part.
+AGREEMENT_READERS = ("fc_linear", "tangent_linear", "code_probe")
 
 
 def by_protocol(results: list[MethodResult]) -> dict[str, list[MethodResult]]:
@@ -241,6 +244,55 @@ def aggregate_seeds(results: list[MethodResult]) -> dict[tuple[str, str, int | N
 
 
 # --------------------------------------------------------------------------------------------------- writing
+def agreement(results: list[MethodResult]) -> list[dict[str, Any]]:
+    """Spearman rank correlation of each model run's scores with each linear reader's (`AGREEMENT_READERS`) on
+    the test subjects both scored in the same protocol: a two-answer task's probability of its second answer, a
+    regression's value. Multi-class tasks and runs without subject ids are left out.
+
+    Why: a model can trail a linear reader of its own input by reading less of it or by reading something else;
+    the AUC alone does not say which. A correlation near 1 with ``code_probe`` says the answer follows that
+    reading (so the reader's own figure is the ceiling to raise); a low one says the answer mixes in what the
+    reader ignores (BENCHMARKS.md, "Where the tuned answer parts from its input's probe").
+    """
+    from scipy.stats import spearmanr
+
+    def scores(r: MethodResult) -> dict[str, float] | None:
+        if not r.subject_ids or len(r.subject_ids) != r.n:
+            return None
+        if r.task_type == "regression":
+            values = np.asarray(r.y_pred, dtype=float)
+        elif r.task_type == "binary" and r.y_score is not None:
+            values = _positive_score(r)[1]
+        else:
+            return None
+        return dict(zip(map(str, r.subject_ids), values.tolist(), strict=True))
+
+    out = []
+    for protocol, runs in by_protocol(results).items():
+        readers = [r for r in runs if r.method in AGREEMENT_READERS and r.shots is None]
+        for model in (r for r in runs if r.method.startswith("fmrilm_")):
+            mine = scores(model)
+            if mine is None:
+                continue
+            for reader in readers:
+                theirs = scores(reader)
+                if reader.task != model.task or theirs is None:
+                    continue
+                shared = [s for s in mine if s in theirs]
+                a = np.asarray([mine[s] for s in shared])
+                b = np.asarray([theirs[s] for s in shared])
+                constant = len(shared) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0
+                out.append(
+                    {
+                        "task": model.task, "protocol": protocol, "method": model.method,
+                        "shots": model.shots, "seed": model.seed, "reader": reader.method,
+                        "n": len(shared),
+                        "spearman": float("nan") if constant else float(spearmanr(a, b)[0]),
+                    }
+                )  # fmt: skip
+    return out
+
+
 def write_report(
     results: list[MethodResult],
     out_dir: str | Path,
@@ -271,6 +323,7 @@ def write_report(
         plots = _plots(results, tmp / "plots")
         groups = by_protocol(results)
         aggs = {p: aggregate_seeds(runs) for p, runs in groups.items()}
+        agreed = agreement(results)
         record = {
             "title": title,
             "context": context or {},
@@ -282,9 +335,10 @@ def write_report(
                 for (t, m, k), v in sorted(agg.items(), key=_agg_key)
             ],
             "plots": {k: [str(Path("plots") / p.name) for p in v] for k, v in plots.items()},
+            "agreement": agreed,
         }
         (tmp / "report.json").write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=True))
-        (tmp / "report.md").write_text(_markdown(title, context or {}, results, aggs, plots))
+        (tmp / "report.md").write_text(_markdown(title, context or {}, results, aggs, plots, agreed))
         # An earlier report is moved aside and removed only after this one is in place; a folder holding
         # anything a report does not is refused, never deleted (fmrilm.safety).
         publish(tmp, out_dir, REPORT_OUTPUT, overwrite=True, flag="the report folder")
@@ -313,6 +367,7 @@ def _markdown(
     results: list[MethodResult],
     aggs: dict[str, dict],
     plots: dict[str, list[Path]],
+    agreed: list[dict[str, Any]] | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     for key, value in context.items():
@@ -350,6 +405,7 @@ def _markdown(
             )
         lines.append("")
         lines += _site_table(runs)
+        lines += _agreement_table([a for a in agreed or [] if a["task"] == task])
         repeated = {
             (p, k): v for p, agg in aggs.items() for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1
         }
@@ -408,6 +464,32 @@ def _site_table(runs: list[MethodResult]) -> list[str]:
             f"| {r.method} | {r.protocol} | {seed} | "
             + " | ".join(cells)
             + f" | {_fmt(means[0], 2 if regression else 3)} / {_fmt(means[1])} |"
+        )
+    return [*lines, ""]
+
+
+def _agreement_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a task's `agreement` rows (none without any): one line per model run, one column per
+    linear reader."""
+    if not rows:
+        return []
+    readers = list(dict.fromkeys(a["reader"] for a in rows))
+    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for a in rows:
+        runs[(a["method"], a["protocol"], a["shots"], a["seed"])][a["reader"]] = a
+    lines = [
+        "Rank agreement with the linear readers (Spearman over the test subjects both scored; 1: the same "
+        "ranking; `code_probe` reads the model's own input):",
+        "",
+        "| method | protocol | shots | seed | n | " + " | ".join(readers) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in readers) + " |",
+    ]
+    for (method, protocol, shots, seed), mine in runs.items():
+        n = max(a["n"] for a in mine.values())
+        cells = [_fmt(mine[r]["spearman"], 2) if r in mine else "—" for r in readers]
+        lines.append(
+            f"| {method} | {protocol} | {'—' if shots is None else shots} | {'—' if seed is None else seed} | "
+            f"{n} | " + " | ".join(cells) + " |"
         )
     return [*lines, ""]
 

@@ -747,3 +747,53 @@ def test_without_connectome_tokens_auto_reads_window_latents_and_connectome_is_r
     assert "--code-features latents" in str(err.value)
     with pytest.raises(FmriInputError, match="Unknown code features"):
         resolve_code_features("codes", host)
+
+
+def _reader(model: MethodResult, method: str, order: list[int], p: np.ndarray, **changes) -> MethodResult:
+    """A baseline's result on ``model``'s subjects, listed in ``order``, with positive-answer scores ``p``."""
+    return MethodResult(**{
+        **model.__dict__, "method": method, "shots": None, "seed": None, "metrics": {},
+        "subject_ids": [model.subject_ids[i] for i in order], "y_true": [model.y_true[i] for i in order],
+        "y_pred": [model.y_pred[i] for i in order], "y_score": np.column_stack([1 - p, p]),
+        "sites": [model.sites[i] for i in order], **changes,
+    })  # fmt: skip
+
+
+def test_agreement_ranks_a_models_scores_against_each_reader_on_the_same_subjects(tmp_path):
+    from fmrilm.eval.report import agreement
+
+    model = _two_sites()  # positive scores 0.9 .. 0.1 for s0 .. s5
+    order = [5, 3, 1, 0, 2, 4]  # the reader lists the subjects in another order: matched by id, not position
+    mine = model.y_score[:, 1]
+    same = _reader(model, "code_probe", order, mine[order] / 2)  # the same ranking at another scale
+    reverse = _reader(model, "fc_linear", order, 1 - mine[order])
+    other_protocol = _reader(model, "tangent_linear", order, mine[order], protocol=FROM_TEST)
+    rows = agreement([model, same, reverse, other_protocol])
+    got = {a["reader"]: a for a in rows}
+    assert set(got) == {"code_probe", "fc_linear"}  # a reader scored in another protocol is not compared
+    assert got["code_probe"]["spearman"] == pytest.approx(1.0) and got["code_probe"]["n"] == 6
+    assert got["fc_linear"]["spearman"] == pytest.approx(-1.0)
+    # a partial ranking: the reader swaps two subjects
+    swapped = mine.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    partial = agreement([model, _reader(model, "code_probe", list(range(6)), swapped)])[0]["spearman"]
+    assert partial == pytest.approx(1 - 6 * 2 / (6 * 35))
+    # a regression is ranked by its values; a constant reader has no ranking to agree with
+    reg = MethodResult(
+        method="fmrilm_zero_shot", task="age", task_type="regression", y_true=[10.0, 12, 14, 16],
+        y_pred=[11.0, 12, 15, 13], subject_ids=["a", "b", "c", "d"], shots=0, seed=0,
+    )  # fmt: skip
+    ridge = MethodResult(**{**reg.__dict__, "method": "fc_linear", "shots": None, "y_pred": [1.0, 2, 4, 3]})
+    flat = MethodResult(**{**reg.__dict__, "method": "code_probe", "shots": None, "y_pred": [5.0] * 4})
+    got = {a["reader"]: a["spearman"] for a in agreement([reg, ridge, flat])}
+    assert got["fc_linear"] == pytest.approx(1.0) and math.isnan(got["code_probe"])
+    # the report carries it: a table in report.md, the rows in report.json
+    paths = write_report([model, same, reverse], tmp_path / "report", n_boot=20)
+    md = paths["markdown"].read_text()
+    header, row = _rows(md.split("Rank agreement with the linear readers", 1)[1].split("\n\n", 2)[1])
+    assert header == ["method", "protocol", "shots", "seed", "n", "code_probe", "fc_linear"]
+    assert row == ["fmrilm_zero_shot", "whole-test-part", "0", "0", "6", "1.00", "-1.00"]
+    stored = json.loads(paths["json"].read_text())["agreement"]
+    assert {a["reader"]: a["spearman"] for a in stored} == pytest.approx(
+        {"code_probe": 1.0, "fc_linear": -1.0}
+    )
