@@ -623,6 +623,11 @@ class Demo:
                 by_site = text.find("By test site")  # where each held-out site's answers are lost
                 if by_site >= 0:
                     print("\n\n".join(text[by_site:].split("\n\n", 2)[:2]) + "\n")
+                agreement = text.find(
+                    "Rank agreement with the linear readers"
+                )  # does it read what they read?
+                if agreement >= 0:
+                    print("\n\n".join(text[agreement:].split("\n\n", 2)[:2]) + "\n")
         print("Step times:")
         for title, seconds in self.timings:
             print(f"  {seconds:7.0f} s  {title}")

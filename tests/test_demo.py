@@ -67,6 +67,9 @@ def test_the_tiny_demo_runs_every_step_and_reports_the_model_next_to_fc(tmp_path
     assert (
         "By test site (balanced accuracy / AUC" in text and "| fmrilm_zero_shot | whole-test-part |" in text
     )
+    # and how closely its answers rank the scans as the linear readers do, its own input's among them
+    assert "Rank agreement with the linear readers" in text and "| code_probe |" in text
+    assert {a["reader"] for a in report["agreement"] if a["method"] == "fmrilm_zero_shot"} >= {"fc_linear"}
     assert "Warning" not in text and "Warning" not in proc.stderr  # library warnings go to warnings.log
     assert "Loading weights" not in text + proc.stderr  # and transformers' own bars stay out of the demo's
 
