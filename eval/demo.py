@@ -205,7 +205,9 @@ PRESETS: dict[str, Preset] = {
         #: its figures on the two folds were measured without the facts line; not re-measured with it yet
         #: (30 minutes a fold), so the preset keeps the recipe they belong to
         instruct_scan_facts=False,
-        #: its two folds were measured in float32; bf16 was measured on the cpu recipe only
+        #: float32: in bf16 the preset read autism lower on both judging folds (AUC 0.560 / 0.660 against
+        #: float32's two seeds, 0.609 / 0.595 and 0.706 / 0.675), sex and age within the seeds' spread
+        #: (BENCHMARKS.md, "bf16 in the `full` preset, on its two judging folds")
         instruct_native_bf16=False,
     ),
     "gpu": _GPU,
