@@ -625,9 +625,8 @@ class Demo:
                 by_site = text.find("By test site")  # where each held-out site's answers are lost
                 if by_site >= 0:
                     print("\n\n".join(text[by_site:].split("\n\n", 2)[:2]) + "\n")
-                agreement = text.find(
-                    "Rank agreement with the linear readers"
-                )  # does it read what they read?
+                # whether its answers rank the scans as the linear readers do (its own input's among them)
+                agreement = text.find("Rank agreement with the linear readers")
                 if agreement >= 0:
                     print("\n\n".join(text[agreement:].split("\n\n", 2)[:2]) + "\n")
         print("Step times:")
