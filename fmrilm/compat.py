@@ -2,13 +2,20 @@
 (and no deprecation warning reaches a user's conversation or report).
 
 transformers 5.x renamed the KV cache from ``past_key_values`` to ``cache``: as a ``generate`` / ``forward``
-argument and as an output field (the old names still work but warn).
+argument and as an output field (the old names still work but warn). peft 0.21 reads transformers'
+deprecated ``is_gradient_checkpointing`` whenever it wraps a model (`peft_wrapping`).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
+
+#: the one deprecation `peft_wrapping` keeps quiet: peft's own read of a transformers property, not the user's
+PEFT_DEPRECATION = r".*is_gradient_checkpointing.*"
 
 
 @cache
@@ -34,3 +41,15 @@ def output_cache(output: Any) -> Any:
         if name in keys:
             return output[name]
     return None
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Wrap or load adapters without peft's FutureWarning about ``is_gradient_checkpointing``.
+
+    The warning is about peft's code (it reads the deprecated property to decide whether to enable input
+    gradients), so a user of `FmriLM.from_pretrained` can do nothing about it; every other warning passes.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        yield

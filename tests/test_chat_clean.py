@@ -1,8 +1,9 @@
 """A chat that stays a chat: no library warning in the conversation, /help, Ctrl-C stops only the answer.
 
-The model is a tiny random Llama with LoRA adapters saved the way training saves them (loading adapters goes
-through peft, which is where transformers' deprecation warnings used to come from); its answers are noise, which
-is all these tests need.
+The model is a tiny random Llama with LoRA adapters saved the way training saves them; its answers are noise,
+which is all these tests need. The chat runs in a process where loading the adapters raises a planted library
+deprecation (a FutureWarning from peft's own module, as peft's read of transformers' ``is_gradient_checkpointing``
+used to): where it goes shows where any library warning goes, whatever the installed versions warn about.
 """
 
 from __future__ import annotations
@@ -40,11 +41,30 @@ def saved(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(model_dir=root / "model", scans=paths, root=root)
 
 
+PLANTED = "planted library deprecation"
+#: `fmrilm chat` with peft's adapter loading made to warn first, as a library does (from its own module)
+CHAT_WITH_A_LIBRARY_WARNING = f"""
+import sys, warnings
+import peft
+from peft import peft_model
+
+load = peft.PeftModel.from_pretrained.__func__
+
+def warning_load(cls, *args, **kwargs):
+    warnings.warn_explicit({PLANTED!r}, FutureWarning, peft_model.__file__, 1, module="peft.peft_model")
+    return load(cls, *args, **kwargs)
+
+peft.PeftModel.from_pretrained = classmethod(warning_load)
+from fmrilm.cli import main
+sys.exit(main(["chat", *sys.argv[1:]]))
+"""
+
+
 def _chat(*args, stdin: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("PYTHONWARNINGS", None)  # Python's default warning filters: FutureWarnings are shown
     return subprocess.run(
-        [sys.executable, "-m", "fmrilm.cli", "chat", *map(str, args)],
+        [sys.executable, "-c", CHAT_WITH_A_LIBRARY_WARNING, *map(str, args)],
         input=stdin,
         capture_output=True,
         text=True,
@@ -65,8 +85,8 @@ def test_a_normal_conversation_shows_no_library_warning(saved):
     assert not [line for line in lines if "Warning" in line or "warnings.warn" in line], lines
     assert "/help" in done.stderr and "Ctrl-C" in done.stderr  # /help lists the commands
     assert "attached 'scan1'" in done.stderr and len(done.stdout.split("\n")) == 3  # two answers
-    # what was kept out of the conversation is in the log (peft's call of a deprecated transformers property)
-    assert "is_gradient_checkpointing" in log.read_text()
+    # what was kept out of the conversation is in the log
+    assert PLANTED in log.read_text() and PLANTED not in done.stderr
 
 
 def test_verbose_shows_library_warnings(saved):
@@ -75,7 +95,21 @@ def test_verbose_shows_library_warnings(saved):
         stdin="Hello?\n",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "FutureWarning" in done.stderr and "is_gradient_checkpointing" in done.stderr
+    assert "FutureWarning" in done.stderr and PLANTED in done.stderr
+
+
+def test_loading_a_model_in_python_shows_no_library_deprecation(saved):
+    """`FmriLM.from_pretrained` in a user's own script (no CLI routing): peft's read of transformers'
+    deprecated ``is_gradient_checkpointing`` while loading the adapters is kept quiet at its source."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = FmriLM.from_pretrained(saved.model_dir)
+    assert model.has_adapters
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [
+        str(w.message) for w in caught
+    ]
 
 
 def test_no_deprecated_cache_argument_reaches_transformers(saved):

@@ -295,6 +295,7 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     """The fine-tuned `FmriLM`: its base (merged adapters) with the saved adapters on top; tasks stored."""
     from peft import PeftModel
 
+    from fmrilm.compat import peft_wrapping
     from fmrilm.model.modeling import FmriLM
     from fmrilm.model.scoring import TaskCard, store_tasks
 
@@ -317,7 +318,8 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     model = FmriLM.from_pretrained(base_dir)
     if model.has_adapters:
         model.merge_adapters()
-    model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
+    with peft_wrapping():
+        model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
     if not is_trainable:
         model.llm.eval()
     if model.soft_projection is not None and (directory / model.soft_projection.WEIGHTS_NAME).exists():

@@ -54,6 +54,7 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
     """Wrap ``model`` in a ``peft.PeftModel`` with LoRA and (by default) trainable brain-token rows."""
     from peft import LoraConfig, get_peft_model
 
+    from fmrilm.compat import peft_wrapping
     from fmrilm.model.quantization import is_quantized
 
     settings = settings or LoraSettings()
@@ -73,7 +74,8 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
         task_type="CAUSAL_LM",
         **settings.extra,
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def is_peft_model(model: Any) -> bool:

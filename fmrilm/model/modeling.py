@@ -243,7 +243,10 @@ class FmriLM(nn.Module):
         if adapters and (adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
 
-            llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+            from fmrilm.compat import peft_wrapping
+
+            with peft_wrapping():
+                llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
         if not is_trainable:
             llm.eval()
         soft = None
