@@ -1,0 +1,121 @@
+"""`bench_answer_probe`: a tuned model's answers set beside the probe planted in its scan summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_connectome import tiny_connectome_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+SCANS = 128  # a quarter held out: enough held-out scans for the decile table
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A tiny model whose scan summary holds the warm start's diagnosis probe (the start Stage 3 tunes from,
+    saved with its tasks as a tuned model is), a cohort whose diagnosis is planted in the first connectome
+    component, and its instruction set with a quarter of the subjects held out."""
+    from fmrilm.instructions.builder import build_instructions, save_instruction_set
+    from fmrilm.instructions.spec import load_tasks
+    from fmrilm.train.probe_init import warm_start_summary
+    from fmrilm.train.stage3 import TEST_PART, encode_scans, load_sources, task_cards
+
+    from fmrilm.cohort import Cohort
+    from fmrilm.model.scoring import store_tasks
+    from fmrilm.splits import stratified_split
+
+    root = tmp_path_factory.mktemp("answer_probe")
+    model, tok, scans = tiny_connectome_model(SCANS)
+    signal = np.asarray([tok.encode(s).values.reshape(-1)[0] for s in scans])
+    z = (signal - signal.mean()) / signal.std()
+    pheno = [
+        {"diagnosis": "patient" if v > 0 else "control", "age": float(np.clip(20 + 6 * v, 7, 40))} for v in z
+    ]
+    cohort = Cohort.from_scans(scans, pheno, atlas=scans[0].atlas)
+    cohort.save(root / "cohort")
+    split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=0)
+    tasks = load_tasks("diagnosis,age")
+    rows, meta = build_instructions(cohort, tasks, split=split, paradigms=["brain"], seed=0)
+    meta["cohort_dir"] = str(root / "cohort")
+    instructions = save_instruction_set(rows, meta, tasks, root / "instructions")
+    source = load_sources([str(instructions)])[0]
+    ds = source.dataset
+    train_rows = ds.select([i for i, p in enumerate(ds["split"]) if p != TEST_PART])
+    codes = encode_scans(
+        source.cohort, model.processor.fmri_tokenizer, {str(s) for s in train_rows["scan_id"]}, windows=False
+    )
+    cards = task_cards([source])
+    warm_start_summary(model, [(train_rows, codes)], cards, seed=0, rounds=0)
+    store_tasks(model, cards)
+    model.save_pretrained(root / "tuned")
+    return root, instructions, len(split["test"])
+
+
+def test_the_answer_is_set_beside_its_probe_on_training_and_held_out_scans(tuned, capsys):
+    from fmrilm.eval.bench_answer_probe import main
+    from fmrilm.train.probe_init import PROBE_LOGIT_SD
+
+    root, instructions, n_test = tuned
+    out, picture = root / "answer_probe.json", root / "answer_probe.png"
+    argv = ["--model", str(root / "tuned"), "--instructions", str(instructions), "--json", str(out)]
+    assert main([*argv, "--plot", str(picture)]) == 0
+    report = json.loads(out.read_text())["tasks"]["diagnosis"]
+    assert report["held_out_scans"] == n_test and report["training_scans"] == SCANS - n_test
+    probe = report["probe"]
+    # the planted diagnosis is read by the probe on every kind of scan, and spread as the warm start plants it
+    assert probe["in_sample"]["logit_sd"] == pytest.approx(PROBE_LOGIT_SD, rel=1e-6)
+    assert min(probe[s]["auc"] for s in ("in_sample", "out_of_fold", "held_out")) > 0.9
+    assert probe["in_sample"]["auc"] >= probe["out_of_fold"]["auc"] - 0.02
+    # the warm-started answer follows its probe (a swapped pair of options would make both negative)
+    assert report["answer"]["agreement"] > 0.6 and report["answer"]["auc"] > 0.85
+    deciles = report["deciles"]
+    assert len(deciles) == 10 and sum(d["scans"] for d in deciles) == n_test
+    assert np.all(np.diff([d["probe_mean"] for d in deciles]) > 0)
+    assert deciles[-1]["second_option_share"] > deciles[0]["second_option_share"]
+    assert deciles[-1]["answer_mean"] > deciles[0]["answer_mean"]
+    assert picture.read_bytes()[:4] == b"\x89PNG" and not list(root.glob("*.tmp*"))
+    printed = capsys.readouterr().out
+    assert "| diagnosis |" in printed and "by decile of the probe's logit" in printed
+
+
+def test_a_task_without_two_answers_is_refused_by_name(tuned):
+    from fmrilm.eval.bench_answer_probe import main
+
+    root, instructions, _ = tuned
+    with pytest.raises(SystemExit, match="age"):
+        main(["--model", str(root / "tuned"), "--instructions", str(instructions), "--tasks", "age"])
+
+
+def test_deciles_leave_out_too_few_scans_and_order_the_rest():
+    from fmrilm.eval.bench_answer_probe import MIN_SCANS_PER_DECILE, deciles
+
+    rng = np.random.default_rng(0)
+    probe = rng.normal(size=40)
+    rows = deciles(probe, 2 * probe, probe > 0)
+    assert [d["decile"] for d in rows] == list(range(1, 11)) and sum(d["scans"] for d in rows) == 40
+    assert rows[0]["second_option_share"] == 0.0 and rows[-1]["second_option_share"] == 1.0
+    assert all(d["answer_mean"] == pytest.approx(2 * d["probe_mean"]) for d in rows)
+    few = 10 * MIN_SCANS_PER_DECILE - 1
+    assert deciles(probe[:few], probe[:few], probe[:few] > 0) == []
+
+
+def test_out_of_fold_logits_show_what_a_probe_learnt_by_heart():
+    """Labels that are noise in many components: a probe ranks its own training scans well in sample and at
+    chance out of fold; the two must not be confused (the gap is what Stage 3 trains the LLM on)."""
+    from fmrilm.eval.bench_answer_probe import planted_logits
+    from fmrilm.train.probe_init import PROBE_LOGIT_SD, ProbeTask, fit_probe
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 200))
+    y = rng.permutation(np.repeat([0, 1], 45))
+    groups = np.repeat(["a", "b", "c"], 30)
+    w, C = fit_probe(X, y, groups)
+    w = w * PROBE_LOGIT_SD / np.std(X @ w)
+    in_sample, out_of_fold = planted_logits(ProbeTask("noise", ("no", "yes"), w, C, len(y)), X, y, groups, 0)
+    assert np.std(in_sample) == pytest.approx(PROBE_LOGIT_SD)
+    assert roc_auc_score(y, in_sample) > 0.95 and roc_auc_score(y, out_of_fold) < 0.7
