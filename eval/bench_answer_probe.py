@@ -158,6 +158,7 @@ def compare(card: Any, readings: dict[str, Any], held: tuple, frame: Any) -> dic
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from fmrilm.eval.bench_warm_start import split_parts
     from fmrilm.train.probe_init import two_answer_tasks
     from fmrilm.train.stage3 import TEST_PART, VAL_PART, encode_scans, load_sources, task_cards
 
@@ -180,12 +181,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"unknown or not two-answer task(s) {unknown}: the instruction set's are {sorted(cards)}"
         )
     ds = source.dataset
-    if "split" not in ds.column_names:
-        raise SystemExit(
-            f"{args.instructions}: the instruction set has no split column, so no held-out scans to score; "
-            "build it with `fmrilm instructions build ... --split NAME`"
-        )
-    parts = ds["split"]
+    parts = split_parts(source)
     train_rows = ds.select([i for i, p in enumerate(parts) if p not in (TEST_PART, VAL_PART)])
     test_rows = ds.select([i for i, p in enumerate(parts) if p == TEST_PART])
     scan_ids = {str(s) for s in train_rows["scan_id"]} | {str(s) for s in test_rows["scan_id"]}

@@ -33,17 +33,23 @@ import numpy as np
 from fmrilm.safety import nonnegative_int, positive_int
 
 
-def held_out(source: Any) -> list[int]:
-    """Cohort rows of the scans whose instruction rows are in the test part (never used by the warm start)."""
-    from fmrilm.train.stage3 import TEST_PART
-
+def split_parts(source: Any) -> list[Any]:
+    """Each instruction row's part (train / val / test); a set without a split is refused by name."""
     ds = source.dataset
     if "split" not in ds.column_names:
         raise SystemExit(
             f"{source.directory}: the instruction set has no split column, so no held-out scans to score; "
             "build it with `fmrilm instructions build ... --split NAME`"
         )
-    parts = ds["split"]
+    return ds["split"]
+
+
+def held_out(source: Any) -> list[int]:
+    """Cohort rows of the scans whose instruction rows are in the test part (never used by the warm start)."""
+    from fmrilm.train.stage3 import TEST_PART
+
+    ds = source.dataset
+    parts = split_parts(source)
     test = {str(s) for s, p in zip(ds["scan_id"], parts, strict=True) if p == TEST_PART}
     ids = [str(s) for s in source.cohort.dataset["scan_id"]]
     return [i for i, s in enumerate(ids) if s in test]

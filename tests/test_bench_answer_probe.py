@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_connectome import tiny_connectome_model
+from tests.test_bench_warm_start import planted_probe_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -16,32 +16,15 @@ SCANS = 128  # a quarter held out: enough held-out scans for the decile table
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """A tiny model whose scan summary holds the warm start's diagnosis probe (the start Stage 3 tunes from,
-    saved with its tasks as a tuned model is), a cohort whose diagnosis is planted in the first connectome
-    component, and its instruction set with a quarter of the subjects held out."""
-    from fmrilm.instructions.builder import build_instructions, save_instruction_set
-    from fmrilm.instructions.spec import load_tasks
+    """`planted_probe_set` whose model's scan summary holds the warm start's probes (the start Stage 3 tunes
+    from), saved with its tasks as a tuned model is (``root/tuned``)."""
     from fmrilm.train.probe_init import warm_start_summary
     from fmrilm.train.stage3 import TEST_PART, encode_scans, load_sources, task_cards
 
-    from fmrilm.cohort import Cohort
     from fmrilm.model.scoring import store_tasks
-    from fmrilm.splits import stratified_split
 
     root = tmp_path_factory.mktemp("answer_probe")
-    model, tok, scans = tiny_connectome_model(SCANS)
-    signal = np.asarray([tok.encode(s).values.reshape(-1)[0] for s in scans])
-    z = (signal - signal.mean()) / signal.std()
-    pheno = [
-        {"diagnosis": "patient" if v > 0 else "control", "age": float(np.clip(20 + 6 * v, 7, 40))} for v in z
-    ]
-    cohort = Cohort.from_scans(scans, pheno, atlas=scans[0].atlas)
-    cohort.save(root / "cohort")
-    split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=0)
-    tasks = load_tasks("diagnosis,age")
-    rows, meta = build_instructions(cohort, tasks, split=split, paradigms=["brain"], seed=0)
-    meta["cohort_dir"] = str(root / "cohort")
-    instructions = save_instruction_set(rows, meta, tasks, root / "instructions")
+    model, instructions, n_test = planted_probe_set(root, SCANS)
     source = load_sources([str(instructions)])[0]
     ds = source.dataset
     train_rows = ds.select([i for i, p in enumerate(ds["split"]) if p != TEST_PART])
@@ -52,7 +35,7 @@ def tuned(tmp_path_factory):
     warm_start_summary(model, [(train_rows, codes)], cards, seed=0, rounds=0)
     store_tasks(model, cards)
     model.save_pretrained(root / "tuned")
-    return root, instructions, len(split["test"])
+    return root, instructions, n_test
 
 
 def test_the_answer_is_set_beside_its_probe_on_training_and_held_out_scans(tuned, capsys):

@@ -12,18 +12,17 @@ from tests.test_connectome import tiny_connectome_model
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def stage2(tmp_path_factory):
-    """A saved tiny model with a scan summary, a cohort whose diagnosis and age are planted in the first
-    connectome component, and an instruction set with a quarter of the subjects held out."""
+def planted_probe_set(root, n_scans: int):
+    """A saved tiny model with a scan summary (``root/model``), a cohort whose diagnosis and age are planted in
+    the first connectome component, and an instruction set with a quarter of the subjects held out:
+    ``(model, instruction set folder, held-out subjects)``."""
     from fmrilm.instructions.builder import build_instructions, save_instruction_set
     from fmrilm.instructions.spec import load_tasks
 
     from fmrilm.cohort import Cohort
     from fmrilm.splits import stratified_split
 
-    root = tmp_path_factory.mktemp("warm")
-    model, tok, scans = tiny_connectome_model(64)
+    model, tok, scans = tiny_connectome_model(n_scans)
     signal = np.asarray([tok.encode(s).values.reshape(-1)[0] for s in scans])
     z = (signal - signal.mean()) / signal.std()
     pheno = [
@@ -37,7 +36,15 @@ def stage2(tmp_path_factory):
     rows, meta = build_instructions(cohort, tasks, split=split, paradigms=["brain"], seed=0)
     meta["cohort_dir"] = str(root / "cohort")
     instructions = save_instruction_set(rows, meta, tasks, root / "instructions")
-    return root, instructions, len(split["test"])
+    return model, instructions, len(split["test"])
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    """`planted_probe_set` of 64 scans: the Stage-2 model the warm start starts from."""
+    root = tmp_path_factory.mktemp("warm")
+    _, instructions, n_test = planted_probe_set(root, 64)
+    return root, instructions, n_test
 
 
 def test_the_warm_start_is_scored_on_held_out_scans_next_to_its_probes(stage2, capsys):
