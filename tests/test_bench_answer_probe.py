@@ -73,6 +73,16 @@ def test_a_task_without_two_answers_is_refused_by_name(tuned):
         main(["--model", str(root / "tuned"), "--instructions", str(instructions), "--tasks", "age"])
 
 
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(tuned, tmp_path, capsys):
+    from fmrilm.eval.bench_answer_probe import main
+
+    root, instructions, _ = tuned
+    missing = tmp_path / "no_such_folder" / "answer_probe.png"
+    with pytest.raises(SystemExit):
+        main(["--model", str(root / "tuned"), "--instructions", str(instructions), "--plot", str(missing)])
+    assert "--plot" in capsys.readouterr().err and not missing.parent.exists()
+
+
 def test_deciles_leave_out_too_few_scans_and_order_the_rest():
     from fmrilm.eval.bench_answer_probe import MIN_SCANS_PER_DECILE, deciles
 
