@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--plot", default=None, help="draw the answer against the probe here (PNG)")
     args = parser.parse_args(argv)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not Path(path).parent.is_dir():
+            parser.error(f"{option} {path}: its folder does not exist; create it or give another path")
 
     from fmrilm.train.common import torch_threads
 
