@@ -57,16 +57,12 @@ def planted_logits(
     """A planted probe's logits on its own training scans, in sample (what Stage 3 trains the LLM with) and
     out of fold (each scan read by the probe refitted without its inner fold: how it reads unseen sites), both
     on the planted scale (the warm start rescales the weights and drops the intercept)."""
-    from fmrilm.train.probe_init import probe_splits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
+    from fmrilm.train.probe_init import probe_logits
 
-    plain = LogisticRegression(C=probe.C, class_weight="balanced", max_iter=3000)
-    oof = cross_val_predict(plain, X, y, cv=probe_splits(X, y, groups, seed), method="decision_function")
-    refit = plain.fit(X, y).decision_function(X)
+    oof, refit, intercept = probe_logits(X, y, groups, probe.C, seed)
     in_sample = X @ probe.weights
     scale = float(np.std(in_sample)) / max(float(np.std(refit)), 1e-12)
-    return in_sample, scale * (oof - float(plain.intercept_[0]))
+    return in_sample, scale * (oof - intercept)
 
 
 def deciles(probe: np.ndarray, log_odds: np.ndarray, positive: np.ndarray) -> list[dict[str, float]]:

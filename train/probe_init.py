@@ -191,18 +191,32 @@ def teacher_probabilities(
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    oof, logits, _ = probe_logits(components, y, groups, C, seed)
+    auc = float(roc_auc_score(y, oof))
+    platt = LogisticRegression(C=1e6, class_weight="balanced", max_iter=3000).fit(oof[:, None], y)
+    if float(platt.coef_[0, 0]) <= 0:
+        return None, auc
+    return platt.predict_proba(logits[:, None])[:, 1], auc
+
+
+def probe_logits(
+    components: np.ndarray, y: np.ndarray, groups: np.ndarray | None, C: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A two-answer probe (L2 logistic regression at ``C``, balanced classes) on its training scans: each
+    scan's out-of-fold logit (`probe_splits`: how the probe reads sites it did not see), each scan's logit
+    from the probe refitted on all of them (what it learnt, its own scans included) and that refit's
+    intercept."""
+    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
     y = np.asarray(y, dtype=int)
     probe = LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
     cv = probe_splits(components, y, groups, seed)
     oof = cross_val_predict(probe, components, y, cv=cv, method="decision_function")
-    auc = float(roc_auc_score(y, oof))
-    platt = LogisticRegression(C=1e6, class_weight="balanced", max_iter=3000).fit(oof[:, None], y)
-    if float(platt.coef_[0, 0]) <= 0:
-        return None, auc
-    logits = probe.fit(components, y).decision_function(components)
-    return platt.predict_proba(logits[:, None])[:, 1], auc
+    refit = probe.fit(components, y)
+    return oof, refit.decision_function(components), float(refit.intercept_[0])
 
 
 def fit_ridge_probe(
