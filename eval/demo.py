@@ -622,13 +622,12 @@ class Demo:
                 text = md.read_text()
                 start = text.find("## Summary")
                 print(text[start:].split("\n## ", 2)[0] if start >= 0 else text[:3000])
-                by_site = text.find("By test site")  # where each held-out site's answers are lost
-                if by_site >= 0:
-                    print("\n\n".join(text[by_site:].split("\n\n", 2)[:2]) + "\n")
-                # whether its answers rank the scans as the linear readers do (its own input's among them)
-                agreement = text.find("Rank agreement with the linear readers")
-                if agreement >= 0:
-                    print("\n\n".join(text[agreement:].split("\n\n", 2)[:2]) + "\n")
+                # where each held-out site's answers are lost, and whether the answers rank the scans as the
+                # linear readers do (its own input's among them): each a heading paragraph and its table
+                for heading in ("By test site", "Rank agreement with the linear readers"):
+                    at = text.find(heading)
+                    if at >= 0:
+                        print("\n\n".join(text[at:].split("\n\n", 2)[:2]) + "\n")
         print("Step times:")
         for title, seconds in self.timings:
             print(f"  {seconds:7.0f} s  {title}")
