@@ -16,7 +16,13 @@ training scans) and sets it beside the tuned model's scored answers on the set's
   held-out scans as the probe does, so the probe's AUC is its ceiling through this route);
 - **by probe decile**: the answer's log-odds (``log p(second option) - log p(first)``, the margin `predict`
   reads) over the held-out scans in each tenth of the probe's logits: a mapping that is not monotone, or that
-  spreads widely within a decile, is where the ranking is lost. ``--plot`` draws the same as a scatter.
+  spreads widely within a decile, is where the ranking is lost. ``--plot`` draws the same as a scatter;
+- **the start marker**: the norm of the offset the summary adds to the start marker's embedding (median over
+  training and over held-out scans) against the norm of that embedding itself. The LLM's first layer reads the
+  marker through an RMSNorm, which divides by the vector's size: where the offset is many times the embedding,
+  only its direction survives, so the answer can read the planted logit's sign but not how far it is from zero
+  (a step). The calibrated warm start's offsets were 15 times the embedding on the validation fold's training
+  scans, the first-order step's 1.3 times (BENCHMARKS.md, "The start marker reads the planted probe's sign").
 
 Only training rows feed the probe; held-out scans are only scored. Two-answer tasks only (a regression's warm
 start is a ridge probe with no AUC to compare).
@@ -153,6 +159,26 @@ def compare(card: Any, readings: dict[str, Any], held: tuple, frame: Any) -> dic
     }
 
 
+def marker_offsets(model: Any, codes: Any, scan_ids: list[str]) -> dict[str, float]:
+    """The norm of the summary's offset at the start marker (`SoftBrainProjection.summary` of a scan's first
+    components: what `FmriLM.embed_inputs` adds there), median over ``scan_ids``, and the marker embedding's
+    own norm."""
+    import torch
+    from fmrilm.train.probe_init import summary_components
+
+    projection = model.soft_projection
+    k = projection.summary_components
+    weight = projection.summary.weight
+    X = np.stack([summary_components(codes.connectome[s].values, k) for s in scan_ids])
+    with torch.no_grad():
+        offsets = projection.summary(torch.as_tensor(X, dtype=weight.dtype, device=weight.device))
+        marker = model.llm.get_input_embeddings().weight[model.processor.ids.start_id]
+    return {
+        "offset_norm": float(np.median(offsets.float().norm(dim=1).cpu().numpy())),
+        "embedding_norm": float(marker.float().norm()),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from fmrilm.eval.bench_warm_start import split_parts
     from fmrilm.train.probe_init import two_answer_tasks
@@ -194,11 +220,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rows = [row_of[s] for s in held[0]]
         frame = predict_cohort(model, source.cohort, resolve_task(model, name), rows, progress=True)
         results[name] = compare(cards[name], readings, held, frame)
+    training = marker_offsets(model, codes, sorted({str(s) for s in train_rows["scan_id"]}))
+    held_out = marker_offsets(model, codes, sorted({str(s) for s in test_rows["scan_id"]}))
     return {
         "model": str(args.model),
         "instructions": str(args.instructions),
         "seed": args.seed,
         "tasks": results,
+        "start_marker": {
+            "embedding_norm": training["embedding_norm"],
+            "offset_norm": {"training": training["offset_norm"], "held_out": held_out["offset_norm"]},
+        },
     }
 
 
@@ -216,6 +248,18 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {aucs} | {sds} | {r['answer']['auc']:.3f} | {r['answer']['agreement']:.2f} |"
         )
+    marker = report.get("start_marker")
+    if marker:
+        norm, offsets = marker["embedding_norm"], marker["offset_norm"]
+        lines += [
+            "",
+            f"start marker: its embedding's norm {norm:.2f}; the summary's offset there (median) "
+            + ", ".join(
+                f"{offsets[s]:.2f} ({offsets[s] / max(norm, 1e-12):.1f}x) over {label} scans"
+                for s, label in (("training", "training"), ("held_out", "held-out"))
+            )
+            + " (many times the embedding: the first layer's RMSNorm keeps only the offset's direction)",
+        ]
     for name, r in report["tasks"].items():
         if not r["deciles"]:
             continue

@@ -112,3 +112,43 @@ def test_out_of_fold_logits_show_what_a_probe_learnt_by_heart():
     in_sample, out_of_fold = planted_logits(ProbeTask("noise", ("no", "yes"), w, C, len(y)), X, y, groups, 0)
     assert np.std(in_sample) == pytest.approx(PROBE_LOGIT_SD)
     assert roc_auc_score(y, in_sample) > 0.95 and roc_auc_score(y, out_of_fold) < 0.7
+
+
+def test_the_start_marker_figures_are_what_the_llm_receives_there(tuned):
+    """The reported offset is the difference the scan summary makes to the start marker's input embedding
+    (through the processor and `FmriLM.embed_inputs`, as scoring sees it), and it grows with the projection."""
+    import torch
+    from fmrilm.eval.bench_answer_probe import main
+    from fmrilm.train.stage3 import TEST_PART, load_sources
+
+    from fmrilm.model.modeling import FmriLM
+    from fmrilm.model.scoring import resolve_task
+
+    root, instructions, _ = tuned
+    out = root / "marker.json"
+    argv = ["--model", str(root / "tuned"), "--instructions", str(instructions), "--json", str(out)]
+    assert main(argv) == 0
+    marker = json.loads(out.read_text())["start_marker"]
+
+    model = FmriLM.from_pretrained(root / "tuned")
+    source = load_sources([str(instructions)])[0]
+    ds = source.dataset
+    held = {str(s) for s, p in zip(ds["scan_id"], ds["split"], strict=True) if p == TEST_PART}
+    ids = [str(s) for s in source.cohort.dataset["scan_id"]]
+    card = resolve_task(model, "diagnosis")
+    norms, plain = {}, model.llm.get_input_embeddings()
+    for part, keep in (("training", lambda s: s not in held), ("held_out", lambda s: s in held)):
+        scans = [source.cohort.scan(i) for i, s in enumerate(ids) if keep(s)]
+        prompts = model.processor([card.messages(0) for _ in scans], [[s] for s in scans])
+        with torch.no_grad():
+            offset = model.embed_inputs(prompts["input_ids"], prompts["connectome_values"]) - plain(
+                prompts["input_ids"]
+            )
+        at_marker = prompts["input_ids"] == model.processor.ids.start_id
+        assert at_marker.sum(dim=1).tolist() == [1] * len(scans)
+        norms[part] = float(np.median(offset[at_marker].norm(dim=1).numpy()))
+        start_embedding = plain.weight[model.processor.ids.start_id].norm()
+    assert marker["offset_norm"]["training"] == pytest.approx(norms["training"], rel=1e-4)
+    assert marker["offset_norm"]["held_out"] == pytest.approx(norms["held_out"], rel=1e-4)
+    assert marker["embedding_norm"] == pytest.approx(float(start_embedding), rel=1e-5)
+    assert marker["offset_norm"]["training"] > 0
