@@ -126,7 +126,8 @@ def test_the_full_preset_trains_and_evaluates_every_phenotype_task():
 
 
 def test_the_full_presets_stage_3_distils_its_probes_and_the_cpu_presets_does_not(tmp_path, monkeypatch):
-    """The presets' Stage-3 commands as the demo runs them (each step recorded, none run)."""
+    """The presets' Stage-3 commands as the demo runs them (each step recorded, none run): the cpu preset
+    plants the first-order warm start (no calibration rounds), the full preset the calibrated one."""
     from fmrilm.eval.demo import PRESETS, Demo
 
     commands = {}
@@ -139,6 +140,8 @@ def test_the_full_presets_stage_3_distils_its_probes_and_the_cpu_presets_does_no
     full = commands["full"]
     assert "--probe-init" in full and full[full.index("--probe-teacher") + 1] == "1.0"
     assert "--probe-init" in commands["cpu"] and "--probe-teacher" not in commands["cpu"]
+    cpu = commands["cpu"]
+    assert cpu[cpu.index("--probe-rounds") + 1] == "0" and "--probe-rounds" not in full
 
 
 @pytest.mark.parametrize("native", [True, False])
