@@ -41,6 +41,9 @@ from fmrilm.safety import nonnegative_int, positive_int
 
 #: held-out scans per decile below which the decile table is left out (its rows would be noise)
 MIN_SCANS_PER_DECILE = 3
+#: the summary's offset at the start marker, over training scans, this many times the marker's embedding: the
+#: printed table warns that the first layer reads little but its direction (calibrated warm start: 15 times)
+SATURATING_RATIO = 4.0
 
 
 def probe_readings(card: Any, train_rows: Any, codes: Any, k: int, seed: int) -> dict[str, Any] | None:
@@ -258,7 +261,11 @@ def table(report: dict[str, Any]) -> str:
                 f"{offsets[s]:.2f} ({offsets[s] / max(norm, 1e-12):.1f}x) over {label} scans"
                 for s, label in (("training", "training"), ("held_out", "held-out"))
             )
-            + " (many times the embedding: the first layer's RMSNorm keeps only the offset's direction)",
+            + (
+                " (many times the embedding: the first layer's RMSNorm keeps little but the offset's direction)"
+                if offsets["training"] >= SATURATING_RATIO * norm
+                else ""
+            ),
         ]
     for name, r in report["tasks"].items():
         if not r["deciles"]:

@@ -114,11 +114,12 @@ def test_out_of_fold_logits_show_what_a_probe_learnt_by_heart():
     assert roc_auc_score(y, in_sample) > 0.95 and roc_auc_score(y, out_of_fold) < 0.7
 
 
-def test_the_start_marker_figures_are_what_the_llm_receives_there(tuned):
+def test_the_start_marker_figures_are_what_the_llm_receives_there(tuned, capsys):
     """The reported offset is the difference the scan summary makes to the start marker's input embedding
-    (through the processor and `FmriLM.embed_inputs`, as scoring sees it), and it grows with the projection."""
+    (through the processor and `FmriLM.embed_inputs`, as scoring sees it), and the printed line warns of the
+    first layer's RMSNorm exactly when that offset is many times the marker's embedding."""
     import torch
-    from fmrilm.eval.bench_answer_probe import main
+    from fmrilm.eval.bench_answer_probe import SATURATING_RATIO, main
     from fmrilm.train.stage3 import TEST_PART, load_sources
 
     from fmrilm.model.modeling import FmriLM
@@ -129,6 +130,10 @@ def test_the_start_marker_figures_are_what_the_llm_receives_there(tuned):
     argv = ["--model", str(root / "tuned"), "--instructions", str(instructions), "--json", str(out)]
     assert main(argv) == 0
     marker = json.loads(out.read_text())["start_marker"]
+    printed = capsys.readouterr().out
+    saturating = marker["offset_norm"]["training"] >= SATURATING_RATIO * marker["embedding_norm"]
+    assert "start marker: its embedding's norm" in printed
+    assert ("many times the embedding" in printed) == saturating
 
     model = FmriLM.from_pretrained(root / "tuned")
     source = load_sources([str(instructions)])[0]

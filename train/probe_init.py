@@ -20,7 +20,9 @@ interface, so the model stays one LLM that reads its input embeddings:
    `first_order_steps`), ``M`` a task-by-task mixing set by up to two Newton steps on
    the measured response of every task's margin to every probe's logit on training prompts, so the margins
    would move one-for-one with the probes. Each column of ``M`` is bounded (``SCALE_BOUNDS``), and on the
-   SmolLM2 demo the bound is what stops it: the margins move by 0.04-0.2 per unit of (rescaled) logit. The
+   SmolLM2 demo the bound is what stops it: the margins move by 0.04-0.2 per unit of (rescaled) logit, because
+   the offsets grow far past the start marker's own embedding and the first layer's RMSNorm divides their size
+   away (`eval/bench_answer_probe.py` prints the ratio). The
    calibrated start follows the probe less closely than the first-order step alone, yet the tuned model ends
    better from it (BENCHMARKS.md, "The warm start's calibration, and the warm start without it").
 
@@ -57,8 +59,12 @@ PROBE_LOGIT_SD = 8.0
 #: ridge on the task gradients' Gram matrix, relative to its mean diagonal
 RIDGE = 0.1
 #: rescaling rounds at most (each one scores the calibration prompts once per task). 0 (the first-order step)
-#: starts better but ends worse: the `full` preset's Stage 3 on the validation fold, autism AUC 0.591 against
-#: 0.633 and age r 0.33 against 0.45, sex 0.804 against 0.777 (BENCHMARKS.md, "calibration rounds, re-chosen")
+#: starts better; with the `full` preset's Stage 3 it ended worse on the validation fold, autism AUC 0.591
+#: against 0.633 and age r 0.33 against 0.45, sex 0.804 against 0.777 (BENCHMARKS.md, "calibration rounds,
+#: re-chosen"). The calibrated offset at the start marker is 15 times the marker's embedding on training scans,
+#: so the first layer's RMSNorm keeps only its direction and the tuned answer learns a step of its probe; the
+#: `cpu` preset starts from 0 rounds, whose offset stays near the embedding's size (BENCHMARKS.md, "The start
+#: marker reads the planted probe's sign")
 CALIBRATION_ROUNDS = 2
 #: fewer training scans than this for a task: no probe for it (the fit would be noise)
 MIN_SCANS = 10
