@@ -23,8 +23,9 @@ interface, so the model stays one LLM that reads its input embeddings:
    SmolLM2 demo the bound is what stops it: the margins move by 0.04-0.2 per unit of (rescaled) logit, because
    the offsets grow far past the start marker's own embedding and the first layer's RMSNorm divides their size
    away (`eval/bench_answer_probe.py` prints the ratio). The
-   calibrated start follows the probe less closely than the first-order step alone, yet the tuned model ends
-   better from it (BENCHMARKS.md, "The warm start's calibration, and the warm start without it").
+   calibrated start follows the probe less closely than the first-order step alone; the `full` preset's tuned
+   model ended better from it, the `cpu` preset's ends better from the first-order step (BENCHMARKS.md, "The
+   warm start's calibration, and the warm start without it"; "The start marker reads the planted probe's sign").
 
 Labels come from training rows only; nothing about held-out scans is used.
 """
