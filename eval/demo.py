@@ -7,12 +7,12 @@ with `FmriLM.from_pretrained` -> chat about a held-out scan -> evaluation next t
 Every step is a `fmrilm ...` command run in this process, printed before it runs, so a reader can re-run any
 step by hand. A step whose output folder is complete is skipped, so an interrupted demo resumes. Presets trade
 time for quality: ``cpu`` (default; BENCHMARKS.md, "Demo": 12.6 minutes on an idle 2-core Xeon at two
-threads with 75 Stage-3 steps, 14.2 on a 2-core AMD EPYC with 70; Stage 3 70 steps of 16 on ABIDE, in bf16
+threads with 75 Stage-3 steps, 14.7 on a 2-core AMD EPYC with 70; Stage 3 70 steps of 16 on ABIDE, in bf16
 autocast where the CPU computes bf16 natively, from a logistic-regression warm start of the scan summary,
 autism half of them, half of every task's rows a chat's second question and half asked without the answer
 list, prompts with the scan summary, one connectome token, the scan's facts line and an empty system turn;
-autism AUC 0.588 on its held-out sites, FC 0.668). ``full`` adds sex and age and runs 300 Stage-3 steps
-(29.4-31.7 minutes on the Xeon); ``gpu`` is the GPU-sized recipe.
+autism AUC 0.614 on its held-out sites, FC 0.668). ``full`` is the same recipe with sex and age as well and
+150 Stage-3 steps (27.8 minutes on the EPYC); ``gpu`` is the GPU-sized recipe.
 """
 
 from __future__ import annotations
@@ -79,12 +79,12 @@ class Preset:
     #: has seen").
     instruct_probe_init: bool = True
     #: With the warm start: its calibration rounds (`train instruct --probe-rounds`; None: that command's
-    #: default, 2). 0 plants the first-order step alone, whose offset at the start marker stays near the size of
-    #: the marker's own embedding (1.3 times on the validation fold's training scans, against 15 times after
-    #: the calibration), so the first layer's RMSNorm keeps how far a scan lies along the probe and not only on
-    #: which side: on the validation fold the autism answer's log-odds rise over every decile of its probe
-    #: (agreement 0.92 against 0.86), AUC 0.660 against 0.644, the modularity answer's 0.831 against 0.779
-    #: (BENCHMARKS.md, "The start marker reads the planted probe's sign")
+    #: default, now 0 too). 0 plants the first-order step alone, whose offset at the start marker stays near
+    #: the size of the marker's own embedding (1.3 times on the validation fold's training scans, against 15
+    #: times after the calibration), so the first layer's RMSNorm keeps how far a scan lies along the probe and
+    #: not only on which side: on the validation fold the autism answer's log-odds rise over every decile of
+    #: its probe (agreement 0.92 against 0.86), AUC 0.660 against 0.644, the modularity answer's 0.831 against
+    #: 0.779 (BENCHMARKS.md, "The start marker reads the planted probe's sign")
     instruct_probe_rounds: int | None = 0
     #: With the warm start: weight of distilling each two-answer probe into the answer while tuning
     #: (`train instruct --probe-teacher`; 0: none)
@@ -191,36 +191,18 @@ _GPU = Preset(
 )
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(),
-    #: The cpu recipe with every phenotype task (autism, sex, age) and three times the Stage-3 steps: 300 steps
-    #: of 16, the three phenotype tasks two shares each and the two descriptor questions one (about two passes
-    #: over the 549 training scans per phenotype task), evaluated on all three: 29.4-31.7 minutes on an idle
-    #: 2-core Xeon (BENCHMARKS.md, "The `full` preset").
+    #: The cpu recipe with every phenotype task (autism, sex, age), evaluated on all three: 150 Stage-3 steps
+    #: of 16, the three phenotype tasks two shares each and the two descriptor questions one (about 1.1 passes
+    #: over the training scans per phenotype task, as the cpu preset gives autism). Chosen on the validation
+    #: fold (PITT / MAX_MUN / TRINITY, one seed): autism AUC 0.672 and sex AUC 0.850 against 0.614 / 0.822 for
+    #: the recipe before (300 steps, the probe teacher, the calibrated warm start, no facts line, float32),
+    #: age alike (r 0.549 against 0.562); 27.8 minutes on an idle 2-core AMD EPYC (BENCHMARKS.md, "The `full`
+    #: preset on the `cpu` recipe").
     "full": Preset(
         abide_tasks="diagnosis,sex,age,coupled_pair,modularity",
-        instruct_steps=300,
+        instruct_steps=150,
         instruct_task_weights="diagnosis=2,sex=2,age=2",
         eval_tasks=("diagnosis", "sex", "age"),
-        #: the projection keeps Stage 3's default rate (10x LoRA's) here: the LoRA rate was chosen for the cpu
-        #: recipe on the validation fold only, and carried over untested it measured lower on both of this
-        #: preset's folds (autism AUC 0.600 / 0.617 against 0.610 / 0.638; BENCHMARKS.md, "The `full` preset")
-        instruct_soft_lr_scale=None,
-        #: each two-answer probe distilled into the answer while tuning: on the validation fold, one seed,
-        #: sex AUC 0.777 against 0.695 without it, autism balanced accuracy 0.616 against 0.593 at the same
-        #: AUC (0.633 / 0.634), age r 0.45 against 0.50; at weight 4 autism and age lower. On the two judging
-        #: folds afterwards: autism AUC 0.609 / 0.706 against 0.657 / 0.677, within a seed's spread; a second
-        #: Stage-3 seed 0.595 / 0.675 (BENCHMARKS.md, "Distilling the probes into the answers")
-        instruct_probe_teacher=1.0,
-        #: the calibrated warm start (2 rounds): with this preset's recipe on the validation fold the first-order
-        #: step alone read autism and age lower (AUC 0.591 against 0.633, r 0.33 against 0.45), sex higher
-        #: (0.804 against 0.777; BENCHMARKS.md, "The warm start's calibration rounds, re-chosen ...")
-        instruct_probe_rounds=None,
-        #: its figures on the two folds were measured without the facts line; not re-measured with it yet
-        #: (30 minutes a fold), so the preset keeps the recipe they belong to
-        instruct_scan_facts=False,
-        #: float32: in bf16 the preset read autism lower on both judging folds (AUC 0.560 / 0.660 against
-        #: float32's two seeds, 0.609 / 0.595 and 0.706 / 0.675), sex and age within the seeds' spread
-        #: (BENCHMARKS.md, "bf16 in the `full` preset, on its two judging folds")
-        instruct_native_bf16=False,
     ),
     "gpu": _GPU,
 }

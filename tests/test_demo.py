@@ -122,32 +122,49 @@ def test_the_full_preset_trains_and_evaluates_every_phenotype_task():
     assert {"diagnosis", "sex", "age"} <= set(full.abide_tasks.split(","))
     assert set(full.eval_tasks) == {"diagnosis", "sex", "age"}
     assert full.instruct_steps > cpu.instruct_steps and full.instruct_probe_init
-    assert full.instruct_soft_lr_scale is None  # the rate its two folds were measured with (BENCHMARKS.md)
+    weights = dict(w.split("=") for w in full.instruct_task_weights.split(","))
+    assert weights == {"diagnosis": "2", "sex": "2", "age": "2"}  # each phenotype task as often as autism
 
 
-def test_the_full_presets_stage_3_distils_its_probes_and_the_cpu_presets_does_not(tmp_path, monkeypatch):
-    """The presets' Stage-3 commands as the demo runs them (each step recorded, none run): the cpu preset
-    plants the first-order warm start (no calibration rounds), the full preset the calibrated one."""
+def test_the_full_presets_stage_3_is_the_cpu_recipe_with_every_phenotype_task(tmp_path, monkeypatch):
+    """The presets' Stage-3 commands as the demo runs them (each step recorded, none run): both plant the
+    first-order warm start (no calibration rounds, no teacher), the full preset with sex and age weighted as
+    autism and more steps; every other flag is the same."""
     from fmrilm.eval.demo import PRESETS, Demo
 
     commands = {}
     for name in ("full", "cpu"):
-        demo = Demo(tmp_path / name, PRESETS[name], abide=None, base=None, threads=None)
+        demo = Demo(tmp_path, PRESETS[name], abide=None, base=None, threads=None)
         recorded = []
         monkeypatch.setattr(demo, "step", lambda title, argv, done=None, seen=recorded: seen.append(argv))
         demo.train({"abide": {"dir": "c", "train": "c"}}, {"abide": "corpus"}, {"abide": "set"})
         commands[name] = next(a for a in recorded if a[:2] == ["train", "instruct"])
-    full = commands["full"]
-    assert "--probe-init" in full and full[full.index("--probe-teacher") + 1] == "1.0"
-    assert "--probe-init" in commands["cpu"] and "--probe-teacher" not in commands["cpu"]
-    cpu = commands["cpu"]
-    assert cpu[cpu.index("--probe-rounds") + 1] == "0" and "--probe-rounds" not in full
+    full, cpu = commands["full"], commands["cpu"]
+    for command in (full, cpu):
+        assert "--probe-init" in command and "--probe-teacher" not in command
+        assert command[command.index("--probe-rounds") + 1] == "0"
+    assert full[full.index("--task-weights") + 1] == "diagnosis=2,sex=2,age=2"
+    assert int(full[full.index("--steps") + 1]) > int(cpu[cpu.index("--steps") + 1])
+
+    def rest(command: list[str]) -> list[str]:
+        """The command without the two flags the presets set apart."""
+        out, skip = [], 0
+        for a in command:
+            if skip:
+                skip -= 1
+            elif a in ("--steps", "--task-weights"):
+                skip = 1
+            else:
+                out.append(a)
+        return out
+
+    assert rest(full) == rest(cpu)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_cpu_presets_stage_3_runs_in_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, native):
-    """bf16 autocast where it is measured to be faster with the same reading (the cpu preset on a CPU with
-    native bf16); float32 on other CPUs and for the full preset, whose figures were measured in float32."""
+    """bf16 autocast where it is measured to be faster with the same reading (the cpu and full presets on a
+    CPU with native bf16); float32 on other CPUs."""
     import fmrilm.train.common as common
     from fmrilm.eval.demo import PRESETS, Demo
 
@@ -158,7 +175,7 @@ def test_the_cpu_presets_stage_3_runs_in_bf16_only_where_the_cpu_computes_it(tmp
         monkeypatch.setattr(demo, "step", lambda title, argv, done=None, seen=recorded: seen.append(argv))
         demo.train({"abide": {"dir": "c", "train": "c"}}, {"abide": "corpus"}, {"abide": "set"})
         stage2, stage3 = (next(a for a in recorded if a[:2] == ["train", s]) for s in ("align", "instruct"))
-        wanted = native and name == "cpu"
+        wanted = native
         assert (
             (stage3[stage3.index("--mixed-precision") + 1] == "bf16")
             if wanted

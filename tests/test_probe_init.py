@@ -65,7 +65,7 @@ def test_the_warm_start_makes_the_models_answer_follow_the_probe(setting):
     model = copy.deepcopy(model)
     before = margins(model, rows, codes, card)
     other = SimpleNamespace(name="three", type="choice", options=("a", "b", "c"))  # not a two-answer task
-    (probe,) = warm_start_summary(model, [(rows, codes)], [card, other], seed=0)
+    (probe,) = warm_start_summary(model, [(rows, codes)], [card, other], seed=0, rounds=2)
     after = margins(model, rows, codes, card)
     assert probe.name == "planted" and probe.n_scans == N_SCANS
     components = np.stack([codes.connectome[r["scan_id"]].values.reshape(-1) for r in rows])
@@ -92,7 +92,7 @@ def test_the_warm_start_calibrates_under_the_stages_bf16_autocast(setting, monke
     model = copy.deepcopy(model)
     with precision_autocast("bf16", model.device):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        (probe,) = warm_start_summary(model, [(rows, codes)], [card], seed=0)
+        (probe,) = warm_start_summary(model, [(rows, codes)], [card], seed=0, rounds=2)
     assert probe.slope > 0 and SCALE_BOUNDS[0] <= abs(probe.scale) <= SCALE_BOUNDS[1] + 1e-9
     assert roc_auc_score(y, margins(model, rows, codes, card)) > 0.9
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)

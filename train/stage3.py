@@ -121,8 +121,9 @@ class InstructConfig(LoopConfig):
     #: with ``probe_init``: weight of the distillation term that pulls each two-answer answer's first-token
     #: margin towards its probe's (Platt-scaled) probability on that training scan (0: none)
     probe_teacher: float = 0.0
-    #: with ``probe_init``: calibration rounds of the warm start's step (0: the first-order step alone)
-    probe_rounds: int = 2
+    #: with ``probe_init``: calibration rounds of the warm start's step (0: the first-order step alone, as both
+    #: presets plant; `train.probe_init.CALIBRATION_ROUNDS`)
+    probe_rounds: int = 0
     #: every whole-scan part ends with the scan's facts line (`fmrilm.descriptors.facts`), z-scored against
     #: the reference statistics of the instruction sets' descriptor corpora (None: keep the model's setting)
     scan_facts: bool | None = None
