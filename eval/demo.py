@@ -216,7 +216,8 @@ PRESETS["tiny"] = Preset(
     instruct_steps=2,
     instruct_batch_size=2,
     instruct_sim=True,
-    #: the `full` preset's distillation too, so the suite runs that path end to end
+    #: the probe teacher (`train instruct --probe-teacher`, which no other preset uses now), so the suite runs
+    #: that path end to end
     instruct_probe_teacher=1.0,
     chat_second_questions=True,
     batch_size=2,
