@@ -56,3 +56,24 @@ def test_a_run_saved_before_a_setting_existed_resumes_at_its_default_but_not_pas
     prepare_out_dir(run, resume=True, cfg=CONFIGS["instruct"](str(run)))
     with pytest.raises(FmriInputError, match="probe_teacher"):
         prepare_out_dir(run, resume=True, cfg=CONFIGS["instruct"](str(run), probe_teacher=1.0))
+
+
+def test_a_warm_started_run_saved_before_the_rounds_default_changed_resumes_with_its_own_rounds(tmp_path):
+    """Runs saved before `probe_rounds` existed calibrated the warm start twice, the default of then; the
+    default is now 0, so such a run resumes with `--probe-rounds 2` and is refused at today's default, while a
+    run without the warm start, for which the rounds mean nothing, still resumes at the default."""
+    for probe_init in (True, False):
+        run = tmp_path / f"run_{probe_init}"
+        run.mkdir()
+        saved = CONFIGS["instruct"](str(run), probe_init=probe_init).to_dict()
+        saved.pop("probe_rounds")
+        (run / TRAIN_CONFIG).write_text(json.dumps(saved))
+        today = CONFIGS["instruct"](str(run), probe_init=probe_init)
+        if probe_init:
+            with pytest.raises(FmriInputError, match="probe_rounds"):
+                prepare_out_dir(run, resume=True, cfg=today)
+            prepare_out_dir(
+                run, resume=True, cfg=CONFIGS["instruct"](str(run), probe_init=True, probe_rounds=2)
+            )
+        else:
+            prepare_out_dir(run, resume=True, cfg=today)

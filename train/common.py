@@ -98,13 +98,18 @@ class LoopSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def saved_before(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Settings whose default has changed since runs were saved without them: the value the run saved as
+        ``saved`` was trained with, which its missing key is read as (instead of today's default)."""
+        return {}
+
 
 def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
     """Refuse to resume a run whose settings (other than RESUMABLE_CHANGES) differ from the saved ones.
 
     Compared key by key, so the order of the saved file does not matter; a key the saved file lacks is read
-    as that setting's default (a setting added since, at the default that keeps the older behaviour, does not
-    block an older run).
+    as the value that run had (``saved_before``), else as that setting's default (a setting added since, at
+    the default that keeps the older behaviour, does not block an older run).
     """
     import dataclasses
 
@@ -117,8 +122,11 @@ def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
         defaults = {
             f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
         }
+    before = cfg.saved_before(old) if hasattr(cfg, "saved_before") else {}
     changed = sorted(
-        k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new[k]
+        k
+        for k in new
+        if k not in cfg.RESUMABLE_CHANGES and old.get(k, before.get(k, defaults.get(k))) != new[k]
     )
     if changed:
         raise FmriInputError(

@@ -128,6 +128,11 @@ class InstructConfig(LoopConfig):
     #: the reference statistics of the instruction sets' descriptor corpora (None: keep the model's setting)
     scan_facts: bool | None = None
 
+    def saved_before(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """A warm-started run saved before ``probe_rounds`` was a setting calibrated twice (the default until
+        2026-12-07)."""
+        return {"probe_rounds": 2} if saved.get("probe_init") else {}
+
 
 # ------------------------------------------------------------------------------------------------------ data
 @dataclass
