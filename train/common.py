@@ -122,7 +122,7 @@ def check_resume_config(cfg: LoopSettings, out_dir: str | os.PathLike) -> None:
         defaults = {
             f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
         }
-    before = cfg.saved_before(old) if hasattr(cfg, "saved_before") else {}
+    before = cfg.saved_before(old)
     changed = sorted(
         k
         for k in new
