@@ -1,0 +1,76 @@
+"""`bench_regression_readers`: a regression answer read several ways, the package's way among them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_bench_warm_start import planted_probe_set
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+def test_the_bins_expectation_row_is_what_fmrilm_eval_reads(tmp_path, capsys):
+    from fmrilm.eval.bench_regression_readers import main
+    from fmrilm.eval.evaluate import load_eval_task, write_split_file
+    from fmrilm.eval.metrics import regression_metrics
+
+    from fmrilm import FmriLM
+    from fmrilm.cohort import load_cohort
+    from fmrilm.splits import stratified_split
+
+    planted_probe_set(tmp_path, 40)
+    cohort = load_cohort(tmp_path / "cohort")
+    split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=0)
+    split_file = write_split_file(tmp_path / "split.json", cohort, split, {"kind": "test"})
+    out = tmp_path / "readers.json"
+    argv = [
+        "--model",
+        str(tmp_path / "model"),
+        "--cohort",
+        str(tmp_path / "cohort"),
+        "--split",
+        str(split_file),
+    ]
+    assert main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["test_scans"] == len(split["test"])
+    # the age task's bin values run from 6 to 72: every whole number between them is scored
+    assert report["whole_numbers"] == ["6", "72"]
+    card = load_eval_task("age", cohort.phenotype_table(), tmp_path / "cohort")[2]
+    frame = FmriLM.from_pretrained(tmp_path / "model").predict_cohort(cohort, card, split["test"])
+    expected = regression_metrics(frame["label"].astype(float), frame["prediction"].astype(float))
+    assert report["results"]["bins: expectation"]["mae"] == pytest.approx(expected["mae"], rel=1e-6)
+    assert report["results"]["bins: expectation"]["mean"] == pytest.approx(
+        frame["prediction"].mean(), rel=1e-6
+    )
+    for name, r in report["results"].items():
+        assert 6 <= r["mean"] <= 72, name
+    assert "| whole numbers: median |" in capsys.readouterr().out
+
+
+def test_the_median_reader_spreads_each_bins_mass_between_its_edges():
+    from fmrilm.eval.bench_regression_readers import median_of
+
+    edges = np.asarray([0.0, 10.0, 20.0, 40.0])
+    probs = np.asarray([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.25, 0.0, 0.75], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(median_of(probs, edges), [15.0, 10.0, 20.0 + 20.0 / 3, 5.0])
+
+
+def test_a_task_with_decimals_has_no_whole_number_reader():
+    from fmrilm.eval.bench_regression_readers import whole_number_card
+
+    from fmrilm.errors import FmriInputError
+    from fmrilm.model.scoring import TaskCard
+
+    card = TaskCard(
+        name="motion",
+        type="regression",
+        options=["0.1", "0.3"],
+        questions=["How much did the head move?"],
+        number={"decimals": 2, "bins": [0.0, 0.2, 0.4]},
+    )
+    with pytest.raises(FmriInputError, match="no whole-number reader"):
+        whole_number_card(card)
