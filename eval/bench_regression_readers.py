@@ -149,6 +149,8 @@ def table_of(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from fmrilm.errors import FmriInputError
+
     parser = argparse.ArgumentParser(
         prog="python -m fmrilm.eval.bench_regression_readers", description=__doc__
     )
@@ -162,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    report = run(args.model, args.cohort, args.split, args.task)
+    try:
+        report = run(args.model, args.cohort, args.split, args.task)
+    except FmriInputError as err:  # one clear sentence, no traceback
+        raise SystemExit(str(err)) from None
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(table_of(report))
     if args.json:

@@ -74,3 +74,12 @@ def test_a_task_with_decimals_has_no_whole_number_reader():
     )
     with pytest.raises(FmriInputError, match="no whole-number reader"):
         whole_number_card(card)
+
+
+def test_a_two_answer_task_is_refused_by_name(tmp_path):
+    from fmrilm.eval.bench_regression_readers import main
+
+    planted_probe_set(tmp_path, 24)
+    argv = ["--model", str(tmp_path / "model"), "--cohort", str(tmp_path / "cohort"), "--split", "stratified"]
+    with pytest.raises(SystemExit, match="Task 'diagnosis' is binary, not a regression"):
+        main([*argv, "--task", "diagnosis"])
