@@ -106,6 +106,12 @@ def run(model_dir: str, cohort_dir: str, split: str, task: str = "age") -> dict[
     config = EvalConfig(model=str(model_dir), cohort=str(cohort_dir), task=task, out="", split=str(split))
     parts, how = resolve_eval_split(config, cohort, card.target or task)
     rows = [i for i in parts["test"] if card.label_of(table[card.target].iloc[i]) is not None]
+    if len(rows) < 2:
+        raise FmriInputError(
+            f"The split's test part has {len(rows)} scan(s) with a '{card.target}' value, too few to score",
+            file=cohort_dir,
+            fix=f"use a split whose test part holds scans with '{card.target}'",
+        )
     truth = np.asarray([float(card.label_of(table[card.target].iloc[i])) for i in rows])
     bins_probs, whole_probs = [], []
     for start in progress(range(0, len(rows), 8), desc=f"scoring {task}", unit="batch"):

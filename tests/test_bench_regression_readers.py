@@ -83,3 +83,31 @@ def test_a_two_answer_task_is_refused_by_name(tmp_path):
     argv = ["--model", str(tmp_path / "model"), "--cohort", str(tmp_path / "cohort"), "--split", "stratified"]
     with pytest.raises(SystemExit, match="Task 'diagnosis' is binary, not a regression"):
         main([*argv, "--task", "diagnosis"])
+
+
+def test_a_test_part_without_ages_is_refused_by_name(tmp_path):
+    from fmrilm.eval.bench_regression_readers import main
+    from fmrilm.eval.evaluate import write_split_file
+
+    from fmrilm.cohort import Cohort
+    from tests.test_connectome import tiny_connectome_model
+
+    model, _, scans = tiny_connectome_model(24)
+    pheno = [
+        {"diagnosis": "patient" if i % 2 else "control", "age": 20.0 if i < 18 else None} for i in range(24)
+    ]
+    cohort = Cohort.from_scans(scans, pheno, atlas=scans[0].atlas)
+    cohort.save(tmp_path / "cohort")
+    model.save_pretrained(tmp_path / "model")
+    split = {"train": list(range(18)), "test": list(range(18, 24))}
+    split_file = write_split_file(tmp_path / "split.json", cohort, split, {"kind": "test"})
+    argv = [
+        "--model",
+        str(tmp_path / "model"),
+        "--cohort",
+        str(tmp_path / "cohort"),
+        "--split",
+        str(split_file),
+    ]
+    with pytest.raises(SystemExit, match="test part has 0 scan.*'age' value"):
+        main(argv)
