@@ -12,9 +12,17 @@ from tests.test_bench_warm_start import planted_probe_set
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
+def bench_argv(root, cohort, split: dict) -> list[str]:
+    """The benchmark's arguments for ``root/model`` and ``root/cohort``, the split written as `fmrilm eval` does."""
+    from fmrilm.eval.evaluate import write_split_file
+
+    split_file = write_split_file(root / "split.json", cohort, split, {"kind": "test"})
+    return ["--model", str(root / "model"), "--cohort", str(root / "cohort"), "--split", str(split_file)]
+
+
 def test_the_bins_expectation_row_is_what_fmrilm_eval_reads(tmp_path, capsys):
     from fmrilm.eval.bench_regression_readers import main
-    from fmrilm.eval.evaluate import load_eval_task, write_split_file
+    from fmrilm.eval.evaluate import load_eval_task
     from fmrilm.eval.metrics import regression_metrics
 
     from fmrilm import FmriLM
@@ -24,16 +32,8 @@ def test_the_bins_expectation_row_is_what_fmrilm_eval_reads(tmp_path, capsys):
     planted_probe_set(tmp_path, 40)
     cohort = load_cohort(tmp_path / "cohort")
     split = stratified_split(cohort, label="diagnosis", test_size=0.25, seed=0)
-    split_file = write_split_file(tmp_path / "split.json", cohort, split, {"kind": "test"})
     out = tmp_path / "readers.json"
-    argv = [
-        "--model",
-        str(tmp_path / "model"),
-        "--cohort",
-        str(tmp_path / "cohort"),
-        "--split",
-        str(split_file),
-    ]
+    argv = bench_argv(tmp_path, cohort, split)
     assert main([*argv, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["test_scans"] == len(split["test"])
@@ -87,7 +87,6 @@ def test_a_two_answer_task_is_refused_by_name(tmp_path):
 
 def test_a_test_part_without_ages_is_refused_by_name(tmp_path):
     from fmrilm.eval.bench_regression_readers import main
-    from fmrilm.eval.evaluate import write_split_file
 
     from fmrilm.cohort import Cohort
     from tests.test_connectome import tiny_connectome_model
@@ -100,14 +99,6 @@ def test_a_test_part_without_ages_is_refused_by_name(tmp_path):
     cohort.save(tmp_path / "cohort")
     model.save_pretrained(tmp_path / "model")
     split = {"train": list(range(18)), "test": list(range(18, 24))}
-    split_file = write_split_file(tmp_path / "split.json", cohort, split, {"kind": "test"})
-    argv = [
-        "--model",
-        str(tmp_path / "model"),
-        "--cohort",
-        str(tmp_path / "cohort"),
-        "--split",
-        str(split_file),
-    ]
+    argv = bench_argv(tmp_path, cohort, split)
     with pytest.raises(SystemExit, match="test part has 0 scan.*'age' value"):
         main(argv)
