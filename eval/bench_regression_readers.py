@@ -62,9 +62,11 @@ def median_of(probs: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return edges[k] + np.clip(inside, 0.0, 1.0) * (edges[k + 1] - edges[k])
 
 
-def whole_edges(values: np.ndarray) -> np.ndarray:
-    """Edges half a step either side of consecutive whole numbers."""
-    return np.concatenate([values - 0.5, values[-1:] + 0.5])
+def edges_around(values: np.ndarray) -> np.ndarray:
+    """Edges of bins centred on sorted ``values``: midway between neighbours, and as far out at either end
+    (half a step either side of consecutive whole numbers)."""
+    mids = (values[1:] + values[:-1]) / 2.0
+    return np.concatenate([[2 * values[0] - mids[0]], mids, [2 * values[-1] - mids[-1]]])
 
 
 def readers(bins_probs: np.ndarray, card: Any, whole_probs: np.ndarray, whole: Any) -> dict[str, np.ndarray]:
@@ -72,14 +74,14 @@ def readers(bins_probs: np.ndarray, card: Any, whole_probs: np.ndarray, whole: A
     values = np.asarray(card.bin_values(), dtype=float)
     edges = np.asarray((card.number or {}).get("bins") or [], dtype=float)
     if len(edges) != len(values) + 1:
-        edges = whole_edges(values)
+        edges = edges_around(values)
     numbers = np.asarray(whole.bin_values(), dtype=float)
     return {
         "bins: expectation": bins_probs @ values,
         "bins: median": median_of(bins_probs, edges),
         "bins: most probable": values[bins_probs.argmax(axis=1)],
         "whole numbers: expectation": whole_probs @ numbers,
-        "whole numbers: median": median_of(whole_probs, whole_edges(numbers)),
+        "whole numbers: median": median_of(whole_probs, edges_around(numbers)),
     }
 
 
@@ -105,14 +107,15 @@ def run(model_dir: str, cohort_dir: str, split: str, task: str = "age") -> dict[
     whole = whole_number_card(card)
     config = EvalConfig(model=str(model_dir), cohort=str(cohort_dir), task=task, out="", split=str(split))
     parts, how = resolve_eval_split(config, cohort, card.target or task)
-    rows = [i for i in parts["test"] if card.label_of(table[card.target].iloc[i]) is not None]
+    labels = {i: card.label_of(table[card.target].iloc[i]) for i in parts["test"]}
+    rows = [i for i, label in labels.items() if label is not None]
     if len(rows) < 2:
         raise FmriInputError(
             f"The split's test part has {len(rows)} scan(s) with a '{card.target}' value, too few to score",
             file=cohort_dir,
             fix=f"use a split whose test part holds scans with '{card.target}'",
         )
-    truth = np.asarray([float(card.label_of(table[card.target].iloc[i])) for i in rows])
+    truth = np.asarray([float(labels[i]) for i in rows])
     bins_probs, whole_probs = [], []
     for start in progress(range(0, len(rows), 8), desc=f"scoring {task}", unit="batch"):
         scans = [cohort.scan(i) for i in rows[start : start + 8]]

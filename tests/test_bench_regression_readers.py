@@ -102,3 +102,10 @@ def test_a_test_part_without_ages_is_refused_by_name(tmp_path):
     argv = bench_argv(tmp_path, cohort, split)
     with pytest.raises(SystemExit, match="test part has 0 scan.*'age' value"):
         main(argv)
+
+
+def test_bins_given_by_their_values_alone_get_edges_midway_between_them():
+    from fmrilm.eval.bench_regression_readers import edges_around
+
+    np.testing.assert_allclose(edges_around(np.asarray([6.0, 7.0, 8.0])), [5.5, 6.5, 7.5, 8.5])
+    np.testing.assert_allclose(edges_around(np.asarray([10.0, 20.0, 40.0])), [5.0, 15.0, 30.0, 50.0])
