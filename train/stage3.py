@@ -50,6 +50,7 @@ from fmrilm.train.common import (
     prepare_out_dir,
     torch_threads,
 )
+from fmrilm.train.probe_init import CALIBRATION_ROUNDS
 
 from fmrilm.errors import FmriInputError
 from fmrilm.safety import nonnegative_float, nonnegative_int, positive_int
@@ -122,8 +123,8 @@ class InstructConfig(LoopConfig):
     #: margin towards its probe's (Platt-scaled) probability on that training scan (0: none)
     probe_teacher: float = 0.0
     #: with ``probe_init``: calibration rounds of the warm start's step (0: the first-order step alone, as both
-    #: presets plant; `train.probe_init.CALIBRATION_ROUNDS`)
-    probe_rounds: int = 0
+    #: presets plant)
+    probe_rounds: int = CALIBRATION_ROUNDS
     #: every whole-scan part ends with the scan's facts line (`fmrilm.descriptors.facts`), z-scored against
     #: the reference statistics of the instruction sets' descriptor corpora (None: keep the model's setting)
     scan_facts: bool | None = None
