@@ -175,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crop-fraction", type=fraction, default=0.7, help="share of a scan's timepoints in each crop"
     )
+    parser.add_argument(
+        "--standardize",
+        action="store_true",
+        help="z-score the tangent features before the PCA, as the tokenizer now does by default (off: raw "
+        "features, as this benchmark's recorded figures were measured; bench_connectome_features compares both)",
+    )
     parser.add_argument("--json", help="write all figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -216,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         wanted = args.components or min(config.components, room)
         if wanted > room:
             parser.error(f"--components {wanted}: fold {k + 1} has {len(split['train'])} training scans")
-        config = ConnectomeConfig(components=wanted, seed=args.seed)
+        config = ConnectomeConfig(
+            components=wanted, seed=args.seed, whiten=True, standardize=args.standardize
+        )
         tok = ConnectomeTokenizer.fit([scans[i] for i in split["train"]], config)
         with one_blas_thread():
             tangent = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
-        whitened = tok.components_of(tangent)  # the default config whitens
+        whitened = tok.components_of(tangent)
         if args.crops:
             crop_components = crop_views(
                 tok, scans, split["train"], args.crops, args.crop_fraction, args.seed

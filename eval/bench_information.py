@@ -10,7 +10,7 @@ only, so no test site is ever seen):
 
     fisher_z_fc            Fisher-z correlations (the classic baseline)
     tangent_fc             tangent-space FC at the training population's geometric mean (nilearn)
-    connectome_continuous  the whitened PCA components the connectome tokens carry (what soft tokens add)
+    connectome_continuous  the PCA components the connectome tokens carry (what soft tokens add)
     connectome_dequantized what the residual quantizer keeps (all levels)
     connectome_codes       one-hot of the codes the tokens show (first level): what discrete tokens carry
     llm_input_soft         the input embeddings the LLM receives at the connectome-token positions (soft)

@@ -147,10 +147,10 @@ class Preset:
     eval_tasks: tuple[str, ...] = ("diagnosis",)
     device_args: list[str] = field(default_factory=list)
     connectome_tokens: int = 32
-    #: tangent-FC PCA components the connectome tokens and the scan summary carry (Stage 1 lowers it when the
-    #: training scans support fewer): 384, each token 12 of them (BENCHMARKS.md, "Connectome components: how
-    #: many")
-    connectome_components: int = 384
+    #: the most tangent-FC PCA components the connectome tokens and the scan summary carry: Stage 1 keeps as
+    #: many as the training scans support (640 of the demo's 650), each token 20 of them (BENCHMARKS.md,
+    #: "Standardized tangent features, every component")
+    connectome_components: int = 1024
     #: the real ABIDE scans join when their folder exists (the tiny preset stays simulated: seconds, not minutes)
     use_abide: bool = True
 

@@ -9,7 +9,7 @@ afterwards. Three ways to ask the model (``method=``):
   own signal replaced by noise of equal variance) and the LLM's scan embedding (`FmriLM.embed`: last hidden state
   over the brain tokens) is read again. A region's *response* is how the embedding moved; regions whose silencing
   moves it the same way belong together. One LLM forward per region and scan, so it is the slow one.
-- ``"connectome"``: the same perturbations, read at the connectome tokenizer's continuous values (the whitened
+- ``"connectome"``: the same perturbations, read at the connectome tokenizer's continuous values (the
   tangent-FC components the connectome tokens and soft tokens carry, before the LLM). No LLM run; needs a model
   (or Stage-1 tokenizer) with connectome tokens.
 - ``"encoder"``: the fMRI tokenizer's encoder output for each region (its patch tokens in every window, after the

@@ -80,7 +80,7 @@ def test_scans_differ_and_quantizer_keeps_more_with_more_levels(fitted):
     z = tok.continuous(scans)
     assert z.shape == (len(scans), SMALL.components)
     assert np.abs(z[0] - z[1]).max() > 0.1  # different subjects, different tokens
-    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=0.2)  # whitened on the fitting population
+    assert np.mean(z.var(axis=0)) == pytest.approx(1.0, rel=0.1)  # unit variance on average when fitted
     codes, deq = tok.quantize(z)
     assert codes.shape == (len(scans), SMALL.num_tokens, SMALL.num_levels)
     first = tok.quantizer.layers[0]  # the first level alone
@@ -117,26 +117,46 @@ def test_save_and_load_give_identical_tokens(fitted, tmp_path):
     np.testing.assert_allclose(a.values, b.values)
 
 
-def test_components_keep_their_relative_variance_on_request_and_old_tokenizers_load_whitened(
-    fitted, tmp_path
-):
+def test_components_are_the_pca_of_standardized_tangent_features_keeping_their_relative_variance(fitted):
+    """The default: each tangent feature z-scored over the fitting scans (as the tangent-FC baseline's probe
+    sees it), then a PCA whose components keep their share of the variance, unit variance on average."""
+    from sklearn.decomposition import PCA
+
     tok, scans = fitted
-    kept = ConnectomeTokenizer.fit(scans, replace(SMALL, whiten=False))
-    z, zk = tok.continuous(scans), kept.continuous(scans)
-    # unit variance on average over the components, each keeping its share of the PCA variance
-    assert np.mean(zk.var(axis=0)) == pytest.approx(1.0, rel=0.1)
-    scale = kept.pca_scale.numpy()
-    np.testing.assert_allclose(zk.std(axis=0) / zk.std(axis=0)[0], scale / scale[0], rtol=0.05)
+    vectors = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans])
+    standardized = (vectors - vectors.mean(axis=0)) / vectors.std(axis=0)
+    pca = PCA(n_components=SMALL.components).fit(standardized)
+    expected = pca.transform(standardized) / np.sqrt(np.mean(pca.explained_variance_))
+    z = tok.continuous(scans)
+    signs = np.sign((z * expected).sum(axis=0))  # a PCA axis is defined up to its sign
+    np.testing.assert_allclose(z * signs, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_components_are_whitened_on_request_and_old_tokenizers_load_as_trained(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tok, scans = fitted
+    whitened = ConnectomeTokenizer.fit(scans, replace(SMALL, whiten=True))
+    z, zw = tok.continuous(scans), whitened.continuous(scans)
+    np.testing.assert_allclose(zw.std(axis=0), 1.0, atol=0.2)
     # the same reference and PCA: the two differ by the per-component scale only
-    np.testing.assert_allclose(z * scale / kept.component_divisor(), zk, rtol=1e-4, atol=1e-5)
-    # a tokenizer saved without the field was whitened, and must load as it was trained
-    kept.save_pretrained(tmp_path / "old")
+    scale = tok.pca_scale.numpy()
+    np.testing.assert_allclose(zw * scale / tok.component_divisor(), z, rtol=1e-4, atol=1e-5)
+    # a tokenizer saved before `whiten` and `standardize` existed whitened raw tangent features, and had no
+    # feature scale: it must load as it was trained
+    old = ConnectomeTokenizer.fit(scans, replace(SMALL, whiten=True, standardize=False))
+    assert np.all(old.feature_scale.numpy() == 1.0)
+    old.save_pretrained(tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "connectome_config.json").read_text())
-    del meta["whiten"]
+    del meta["whiten"], meta["standardize"]
     (tmp_path / "old" / "connectome_config.json").write_text(json.dumps(meta))
-    old = ConnectomeTokenizer.from_pretrained(tmp_path / "old")
-    assert old.config.whiten is True
-    np.testing.assert_allclose(old.continuous(scans[:2]), z[:2], rtol=1e-4, atol=1e-5)
+    state = load_file(str(tmp_path / "old" / "connectome.safetensors"))
+    del state["feature_scale"]
+    save_file(state, str(tmp_path / "old" / "connectome.safetensors"))
+    loaded = ConnectomeTokenizer.from_pretrained(tmp_path / "old")
+    assert loaded.config.whiten is True and loaded.config.standardize is False
+    np.testing.assert_allclose(loaded.continuous(scans[:2]), old.continuous(scans[:2]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(old.continuous(scans[:2]), zw[:2], atol=1e-2)  # standardizing changes them
 
 
 def test_too_few_scans_and_bad_sizes_are_refused(atlas):
@@ -144,8 +164,15 @@ def test_too_few_scans_and_bad_sizes_are_refused(atlas):
 
     with pytest.raises(FmriInputError, match="multiple of num_tokens"):
         ConnectomeConfig(num_tokens=3, components=8)
-    with pytest.raises(FmriInputError, match="need more than 8"):
-        ConnectomeTokenizer.fit([structured_scan(atlas, i) for i in range(5)], SMALL)
+    with pytest.raises(FmriInputError, match="4 connectome tokens need more than 4 training scans, got 3"):
+        ConnectomeTokenizer.fit([structured_scan(atlas, i) for i in range(3)], replace(SMALL, num_tokens=4))
+
+
+def test_a_fit_keeps_as_many_components_as_its_scans_support(atlas):
+    """`components` is the most: 5 scans support 4 of SMALL's 8 (a PCA keeps one fewer than its scans)."""
+    tok = ConnectomeTokenizer.fit([structured_scan(atlas, i) for i in range(5)], SMALL)
+    assert tok.config.components == 4 and tok.config.group_dim == 2
+    assert tok.encode(structured_scan(atlas, 9)).values.shape == (2, 2)
 
 
 # ------------------------------------------------------------------------------------------ the LLM side
@@ -434,7 +461,8 @@ def test_components_follow_the_fitted_axes_after_a_reload(fitted):
     tok, scans = fitted
     before = tok.continuous(scans[:3])
     vectors = np.stack([tok.tangent_vector(tok.reference_timeseries(s)) for s in scans[:3]])
-    direct = (vectors - tok.pca_mean.numpy()) @ tok.pca_components.numpy().astype(np.float64).T
+    centred = (vectors - tok.pca_mean.numpy()) / tok.feature_scale.numpy()
+    direct = centred @ tok.pca_components.numpy().astype(np.float64).T
     np.testing.assert_array_equal(before, (direct / tok.component_divisor()).astype(np.float32))
     other = ConnectomeTokenizer(tok.config, tok.reference_coords.numpy(), n_features=vectors.shape[1])
     state = {k: v.clone() for k, v in tok.state_dict().items()}

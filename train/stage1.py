@@ -769,9 +769,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--connectome-components",
         type=positive_int,
-        default=384,
-        help="tangent-FC PCA components the connectome tokens and the scan summary carry (a multiple of "
-        "--connectome-tokens; lowered when the training scans support fewer)",
+        default=1024,
+        help="the most tangent-FC PCA components the connectome tokens and the scan summary carry (a multiple "
+        "of --connectome-tokens; a fit keeps as many as its training scans support, up to this)",
     )
     p.add_argument("--connectome-levels", type=positive_int, default=4, help="residual quantizer levels")
     p.add_argument(

@@ -3,8 +3,8 @@
 Window tokens carry dynamics but lose the trait signal that connectivity models use (a linear probe on them
 is at chance for autism and sex on unseen ABIDE sites). Connectome tokens carry it: the scan's covariance is
 mapped to the tangent space at the reference population's geometric mean (nilearn ``ConnectivityMeasure(
-kind="tangent")``, the best pipeline of Dadi et al. 2019), reduced by a whitened PCA fitted on the
-reference population (``ConnectomeConfig.whiten``), cut into ``num_tokens`` groups of ``components / num_tokens``
+kind="tangent")``, the best pipeline of Dadi et al. 2019), its features z-scored over the reference population
+and reduced by a PCA fitted on it (``ConnectomeConfig.standardize``, ``whiten``), cut into ``num_tokens`` groups of ``components / num_tokens``
 numbers, and each group quantized by a residual vector quantizer (vector-quantize-pytorch ``ResidualVQ``, one
 codebook shared by all groups: the LLM tells groups apart by their position after ``<brain_start>``).
 
@@ -23,7 +23,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +43,26 @@ class ConnectomeConfig:
     """Sizes of the connectome tokenizer; ``components`` must be a multiple of ``num_tokens``."""
 
     num_tokens: int = 32
-    #: 384 rather than 256: on the four development-site folds more components read sex better (L2 probe AUC
-    #: 0.740 at 256, 0.762 at 352; autism 0.710 / 0.709), the scan summary's sex reading on the five ladder
-    #: folds rose from 0.90 to 0.97 of FC's, and an end-to-end demo on the validation fold read autism better
-    #: (BENCHMARKS.md, "Connectome components: how many"). Stage 1 lowers it when the training scans support
-    #: fewer (a PCA keeps at most one fewer component than scans).
-    components: int = 384
+    #: The most components: a fit keeps as many as its training scans support, up to this (a PCA keeps at most
+    #: one fewer component than scans, lowered to a multiple of ``num_tokens``). More read better: 384 rather
+    #: than 256 read sex better on the development folds (BENCHMARKS.md, "Connectome components: how many"),
+    #: and every supported component (512-576 there) better again than 384 (sex probe AUC 0.800 against 0.770,
+    #: autism alike; "Standardized tangent features, every component").
+    components: int = 1024
     codebook_size: int = 256
     num_levels: int = 4
     kernel_sigma_mm: float = 4.0
     quantizer_steps: int = 200
     seed: int = 0
-    #: Divide each PCA component by its own standard deviation (the default); off, all are divided by one
-    #: number, the RMS of their standard deviations, so they keep their relative variance. Measured both ways
-    #: with the tokenizer fitted per leave-sites-out fold (BENCHMARKS.md, "Connectome components: whitened or
-    #: not, how many"): one-pass learners read autism alike from both and sex better from whitened components.
-    whiten: bool = True
+    #: Divide each PCA component by its own standard deviation; off (the default), all are divided by one
+    #: number, the RMS of their standard deviations, so they keep their relative variance. Whitening helped a
+    #: learner trained from random (BENCHMARKS.md, "Connectome components: whitened or not, how many"); since
+    #: Stage 3 plants an L2 probe instead, the probe's reading decides, and it reads autism and sex better from
+    #: components that keep their variance (BENCHMARKS.md, "Standardized tangent features, every component").
+    whiten: bool = False
+    #: z-score each tangent-FC feature over the reference population before the PCA, as the tangent-FC
+    #: baseline standardizes its features: the components then span what that baseline's probe reads.
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_tokens", "components", "codebook_size", "num_levels", "quantizer_steps"):
@@ -91,8 +95,9 @@ class ConnectomeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectomeConfig:
-        # tokenizers saved before the field existed whitened: they stay so whatever the default becomes
-        data = {"whiten": True, **data}
+        # tokenizers saved before the fields existed whitened raw tangent features: they stay so whatever the
+        # defaults become
+        data = {"whiten": True, "standardize": False, **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -139,6 +144,7 @@ class ConnectomeTokenizer(nn.Module):
         self.register_buffer("reference_coords", torch.as_tensor(np.asarray(reference_coords, np.float32)))
         self.register_buffer("whitening", torch.zeros(r, r, dtype=torch.float64))
         self.register_buffer("pca_mean", torch.zeros(f, dtype=torch.float64))
+        self.register_buffer("feature_scale", torch.ones(f, dtype=torch.float64))
         self.register_buffer("pca_components", torch.zeros(config.components, f, dtype=torch.float32))
         self.register_buffer("pca_scale", torch.ones(config.components, dtype=torch.float64))
         self.quantizer = ResidualVQ(
@@ -191,13 +197,15 @@ class ConnectomeTokenizer(nn.Module):
         if reference_coords is None:
             reference_coords = _coords_of(scans[0])
         reference_coords = np.asarray(reference_coords, dtype=np.float64)
-        n_components = min(config.components, len(scans) - 1)
-        if n_components < config.components:
+        room = config.components_supported(len(scans))
+        if room < config.num_tokens:
             raise FmriInputError(
-                f"Connectome tokens with {config.components} components need more than {config.components} "
-                f"training scans, got {len(scans)}",
-                fix=f"fit on more scans or lower components (a multiple of num_tokens={config.num_tokens})",
+                f"{config.num_tokens} connectome tokens need more than {config.num_tokens} training scans, got "
+                f"{len(scans)}",
+                fix="fit on more scans or lower num_tokens",
             )
+        if room < config.components:  # `components` is the most: a PCA keeps one fewer than its scans
+            config = replace(config, components=room)
         tok = cls(config, reference_coords)
         with one_blas_thread():
             series = [tok.reference_timeseries(s) for s in _progress(scans, progress, "connectome: signals")]
@@ -205,8 +213,13 @@ class ConnectomeTokenizer(nn.Module):
             measure.fit(series)
             tok.whitening.copy_(torch.as_tensor(measure.whitening_, dtype=torch.float64))
             vectors = np.stack([tok.tangent_vector(x) for x in series])
-            pca = PCA(n_components=config.components, random_state=config.seed).fit(vectors)
-        tok.pca_mean.copy_(torch.as_tensor(pca.mean_))
+            mean = vectors.mean(axis=0)
+            if config.standardize:
+                sd = vectors.std(axis=0)
+                tok.feature_scale.copy_(torch.as_tensor(np.where(sd > 1e-8, sd, 1.0)))
+            pca = PCA(n_components=config.components, random_state=config.seed)
+            pca.fit((vectors - mean) / tok.feature_scale.numpy())
+        tok.pca_mean.copy_(torch.as_tensor(mean))
         tok.pca_components.copy_(torch.as_tensor(pca.components_, dtype=torch.float32))
         tok.pca_scale.copy_(torch.as_tensor(np.sqrt(np.maximum(pca.explained_variance_, 1e-12))))
         components = tok.components_of(vectors)
@@ -264,7 +277,7 @@ class ConnectomeTokenizer(nn.Module):
     def components_of(self, vectors: np.ndarray) -> np.ndarray:
         """Tangent vectors ``(N, F)`` -> PCA components ``(N, components)``, unit variance on average over the
         components (each one, when ``config.whiten``)."""
-        centred = np.asarray(vectors, dtype=np.float64) - self.pca_mean.numpy()
+        centred = (np.asarray(vectors, dtype=np.float64) - self.pca_mean.numpy()) / self.feature_scale.numpy()
         return (centred @ self._components_f64().T) / self.component_divisor()
 
     def _components_f64(self) -> np.ndarray:
@@ -279,7 +292,7 @@ class ConnectomeTokenizer(nn.Module):
         return cached[1]
 
     def component_divisor(self) -> np.ndarray | float:
-        """What the PCA scores are divided by: each component's SD (whitened, the default) or their RMS."""
+        """What the PCA scores are divided by: each component's SD (whitened) or their RMS (the default)."""
         scale = self.pca_scale.numpy()
         return scale if self.config.whiten else float(np.sqrt(np.mean(scale**2)))
 
@@ -367,6 +380,8 @@ class ConnectomeTokenizer(nn.Module):
             ) from exc
         config = ConnectomeConfig.from_dict(meta)
         tok = cls(config, state["reference_coords"].numpy(), n_features=int(meta["n_features"]))
+        if "feature_scale" not in state and not config.standardize:  # saved before standardizing existed
+            state["feature_scale"] = tok.feature_scale.clone()
         tok.load_state_dict(state)
         tok.quantizer.eval()
         return tok
