@@ -148,7 +148,7 @@ class Preset:
     device_args: list[str] = field(default_factory=list)
     connectome_tokens: int = 32
     #: the most tangent-FC PCA components the connectome tokens and the scan summary carry: Stage 1 keeps as
-    #: many as the training scans support (640 of the demo's 650), each token 20 of them (BENCHMARKS.md,
+    #: many as the training scans support (608 of the demo's 639), each token 19 of them (BENCHMARKS.md,
     #: "Standardized tangent features, every component")
     connectome_components: int = 1024
     #: the real ABIDE scans join when their folder exists (the tiny preset stays simulated: seconds, not minutes)

@@ -526,5 +526,5 @@ def test_command_line_and_demo_default_components_are_the_tokenizers_default():
 
 def test_components_supported_is_the_largest_multiple_of_the_token_count_a_pca_of_the_scans_keeps():
     config = ConnectomeConfig(num_tokens=32)
-    assert config.components_supported(549) == 544  # the demo's ABIDE training scans: 384 fits
+    assert config.components_supported(549) == 544  # the demo's ABIDE training scans alone
     assert config.components_supported(33) == 32 and config.components_supported(32) == 0

@@ -46,8 +46,8 @@ class ConnectomeConfig:
     #: The most components: a fit keeps as many as its training scans support, up to this (a PCA keeps at most
     #: one fewer component than scans, lowered to a multiple of ``num_tokens``). More read better: 384 rather
     #: than 256 read sex better on the development folds (BENCHMARKS.md, "Connectome components: how many"),
-    #: and every supported component (512-576 there) better again than 384 (sex probe AUC 0.800 against 0.770,
-    #: autism alike; "Standardized tangent features, every component").
+    #: and every supported component (512-576 there) better again than 384 (the warm-start probe's sex AUC 0.800
+    #: against 0.782, autism 0.716 against 0.720; "Standardized tangent features, every component").
     components: int = 1024
     codebook_size: int = 256
     num_levels: int = 4
@@ -58,7 +58,8 @@ class ConnectomeConfig:
     #: number, the RMS of their standard deviations, so they keep their relative variance. Whitening helped a
     #: learner trained from random (BENCHMARKS.md, "Connectome components: whitened or not, how many"); since
     #: Stage 3 plants an L2 probe instead, the probe's reading decides, and it reads autism and sex better from
-    #: components that keep their variance (BENCHMARKS.md, "Standardized tangent features, every component").
+    #: components that keep their variance (AUC 0.716 / 0.800 against 0.704 / 0.789 whitened; BENCHMARKS.md,
+    #: "Standardized tangent features, every component").
     whiten: bool = False
     #: z-score each tangent-FC feature over the reference population before the PCA, as the tangent-FC
     #: baseline standardizes its features: the components then span what that baseline's probe reads.
