@@ -157,6 +157,13 @@ def test_components_are_whitened_on_request_and_old_tokenizers_load_as_trained(f
     assert loaded.config.whiten is True and loaded.config.standardize is False
     np.testing.assert_allclose(loaded.continuous(scans[:2]), old.continuous(scans[:2]), rtol=1e-5, atol=1e-6)
     assert not np.allclose(old.continuous(scans[:2]), zw[:2], atol=1e-2)  # standardizing changes them
+    # a standardizing tokenizer without its feature scale is refused by name, not loaded with ones
+    tok.save_pretrained(tmp_path / "new")
+    state = load_file(str(tmp_path / "new" / "connectome.safetensors"))
+    del state["feature_scale"]
+    save_file(state, str(tmp_path / "new" / "connectome.safetensors"))
+    with pytest.raises(FmriInputError, match="weights do not match its config"):
+        ConnectomeTokenizer.from_pretrained(tmp_path / "new")
 
 
 def test_too_few_scans_and_bad_sizes_are_refused(atlas):

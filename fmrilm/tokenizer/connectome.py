@@ -383,7 +383,14 @@ class ConnectomeTokenizer(nn.Module):
         tok = cls(config, state["reference_coords"].numpy(), n_features=int(meta["n_features"]))
         if "feature_scale" not in state and not config.standardize:  # saved before standardizing existed
             state["feature_scale"] = tok.feature_scale.clone()
-        tok.load_state_dict(state)
+        try:
+            tok.load_state_dict(state)
+        except RuntimeError as exc:  # a missing or misshapen tensor: the files do not belong together
+            raise FmriInputError(
+                f"The connectome tokenizer's weights do not match its config ({str(exc).splitlines()[0]})",
+                file=directory,
+                fix="re-save the tokenizer with fmrilm train tokenizer",
+            ) from exc
         tok.quantizer.eval()
         return tok
 
