@@ -80,6 +80,26 @@ def adam_logistic(
     return X_test @ w
 
 
+def binary_tasks(
+    table: Any, names: str, error: Any
+) -> dict[str, tuple[Any, list[str], np.ndarray, np.ndarray]]:
+    """Each named two-answer task's card, its two classes (sorted), every row's value as text and a mask of the
+    labelled rows; ``error`` (a parser's) names a task with other than two classes in ``table``."""
+    from fmrilm.instructions.spec import load_task
+
+    out = {}
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        card = load_task(name)
+        column = table[card.target]
+        known = column.notna().to_numpy()
+        values = column.astype(str).to_numpy()
+        classes = sorted(set(values[known].tolist()))
+        if len(classes) != 2:
+            error(f"--tasks: {name} has {len(classes)} classes here; these benchmarks score two-answer tasks")
+        out[name] = (card, classes, values, known)
+    return out
+
+
 def l2_logistic(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """L2 logistic regression on the features as given (no standardizing), C by site-grouped inner CV."""
     from sklearn.linear_model import LogisticRegression
@@ -185,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from fmrilm.eval.bench_baselines import import_abide, site_folds
-    from fmrilm.instructions.spec import load_task
     from sklearn.metrics import roc_auc_score
 
     from fmrilm.splits import leave_sites_out_split
@@ -203,16 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     scans = [cohort.scan(i) for i in range(len(cohort))]
     passes = [int(p) for p in args.passes.split(",")]
     tops = [int(t) for t in args.top.split(",")]
-    labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in args.tasks.split(","):
-        values = table[load_task(name).target]
-        known = values.notna().to_numpy()
-        classes = sorted(values[known].astype(str).unique())
-        if len(classes) != 2:
-            parser.error(
-                f"--tasks: {name} has {len(classes)} classes here; this benchmark scores binary tasks"
-            )
-        labels[name] = ((values.astype(str) == classes[0]).to_numpy().astype(int), known)
+    labels = {
+        name: ((values == classes[0]).astype(int), known)
+        for name, (_, classes, values, known) in binary_tasks(table, args.tasks, parser.error).items()
+    }
     results: dict[str, dict[str, list[float]]] = {}
     for k, test_sites in enumerate(site_folds(table, args.folds, args.seed)):
         t0 = time.perf_counter()

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     from fmrilm.eval.baselines import fc_features, linear_probe, tangent_features
     from fmrilm.eval.bench_baselines import import_abide, site_folds
-    from fmrilm.instructions.spec import load_task
+    from fmrilm.eval.bench_components import binary_tasks
     from sklearn.metrics import roc_auc_score
 
     from fmrilm.splits import leave_sites_out_split
@@ -139,17 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if scored["site"].nunique() < args.folds:
         parser.error(f"--folds {args.folds}: only {scored['site'].nunique()} sites are left to score")
     scans = [cohort.scan(i) for i in range(len(cohort))]
-    tasks = {}
-    for name in args.tasks.split(","):
-        card = load_task(name.strip())
-        values = table[card.target].astype(str)
-        known = table[card.target].notna().to_numpy()
-        classes = sorted(values[known].unique())
-        if len(classes) != 2:
-            parser.error(
-                f"--tasks: {name} has {len(classes)} classes here; this benchmark scores two-answer tasks"
-            )
-        tasks[card.name] = (card, (values == classes[1]).to_numpy().astype(int), known)
+    tasks = {
+        card.name: (card, (values == classes[1]).astype(int), known)
+        for card, classes, values, known in binary_tasks(table, args.tasks, parser.error).values()
+    }
     fc = None if args.no_baselines else fc_features(cohort)
     results: dict[str, dict[str, list[float]]] = {}
     for k, test_sites in enumerate(site_folds(scored, args.folds, args.seed)):

@@ -39,3 +39,16 @@ def test_the_probe_reads_a_planted_trait_on_held_out_sites_and_nothing_from_nois
     assert probe_auc(X, y, sites, train, test) > 0.8
     shuffled = rng.permutation(y)
     assert abs(probe_auc(X[:, 1:], shuffled, sites, train, test) - 0.5) < 0.12
+
+
+def test_the_benchmarks_read_two_answer_tasks_and_name_any_other():
+    import pandas as pd
+    from fmrilm.eval.bench_components import binary_tasks
+
+    table = pd.DataFrame({"diagnosis": ["autism", "control", None, "autism"], "sex": ["male"] * 4})
+    (card, classes, values, known) = binary_tasks(table, "diagnosis", error=None)["diagnosis"]
+    assert card.target == "diagnosis" and classes == ["autism", "control"]
+    assert known.tolist() == [True, True, False, True] and (values == "control").tolist() == [0, 1, 0, 0]
+    errors = []
+    binary_tasks(table, "sex", error=errors.append)
+    assert errors and "sex has 1 classes" in errors[0]
