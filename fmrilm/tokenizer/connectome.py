@@ -4,9 +4,10 @@ Window tokens carry dynamics but lose the trait signal that connectivity models 
 is at chance for autism and sex on unseen ABIDE sites). Connectome tokens carry it: the scan's covariance is
 mapped to the tangent space at the reference population's geometric mean (nilearn ``ConnectivityMeasure(
 kind="tangent")``, the best pipeline of Dadi et al. 2019), its features z-scored over the reference population
-and reduced by a PCA fitted on it (``ConnectomeConfig.standardize``, ``whiten``), cut into ``num_tokens`` groups of ``components / num_tokens``
-numbers, and each group quantized by a residual vector quantizer (vector-quantize-pytorch ``ResidualVQ``, one
-codebook shared by all groups: the LLM tells groups apart by their position after ``<brain_start>``).
+and reduced by a PCA fitted on it (``ConnectomeConfig.standardize``, ``whiten``), cut into ``num_tokens`` groups
+of ``components / num_tokens`` numbers, and each group quantized by a residual vector quantizer
+(vector-quantize-pytorch ``ResidualVQ``, one codebook shared by all groups: the LLM tells groups apart by their
+position after ``<brain_start>``).
 
 Atlas-agnostic: a scan's regions are resampled onto the reference coordinates by a Gaussian kernel on MNI
 distance (regions are read by position, never by index), so any atlas maps into one space and region order
