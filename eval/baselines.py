@@ -207,11 +207,21 @@ class RowSpaceRotation(BaseEstimator, TransformerMixin):
         return X if self.basis_ is None else X @ self.basis_
 
 
-def make_model(task_type: str, cv, *, scoring: str | None = None, seed: int = 0, rotate: bool = True):
+def make_model(
+    task_type: str,
+    cv,
+    *,
+    scoring: str | None = None,
+    seed: int = 0,
+    rotate: bool = True,
+    standardize: bool = True,
+):
     """Standardize, then LogisticRegressionCV (balanced class weights) or RidgeCV, hyperparameters by ``cv``.
 
     ``rotate`` inserts :class:`RowSpaceRotation` after the scaler: same predictions, much faster when there
-    are more features than training rows.
+    are more features than training rows. ``standardize=False`` only centres the features: for features that
+    already share one scale on purpose (connectome components keep their relative variance), where giving
+    every column unit variance would let the L2 penalty treat noise-level components like leading ones.
     """
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -231,7 +241,7 @@ def make_model(task_type: str, cv, *, scoring: str | None = None, seed: int = 0,
             tol=LOGISTIC_TOL,
             random_state=seed,
         )
-    steps = [StandardScaler()] + ([RowSpaceRotation()] if rotate else []) + [head]
+    steps = [StandardScaler(with_std=standardize)] + ([RowSpaceRotation()] if rotate else []) + [head]
     return make_pipeline(*steps)
 
 
@@ -247,6 +257,7 @@ def linear_probe(
     inner_groups: str | None = "subject_id",
     n_inner: int = 5,
     rotate: bool = True,
+    standardize: bool = True,
     seed: int = 0,
 ) -> list[MethodResult]:
     """Fit the standardized linear model on ``features[split[train_part]]`` and predict the other parts.
@@ -255,6 +266,7 @@ def linear_probe(
     ``task_table`` is the cohort's phenotype table (``cohort.phenotype_table()``); rows whose target is missing
     are left out of both fitting and scoring (``info['n_missing']`` counts them). ``inner_groups`` is the
     column that groups the train part's CV folds (``subject_id``, or ``site`` for site transfer).
+    ``standardize=False``: centre only (`make_model`); ``info['standardized']`` records which.
     """
     X = np.asarray(features, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(task_table):
@@ -276,7 +288,7 @@ def linear_probe(
             fix="use a split whose train part has every class",
         )
     cv = _inner_cv(y[train], None if groups is None else groups[train], classification, n_inner, seed)
-    model = make_model(ttype, cv, seed=seed, rotate=rotate)
+    model = make_model(ttype, cv, seed=seed, rotate=rotate, standardize=standardize)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         model.fit(X[train], y[train].astype(str) if classification else y[train])
@@ -286,6 +298,7 @@ def linear_probe(
         "n_features": int(X.shape[1]),
         "n_missing": int((~ok).sum()),
         "inner_cv": f"{len(cv)} folds grouped by {inner_groups}" if inner_groups else f"{len(cv)} folds",
+        "standardized": bool(standardize),
     }
     if classification:
         info["C"] = float(np.ravel(head.C_)[0])

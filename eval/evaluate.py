@@ -9,8 +9,9 @@ Every method is scored on the same test rows of the same subject-level split (si
   ``few_shot_from="test"``, drawn from the TEST part: see below);
 - ``fmrilm_full`` (``full=True``): the same fine-tuning on every train subject;
 - baselines fitted on the train part (`fmrilm.eval.baselines`): ``fc_linear`` (Fisher-z FC + logistic
-  regression / ridge), ``code_probe`` (the same linear model on the model's own tokenizer codes, pooled per scan:
-  quantized latents or a code histogram), ``demographics`` (covariates only, where some apply) and the floor
+  regression / ridge), ``code_probe`` (the same linear model on the model's own tokenizer output per scan: its
+  connectome values at the scale the LLM reads them, `code_probe_standardizes`, or pooled quantized latents or a
+  code histogram), ``demographics`` (covariates only, where some apply) and the floor
   (``prior`` / ``train_mean``); and, for a like-for-like few-shot curve, ``fc_linear_few_shot`` and
   ``code_probe_few_shot`` fitted on exactly the k-shot subjects of each seed.
 
@@ -244,6 +245,14 @@ def resolve_code_features(kind: str, fmri_tokenizer: Any) -> str:
     if kind != "auto":
         return kind
     return "connectome" if getattr(fmri_tokenizer, "connectome", None) is not None else "latents"
+
+
+def code_probe_standardizes(kind: str) -> bool:
+    """Whether the code probe gives each feature unit variance: not for connectome values, whose components
+    keep their relative variance on purpose and are read at that scale by the LLM's projection and by Stage
+    3's planted probe (`train.probe_init.fit_probe`); standardizing them lifted noise-level components to the
+    leading ones' weight, and the probe read autism below the model's own answer (BENCHMARKS.md)."""
+    return kind != "connectome"
 
 
 def code_features(fmri_tokenizer: Any, cohort: Any, kind: str = "auto", progress: bool = False) -> np.ndarray:
@@ -676,6 +685,7 @@ def evaluate(
         if 0 in shots:
             results.append(zero)
     features = resolve_code_features(cfg.code_features, model.fmri_tokenizer)
+    standardize_codes = code_probe_standardizes(features)
     if codes is None:
         codes = code_features(model.fmri_tokenizer, cohort, features, progress=cfg.progress)
     _check_rows(codes, cohort, "codes")
@@ -697,7 +707,9 @@ def evaluate(
     if cfg.tangent_baseline:
         tangent = tangent_features(cohort, split["train"], progress=cfg.progress)
         results += linear_probe(tangent, table, spec, split, method="tangent_linear", **probe_kw)
-    for r in linear_probe(codes, table, spec, split, method="code_probe", **probe_kw):
+    for r in linear_probe(
+        codes, table, spec, split, method="code_probe", standardize=standardize_codes, **probe_kw
+    ):
         r.info["features"] = features
         results.append(r)
     results += demographics_baseline(table, spec, split, covariates=cfg.covariates, seed=cfg.seed)
@@ -726,7 +738,9 @@ def evaluate(
             shutil.rmtree(work / "runs" / key, ignore_errors=True)
         results.append(result)
         if k and cfg.few_shot_baselines:
-            results += _few_shot_baselines(fc, codes, table, spec, plan[(k, s)], test_rows, k, s, ttype, cfg)
+            results += _few_shot_baselines(
+                fc, codes, table, spec, plan[(k, s)], test_rows, k, s, ttype, cfg, standardize_codes
+            )
 
     # ---- one split, one test set: the promise of this module
     for r in results:
@@ -737,7 +751,7 @@ def evaluate(
     if draws:
         results += _test_draw_runs(
             cfg, draws, results, zero, work, cohort, card, spec, target, table, test_rows, split["test"], fc,
-            codes, ttype,
+            codes, ttype, standardize_codes,
         )  # fmt: skip
 
     context = {
@@ -778,7 +792,22 @@ def evaluate(
 
 
 def _test_draw_runs(
-    cfg, draws, whole, zero, work, cohort, card, spec, target, table, test_rows, test_part, fc, codes, ttype
+    cfg,
+    draws,
+    whole,
+    zero,
+    work,
+    cohort,
+    card,
+    spec,
+    target,
+    table,
+    test_rows,
+    test_part,
+    fc,
+    codes,
+    ttype,
+    standardize_codes=True,
 ) -> list[Any]:
     """For each (k, seed) draw from the test part: fine-tune on the drawn subjects, score the rest, fit the
     few-shot probes on the same subjects, and score every whole-test-part method (and the zero-shot model) on
@@ -823,7 +852,9 @@ def _test_draw_runs(
         zero_first = [r for r in refs if r.method == "fmrilm_zero_shot"]
         mine = [*zero_first, result]
         if cfg.few_shot_baselines:
-            mine += _few_shot_baselines(fc, codes, table, spec, draw["train"], scored, k, s, ttype, cfg)
+            mine += _few_shot_baselines(
+                fc, codes, table, spec, draw["train"], scored, k, s, ttype, cfg, standardize_codes
+            )
         mine += [r for r in refs if r.method != "fmrilm_zero_shot"]
         scored_subjects = [subjects[i] for i in scored]
         for r in mine:
@@ -843,9 +874,12 @@ def _test_draw_runs(
     return out
 
 
-def _few_shot_baselines(fc, codes, table, spec, rows, test_rows, k, seed, ttype, cfg) -> list[Any]:
+def _few_shot_baselines(
+    fc, codes, table, spec, rows, test_rows, k, seed, ttype, cfg, standardize_codes=True
+) -> list[Any]:
     """FC and code probes fitted on exactly the k-shot subjects of this seed (their scans in ``rows``: one
-    each when drawn from the train part, all of them when drawn from the test part)."""
+    each when drawn from the train part, all of them when drawn from the test part); the code probe scales
+    its features as the zero-shot one does (`code_probe_standardizes`)."""
     from fmrilm.eval.baselines import linear_probe
 
     if ttype != "regression" and k < 2:
@@ -855,8 +889,13 @@ def _few_shot_baselines(fc, codes, table, spec, rows, test_rows, k, seed, ttype,
     # several scans of one subject: the inner CV keeps them in one fold (one scan each: plain folds)
     inner = "subject_id" if len(set(subjects)) < len(subjects) else None
     out = []
-    for features, method in ((fc, "fc_linear_few_shot"), (codes, "code_probe_few_shot")):
-        for r in linear_probe(features, table, spec, part, method=method, inner_groups=inner, seed=seed):
+    for features, method, standardize in (
+        (fc, "fc_linear_few_shot", True),
+        (codes, "code_probe_few_shot", standardize_codes),
+    ):
+        for r in linear_probe(
+            features, table, spec, part, method=method, inner_groups=inner, standardize=standardize, seed=seed
+        ):
             r.shots, r.seed = k, seed
             r.info["train_subjects"] = sorted(set(subjects))
             out.append(r)

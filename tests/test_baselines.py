@@ -391,3 +391,29 @@ def test_short_scans_at_their_own_tr_give_fc_and_tangent_features():
 
     z = clean(scans[0].timeseries, detrend=True, standardize="zscore_sample", t_r=2.5)
     np.testing.assert_allclose(fc[0], np.arctanh(np.corrcoef(z.T)[np.triu_indices(6, k=1)]), atol=1e-4)
+
+
+def test_a_probe_that_does_not_standardize_weighs_each_feature_at_its_own_scale(planted):
+    """``standardize=False`` (connectome components, which keep their relative variance on purpose) only centres
+    the features: rescaling one column changes what the L2 probe makes of it, while the standardized probe
+    gives the same predictions at any column scale."""
+    cohort, split, _ = planted
+    table = cohort.phenotype_table()
+    rng = np.random.default_rng(0)
+    y = (table["diagnosis"].astype(str) == "patient").to_numpy(dtype=float)
+    X = np.column_stack([2 * y + rng.normal(0, 1.0, len(y)), rng.normal(0, 1.0, (len(y), 20))])
+    shrunk = X.copy()
+    shrunk[:, 0] *= 1e-3  # the informative column at a noise-level scale
+
+    def scores(features, standardize):
+        (r,) = linear_probe(features, table, "diagnosis", split, method="code_probe", standardize=standardize)
+        return r
+
+    kept, also_kept = scores(X, True), scores(shrunk, True)
+    np.testing.assert_allclose(kept.y_score, also_kept.y_score, atol=1e-6)
+    assert kept.info["standardized"] is True
+    raw, raw_shrunk = scores(X, False), scores(shrunk, False)
+    assert raw.info["standardized"] is False
+    auc, auc_shrunk = (r.score(n_boot=10).metrics["auc"]["value"] for r in (raw, raw_shrunk))
+    assert auc > 0.75  # at its own scale the informative column is read
+    assert auc_shrunk < auc - 0.1  # at 1e-3 of it the penalty wins

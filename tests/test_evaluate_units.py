@@ -797,3 +797,12 @@ def test_agreement_ranks_a_models_scores_against_each_reader_on_the_same_subject
     assert {a["reader"]: a["spearman"] for a in stored} == pytest.approx(
         {"code_probe": 1.0, "fc_linear": -1.0}
     )
+
+
+def test_the_code_probe_reads_connectome_values_at_their_own_scale_and_pooled_codes_standardized():
+    from fmrilm.eval.evaluate import code_probe_standardizes
+
+    assert (
+        code_probe_standardizes("connectome") is False
+    )  # as the LLM's projection and Stage 3's probe read them
+    assert code_probe_standardizes("latents") and code_probe_standardizes("histogram")
