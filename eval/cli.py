@@ -35,7 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fmrilm.eval.evaluate import CODE_FEATURES, DEFAULT_SHOTS, FEW_SHOT_FROM, EvalConfig
 
     from fmrilm.logs import add_warning_options
-    from fmrilm.safety import fraction, nonnegative_int, positive_float, positive_int, probability
+    from fmrilm.safety import (
+        fraction,
+        nonnegative_float,
+        nonnegative_int,
+        positive_float,
+        positive_int,
+        probability,
+    )
 
     d = EvalConfig(model="", cohort="", task="", out="")
     p = parser
@@ -88,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    p.add_argument(
+        "--soft-lr-scale",
+        type=nonnegative_float,
+        default=d.soft_lr_scale,
+        help="learning-rate multiplier of the soft brain-token projection in each fine-tuning run (0 freezes "
+        "it; as `fmrilm finetune --soft-lr-scale`)",
+    )
     p.add_argument("--lora-r", type=positive_int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=positive_int, default=d.lora_alpha)
     p.add_argument("--lora-dropout", type=probability, default=d.lora_dropout)
@@ -153,6 +167,7 @@ def config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        soft_lr_scale=args.soft_lr_scale,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,

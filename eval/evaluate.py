@@ -94,6 +94,9 @@ class EvalConfig:
     batch_size: int = 4
     lr: float = 5e-4
     warmup_steps: int = 0
+    #: learning-rate multiplier of the soft projection in each fine-tuning run (`fmrilm finetune
+    #: --soft-lr-scale`; 0 freezes it, and with it the scan reading Stage 3 planted there)
+    soft_lr_scale: float = 10.0
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -550,6 +553,7 @@ def finetune_and_score(
         batch_size=int(cfg.batch_size),
         lr=float(cfg.lr),
         warmup_steps=int(cfg.warmup_steps),
+        soft_lr_scale=float(cfg.soft_lr_scale),
         lora={
             "r": cfg.lora_r,
             "alpha": cfg.lora_alpha,
