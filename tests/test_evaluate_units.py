@@ -806,3 +806,36 @@ def test_the_code_probe_reads_connectome_values_at_their_own_scale_and_pooled_co
         code_probe_standardizes("connectome") is False
     )  # as the LLM's projection and Stage 3's probe read them
     assert code_probe_standardizes("latents") and code_probe_standardizes("histogram")
+
+
+def test_the_fine_tuning_runs_use_the_soft_projection_rate_asked_for(monkeypatch, tmp_path):
+    """``fmrilm eval --soft-lr-scale 0`` fine-tunes with the soft projection frozen (where Stage 3 planted the
+    scan reading), and a negative rate is refused by name."""
+    import argparse
+
+    import fmrilm.train.finetune as ft
+    from fmrilm.eval.cli import add_arguments, config_from_args
+    from fmrilm.eval.evaluate import finetune_and_score
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "m", "--cohort", "c", "--task", "diagnosis", "--out", str(tmp_path / "out")]
+    cfg = config_from_args(parser.parse_args([*base, "--soft-lr-scale", "0"]))
+    assert cfg.soft_lr_scale == 0.0
+    assert config_from_args(parser.parse_args(base)).soft_lr_scale == ft.FinetuneConfig.soft_lr_scale
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--soft-lr-scale", "-1"])
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(config, *args, **kwargs):
+        seen["cfg"] = config
+        raise Stop
+
+    monkeypatch.setattr(ft, "finetune", record)
+    with pytest.raises(Stop):
+        finetune_and_score(cfg, 8, 0, tmp_path / "split.json", tmp_path / "run", None, None, [])
+    assert seen["cfg"].soft_lr_scale == 0.0 and seen["cfg"].shots == 8
