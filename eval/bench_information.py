@@ -1,7 +1,8 @@
 """The information ladder: where a scan's trait signal is kept or lost on its way into the LLM.
 
     python -m fmrilm.eval.bench_information [--abide ../shared/data/abide] [--folds 5] [--only-folds 0,1]
-        [--model DIR --test-sites UCLA_1,KKI,OHSU] [--base smollm2] [--tasks diagnosis,sex,age] [--json OUT]
+        [--model DIR --test-sites UCLA_1,KKI,OHSU [--model DIR2 --test-sites ...]] [--base smollm2]
+        [--tasks diagnosis,sex,age] [--json OUT]
 
 The same probe (standardized logistic regression / ridge, hyperparameters by inner cross-validation grouped
 by site, `fmrilm.eval.baselines.linear_probe`) on every representation a scan passes through, on the
@@ -22,6 +23,8 @@ only, so no test site is ever seen):
 
 Each row's ratio to Fisher-z FC is printed per task. With ``--model`` the model's own tokenizer and LLM are
 used (trained soft projection included) on one fold, ``--test-sites``: the model must not have seen them.
+``--model`` and ``--test-sites`` may be repeated in pairs (one trained model per leave-sites-out fold, as
+`fmrilm demo --test-sites` trains them): the folds' predictions are then pooled as the default folds' are.
 Without it, the LLM rows use an untrained soft projection on the base model: a random linear map, so they
 show what a projection can keep, not what training made of it.
 """
@@ -148,8 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         "--folds", type=positive_int, default=5, help="leave-sites-out folds (as bench_baselines)"
     )
     parser.add_argument("--only-folds", default=None, help="comma-separated fold numbers to run (0-based)")
-    parser.add_argument("--test-sites", default=None, help="one fold with these test sites instead")
-    parser.add_argument("--model", default=None, help="a trained fmrilm model folder (needs --test-sites)")
+    parser.add_argument(
+        "--test-sites",
+        action="append",
+        default=None,
+        help="one fold with these test sites instead (repeat it, one per --model, for several folds)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a trained fmrilm model folder that never saw its --test-sites (repeatable, in pairs)",
+    )
     parser.add_argument("--base", default=None, help="base LLM for the untrained LLM rows (default SmolLM2)")
     parser.add_argument("--tasks", default="diagnosis,sex,age")
     parser.add_argument("--connectome-tokens", type=positive_int, default=32)
@@ -171,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    if args.model and not args.test_sites:
-        parser.error("--model needs --test-sites: the sites that model never saw")
+    if args.model and len(args.model) != len(args.test_sites or []):
+        parser.error("each --model needs its own --test-sites: the sites that model never saw")
+    if args.test_sites and not args.model and len(args.test_sites) > 1:
+        parser.error("--test-sites is given once without --model (several folds come from --folds)")
     cohort = import_abide(args.abide)
     if cohort is None:
         return 2
@@ -181,23 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     scans = [cohort.scan(i) for i in range(len(cohort))]
     fisher = fc_features(cohort, progress=True)
     if args.test_sites:
-        folds = [[s.strip() for s in args.test_sites.split(",")]]
+        folds = [[s.strip() for s in sites.split(",")] for sites in args.test_sites]
     else:
         folds = site_folds(table, args.folds, args.seed)
         if args.only_folds:
             folds = [folds[int(i)] for i in args.only_folds.split(",")]
-    model = None
-    if args.model:
-        from fmrilm.model.modeling import FmriLM
-
-        model = FmriLM.from_pretrained(args.model)
     runs: dict[tuple[str, str], list[MethodResult]] = {}
     for k, test_sites in enumerate(folds):
         t0 = time.perf_counter()
         split = leave_sites_out_split(cohort, test_sites=test_sites)
-        if model is not None:
-            connectome = model.processor.connectome_tokenizer
-            fold_model = model
+        if args.model:
+            from fmrilm.model.modeling import FmriLM
+
+            fold_model = FmriLM.from_pretrained(args.model[k])  # one fold's model at a time in memory
+            connectome = fold_model.processor.connectome_tokenizer
         else:
             config = ConnectomeConfig(
                 num_tokens=args.connectome_tokens, components=args.connectome_components, seed=args.seed

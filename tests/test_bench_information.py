@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from fmrilm.eval.bench_information import llm_rows
 
@@ -88,3 +89,17 @@ def test_per_fold_auc_is_each_folds_own_and_shows_what_pooling_hides():
     assert values == [1.0, 1.0]
     pooled = MethodResult.pooled(folds)
     assert roc_auc_score(np.asarray(pooled.y_true) == "patient", np.asarray(pooled.y_score)[:, 1]) < 0.9
+
+
+def test_each_trained_model_needs_its_own_test_sites(tmp_path):
+    """Several trained models are read one fold each (`--model` / `--test-sites` in pairs); a model without its
+    sites, or several folds of sites without models, is refused before anything is loaded."""
+    from fmrilm.eval.bench_information import main
+
+    missing = str(tmp_path / "no_abide")
+    with pytest.raises(SystemExit) as err:
+        main(["--abide", missing, "--model", "a", "--test-sites", "X", "--model", "b"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit) as err:
+        main(["--abide", missing, "--test-sites", "X", "--test-sites", "Y"])
+    assert err.value.code == 2
