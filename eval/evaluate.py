@@ -95,8 +95,8 @@ class EvalConfig:
     lr: float = 5e-4
     warmup_steps: int = 0
     #: learning-rate multiplier of the soft projection in each fine-tuning run (`fmrilm finetune
-    #: --soft-lr-scale`; 0 freezes it, and with it the scan reading Stage 3 planted there)
-    soft_lr_scale: float = 10.0
+    #: --soft-lr-scale`; 0, its default, freezes it, and with it the scan reading Stage 3 planted there)
+    soft_lr_scale: float = 0.0
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
