@@ -270,7 +270,8 @@ def test_the_full_command_of_a_report_gives_back_every_setting():
     cfg = EvalConfig(
         model="my models/stage3", cohort="cohorts/sim", task="sex", out="reports/sex", split="stratified",
         test_sites=["site-1", "site-2"], n_test_sites=2, test_size=0.3, shots=[0, 2], seeds=2, seed=5,
-        few_shot_from="test", full=True, steps=3, full_steps=7, batch_size=2, lr=0.01, warmup_steps=1, lora_r=4, lora_alpha=8,
+        few_shot_from="test", full=True, steps=3, full_steps=7, batch_size=2, lr=0.01, warmup_steps=1,
+        soft_lr_scale=2.0, lora_r=4, lora_alpha=8,
         lora_dropout=0.1, target_modules="q_proj,v_proj", paraphrases=2, normalize="mean", batch_size_scoring=3,
         code_features="histogram", few_shot_baselines=False, tangent_baseline=False, covariates=["age"],
         n_boot=50, threads=1, device="cpu", progress=False, keep_work=True,
