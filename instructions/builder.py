@@ -38,6 +38,7 @@ DATASET_DIR = "dataset"
 TASKS_DIR = "tasks"
 #: The descriptor text of a whole scan is stored with window -1 in the corpus (``fmrilm.descriptors``).
 WHOLE_SCAN = -1
+REGRESSION_ANSWERS = ("value", "bins")  # how a regression answer is written in a training row
 MULTI_HEADER = "Answer each question on its own line, numbered like the questions."
 DESCRIPTOR_HEADER = "Descriptors of this scan, relative to a reference population:"
 #: Words that would reveal a phenotype; descriptor text containing one is refused (whole words, any case).
@@ -335,6 +336,7 @@ def build_instructions(
     cohort_file: Any = None,
     signal_config: Any = None,
     bare_questions: float = 0.0,
+    regression_answers: str = "value",
 ) -> tuple[Any, dict[str, Any]]:
     """Build the instruction rows of ``cohort`` for ``tasks``; returns ``(datasets.Dataset, meta)``.
 
@@ -345,6 +347,9 @@ def build_instructions(
     ``paradigms`` restricts the YAMLs' lists. ``bare_questions``: the share of ``brain`` and ``followup`` rows
     (a seeded draw per row) whose question comes without the answer instruction ("Answer with one of: ..."),
     the way people ask in a chat, so a tuned model answers the question asked and not only its listed form.
+    ``regression_answers``: ``"value"`` writes a regression answer as the number itself; ``"bins"`` writes one
+    of the two bin values that enclose it, drawn per row with the weights whose mean is the number
+    (`NumberFormat.two_hot`), so the answers taught are the bin answers whose expectation is scored.
     """
     import datasets
 
@@ -358,6 +363,10 @@ def build_instructions(
     unknown = sorted(set(paradigms or []) - set(PARADIGMS))
     if unknown:
         raise FmriInputError(f"Unknown paradigm(s) {unknown}", fix=f"use {', '.join(PARADIGMS)}")
+    if regression_answers not in REGRESSION_ANSWERS:
+        raise FmriInputError(
+            f"Unknown regression_answers '{regression_answers}'", fix=f"use {' or '.join(REGRESSION_ANSWERS)}"
+        )
     table = cohort.phenotype_table()
     bound = [bind_task(t, table, descriptors, cohort_file=cohort_file) for t in tasks]
     wanted = set(paradigms or PARADIGMS)
@@ -426,6 +435,10 @@ def build_instructions(
                     continue
                 # a followup row's first turn is the brain question, built here even when brain rows are not
                 for paradigm in todo + (["brain"] if followup and "brain" not in todo else []):
+                    if regression_answers == "bins" and spec.type == "regression":
+                        answer = _bin_answer(
+                            spec, value, _rng(seed, scan_id, window, spec.name, paradigm, "bin")
+                        )
                     if paradigm == "multi":
                         multi.append((b, answer, value))
                         continue
@@ -502,6 +515,7 @@ def build_instructions(
         "windows": windows,
         "paradigms": sorted(wanted),
         "bare_questions": float(bare_questions),
+        "regression_answers": regression_answers,
         "tasks": {
             b.spec.name: {
                 "type": b.spec.type,
@@ -518,6 +532,12 @@ def build_instructions(
         "descriptors": None if descriptors is None else descriptors.source,
     }
     return dataset, meta
+
+
+def _bin_answer(spec: TaskSpec, value: float, rng: np.random.Generator) -> str:
+    """One of the two bin answers enclosing ``value``, drawn with its two-hot weight."""
+    (lo, w_lo), (hi, _) = spec.number.two_hot(value)
+    return spec.number.bin_answers()[lo if rng.random() < w_lo else hi]
 
 
 def _bare(share: float, paradigm: str, seed: int, scan_id: str, window: Any, task: str) -> bool:

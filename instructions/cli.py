@@ -9,6 +9,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fmrilm.instructions.builder import REGRESSION_ANSWERS
+
     from fmrilm.safety import nonnegative_int, share
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -58,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="share of brain and followup rows asked without 'Answer with one of: ...', as people ask in a "
         "chat (default 0)",
+    )
+    build.add_argument(
+        "--regression-answers",
+        choices=REGRESSION_ANSWERS,
+        default="value",
+        help="how a regression answer (age) is written: the number itself, or one of the two bin values that "
+        "enclose it, drawn with the weights whose mean is the number, so training teaches the bin answers "
+        "that scoring reads (default value)",
     )
     sub.add_parser(
         "list", help="List the built-in tasks.", description="List the built-in tasks: name, type, source."
@@ -123,6 +133,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         cohort_file=args.cohort,
         bare_questions=args.bare_questions,
+        regression_answers=args.regression_answers,
     )
     meta["cohort_dir"] = str(args.cohort)
     meta["split_name"] = args.split

@@ -133,6 +133,22 @@ class NumberFormat:
         i = bisect.bisect_right(self.bins, float(value)) - 1
         return min(max(i, 0), len(self.bins) - 2)
 
+    def two_hot(self, value: float) -> tuple[tuple[int, float], tuple[int, float]]:
+        """The two bins whose representative values enclose ``value``, each with the weight that makes their
+        weighted mean ``value`` (a "two-hot" target, clipped to the first / last value): training on these
+        answers teaches the bin distribution whose expectation `fmrilm eval` reads."""
+        import bisect
+
+        centers = self.centers()
+        order = sorted(range(len(centers)), key=centers.__getitem__)
+        ranked = [centers[i] for i in order]
+        v = min(max(float(value), ranked[0]), ranked[-1])
+        hi = min(max(bisect.bisect_left(ranked, v), 1), len(ranked) - 1)
+        lo = hi - 1
+        span = ranked[hi] - ranked[lo]
+        upper = 0.0 if span <= 0 else (v - ranked[lo]) / span
+        return (order[lo], 1.0 - upper), (order[hi], upper)
+
     def expectation(self, probabilities) -> float:
         """Expected value over bins: sum of each bin's probability times its representative value."""
         import numpy as np

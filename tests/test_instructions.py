@@ -465,3 +465,64 @@ def test_bare_questions_flag_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["instructions", "build", "c", "--out", str(tmp_path / "o"), "--bare-questions", "2"])
     assert "argument --bare-questions:" in capsys.readouterr().err
+
+
+def test_two_hot_bins_enclose_the_value_and_average_to_it():
+    """The two bins of a two-hot answer are the neighbours of the value among the bin values, and their weights
+    make the value their mean; values beyond the first / last bin value go all to that bin."""
+    number = load_tasks("age")[0].number
+    centers = number.centers()
+    for value in (6.0, 7.5, 12.0, 12.9, 24.0, 50.0, 72.0):
+        (lo, w_lo), (hi, w_hi) = number.two_hot(value)
+        assert centers[lo] <= value <= centers[hi] and w_lo >= 0 and w_hi >= 0
+        assert w_lo + w_hi == pytest.approx(1.0)
+        assert w_lo * centers[lo] + w_hi * centers[hi] == pytest.approx(value)
+    (lo, w_lo), (hi, w_hi) = number.two_hot(3.0)
+    assert w_lo * centers[lo] + w_hi * centers[hi] == pytest.approx(min(centers))
+    (lo, w_lo), (hi, w_hi) = number.two_hot(90.0)
+    assert w_lo * centers[lo] + w_hi * centers[hi] == pytest.approx(max(centers))
+
+
+def test_regression_answers_as_bins_teach_the_scored_bins():
+    """``regression_answers="bins"`` writes each age answer as one of the two bin answers enclosing the age,
+    drawn per row with its two-hot weight, so the answers' mean over many rows is the age; the other tasks'
+    answers stay as they were, and an unknown choice is refused."""
+    ages = [6.0 + 1.7 * i for i in range(40)]
+    cohort = toy_cohort(n=40, age=ages)
+    tasks = load_tasks("age,sex")
+    kwargs = {"seed": 0, "paradigms": ["brain", "open", "followup", "multi"]}
+    plain, plain_meta = build_instructions(cohort, tasks, **kwargs)
+    binned, meta = build_instructions(cohort, tasks, regression_answers="bins", **kwargs)
+    assert plain_meta["regression_answers"] == "value" and meta["regression_answers"] == "bins"
+    age = next(t for t in tasks if t.name == "age")
+    bin_answers = age.number.bin_answers()
+    assert len(binned) == len(plain)
+    labels, values = [], []
+    for old, new in zip(plain, binned, strict=True):
+        if new["task"] != "age":
+            assert (
+                new["answer"] == old["answer"] or new["task"] == "multi"
+            )  # a followup's first turn may be age
+            continue
+        assert old["label"] == age.number.format(old["value"])  # the number itself by default
+        assert new["label"] in bin_answers and new["value"] == old["value"]
+        (lo, _), (hi, _) = age.number.two_hot(new["value"])
+        assert new["label"] in (bin_answers[lo], bin_answers[hi])
+        labels.append(float(new["label"]))
+        values.append(new["value"])
+    assert len(set(labels)) > 5
+    assert abs(np.mean(labels) - np.mean(values)) < 1.0  # unbiased: the draws average to the ages
+    with pytest.raises(FmriInputError, match="Unknown regression_answers"):
+        build_instructions(cohort, tasks, regression_answers="digits", **kwargs)
+
+
+def test_regression_answers_flag_reaches_the_instruction_set(tmp_path):
+    """`fmrilm instructions build --regression-answers bins` writes age rows as bin answers and records it."""
+    toy_cohort(n=12).save(tmp_path / "cohort")
+    out = tmp_path / "instr"
+    argv = ["instructions", "build", str(tmp_path / "cohort"), "--tasks", "age", "--out", str(out)]
+    assert cli_main([*argv, "--regression-answers", "bins"]) == 0
+    ds, meta, _ = load_instruction_set(out)
+    assert meta["regression_answers"] == "bins"
+    bins = load_tasks("age")[0].number.bin_answers()
+    assert ds.num_rows > 0 and all(r["label"] in bins for r in ds if r["task"] == "age")
