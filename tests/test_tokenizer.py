@@ -245,3 +245,28 @@ def test_tokenizer_loss_uses_every_configured_term():
     # without texts and sites only reconstruction and commitment are computed
     _, parts = TokenizerLoss(TokenizerLossConfig(), model.config.hidden_size)(out, x)
     assert set(parts) == {"reconstruction", "commitment"}
+
+
+def test_quantizers_build_without_library_warnings(capfd):
+    """Building the window and connectome quantizers prints nothing (vector-quantize-pytorch >= 1.34 logs a
+    deprecation for its old dead-code argument), and the dead-code rule is the one the tokenizer is configured
+    with, as a count or as the library's own conversion of it to a share of the mean cluster size."""
+    from fmrilm.tokenizer.connectome import ConnectomeConfig, ConnectomeTokenizer
+    from fmrilm.tokenizer.modeling import dead_code_kwargs
+
+    config = tiny_config()
+    model = FmriTokenizerModel(config)
+    connectome = ConnectomeTokenizer(ConnectomeConfig(num_tokens=4, components=8), np.zeros((6, 3)))
+    captured = capfd.readouterr()
+    assert "deprecated" not in captured.err + captured.out
+    kwargs = dead_code_kwargs(config.vq_dead_code_threshold, config.codebook_size)
+    (name, value), *_ = kwargs.items()
+    codebook = model.quantizer._codebook
+    if name == "dead_code_threshold_ratio":
+        assert value == pytest.approx(config.vq_dead_code_threshold / config.codebook_size)
+        assert codebook.dead_code_threshold_ratio == pytest.approx(value)
+        assert connectome.quantizer.layers[0]._codebook.dead_code_threshold_ratio == pytest.approx(
+            1.0 / connectome.config.codebook_size
+        )
+    else:
+        assert codebook.threshold_ema_dead_code == pytest.approx(config.vq_dead_code_threshold)

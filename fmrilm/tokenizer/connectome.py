@@ -140,6 +140,8 @@ class ConnectomeTokenizer(nn.Module):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
 
+        from fmrilm.tokenizer.modeling import dead_code_kwargs
+
         self.config = config
         r = len(reference_coords)
         f = n_features if n_features is not None else r * (r - 1) // 2
@@ -156,7 +158,7 @@ class ConnectomeTokenizer(nn.Module):
             kmeans_init=True,
             kmeans_iters=20,
             decay=0.9,
-            threshold_ema_dead_code=1,
+            **dead_code_kwargs(1.0, config.codebook_size),
         )
 
     # ------------------------------------------------------------------------------------------ fitting

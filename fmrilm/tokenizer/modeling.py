@@ -37,6 +37,22 @@ from fmrilm.tokenizer.config import FmriTokenizerConfig
 _UNTRAINED_CODEBOOK_SEED = 0
 
 
+def dead_code_kwargs(threshold: float, codebook_size: int) -> dict[str, float]:
+    """`VectorQuantize` arguments that replace codes whose EMA cluster size falls below ``threshold``.
+
+    vector-quantize-pytorch 1.34 replaced ``threshold_ema_dead_code`` (a count) by ``dead_code_threshold_ratio``
+    (a share of the mean cluster size) and logs a deprecation warning for the old name; this passes the ratio
+    the library itself converts the count to where it knows the new name, so the codebooks train the same on
+    every supported version and no warning reaches a user.
+    """
+    import inspect
+
+    if "dead_code_threshold_ratio" in inspect.signature(VectorQuantize.__init__).parameters:
+        ratio = threshold / codebook_size if threshold >= 1.0 else threshold
+        return {"dead_code_threshold_ratio": float(ratio)}
+    return {"threshold_ema_dead_code": float(threshold)}
+
+
 @dataclass
 class FmriTokenizerOutput(ModelOutput):
     """What `FmriTokenizerModel.forward` returns (all batch-first)."""
@@ -214,7 +230,7 @@ class FmriTokenizerModel(FmriTokenizerPreTrainedModel):
                 decay=config.vq_decay,
                 kmeans_init=config.vq_kmeans_init,
                 use_cosine_sim=config.vq_cosine,
-                threshold_ema_dead_code=config.vq_dead_code_threshold,
+                **dead_code_kwargs(config.vq_dead_code_threshold, config.codebook_size),
                 commitment_weight=1.0,  # the weight is applied by the training loss
             )
         # decoder
