@@ -133,9 +133,6 @@ class Preset:
     #: answer 0.02 lower (AUC 0.629 against 0.646, inside one seed's spread; validation fold, two seeds each,
     #: BENCHMARKS.md, "Questions asked as a user asks them").
     instruct_bare_questions: float = 0.5
-    #: How age answers are written in training rows (`instructions build --regression-answers`): the number
-    #: itself, or a two-hot draw of the two bin answers that `fmrilm eval` scores
-    instruct_regression_answers: str = "value"
     #: Descriptor texts as answers ("describe") are long; the CPU preset trains short answers only.
     sim_tasks: str = "diagnosis,coupled_pair,modularity"
     #: Stage 3 on CPU affords about one pass per task over ABIDE's 549 training subjects for three tasks: the
@@ -447,11 +444,6 @@ class Demo:
                 + (
                     ["--bare-questions", str(self.p.instruct_bare_questions)]
                     if self.p.instruct_bare_questions
-                    else []
-                )
-                + (
-                    ["--regression-answers", self.p.instruct_regression_answers]
-                    if self.p.instruct_regression_answers != "value"
                     else []
                 ),
                 done=Path(out) / "dataset",
