@@ -42,8 +42,8 @@ def dead_code_kwargs(threshold: float, codebook_size: int) -> dict[str, float]:
 
     vector-quantize-pytorch 1.34 replaced ``threshold_ema_dead_code`` (a count) by ``dead_code_threshold_ratio``
     (a share of the mean cluster size) and logs a deprecation warning for the old name; this passes the ratio
-    the library itself converts the count to where it knows the new name, so the codebooks train the same on
-    every supported version and no warning reaches a user.
+    the library itself converts the count to where it knows the new name (training exactly as 1.34 does with
+    the count, and without the warning a user would see in every run), and the count before 1.34.
     """
     import inspect
 
