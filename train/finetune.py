@@ -73,7 +73,8 @@ class FinetuneConfig(LoopConfig):
     #: the soft projection stays as Stage 3 left it (0: frozen; `--soft-lr-scale` trains it). It is not a new
     #: map here, and it holds the scan reading Stage 3 planted: at 10 times the LoRA rate (Stage 3's default)
     #: 8 or 16 subjects per class pulled a `full` model's autism answers from balanced accuracy 0.653 / 0.644
-    #: zero-shot to 0.562 / 0.549; frozen, 0.636 / 0.644 (BENCHMARKS.md, "Few-shot with the projection frozen")
+    #: zero-shot to 0.562 / 0.549; frozen, 0.636 / 0.644 (BENCHMARKS.md, "Second seeds, ...,
+    #: few-shot with the projection frozen")
     soft_lr_scale: float = 0.0
 
 
