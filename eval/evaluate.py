@@ -914,7 +914,14 @@ def summary_table(results: list[Any]) -> str:
     part, a row is the mean over seeds of each seed's metric on the test subjects that seed's draw left (the
     zero-shot model and the train-part baselines averaged the same way, on the same remainders).
     """
-    from fmrilm.eval.report import PROTOCOL_TITLES, PROTOCOLS, WHOLE_TEST, aggregate_seeds, by_protocol
+    from fmrilm.eval.report import (
+        PROTOCOL_TITLES,
+        PROTOCOLS,
+        WHOLE_TEST,
+        aggregate_seeds,
+        by_protocol,
+        versus,
+    )
 
     for r in results:
         if not r.metrics:
@@ -964,7 +971,27 @@ def summary_table(results: list[Any]) -> str:
             k = "all" if shots is None else str(shots)
             lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+        if whole:
+            lines += _versus_lines([c for c in versus(group) if c["seed"] is None], names[:2])
     return "\n".join(lines)
+
+
+def _versus_lines(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
+    """The summary's lines on each single model run against each baseline on the same subjects (none without
+    any): the difference, its paired bootstrap interval, and how often the model is at least as good."""
+    if not rows:
+        return []
+    lines = ["Model minus baseline on the same test subjects [95% paired bootstrap interval] (share of resamples "
+             "where the model is at least as good" + ("; a smaller MAE is better" if "mae" in names else "") + "):", ""]  # fmt: skip
+    for c in rows:
+        parts = []
+        for m in names:
+            d = c["metrics"][m]
+            parts.append(
+                f"{m} {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['at_least_as_good']:.0%})"
+            )
+        lines.append(f"- {c['method']} minus {c['reference']}: " + "; ".join(parts))
+    return [*lines, ""]
 
 
 def _fmt(v: float) -> str:

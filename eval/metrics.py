@@ -15,6 +15,8 @@ import numpy as np
 
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auc", "f1", "accuracy")
 REGRESSION_METRICS = ("mae", "pearson_r", "r2")
+#: Metrics where a smaller value is better (a paired difference's "at least as good" flips for them).
+LOWER_IS_BETTER = frozenset({"mae"})
 #: The values each metric can take; an interval is clipped to them (R² has no lower bound).
 METRIC_RANGE: dict[str, tuple[float, float]] = {
     "balanced_accuracy": (0.0, 1.0),
@@ -252,4 +254,81 @@ def evaluate(
         vals = vals[np.isfinite(vals)]
         lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2]) if len(vals) else (np.nan, np.nan)
         out[name] = {"value": float(value), "low": float(lo), "high": float(hi)}
+    return out
+
+
+def paired_difference(
+    task_type: str,
+    y_true: Sequence[Any],
+    first: dict[str, Any],
+    second: dict[str, Any],
+    *,
+    classes: Sequence[Any] | None = None,
+    groups: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Each metric of ``first`` minus that of ``second`` on the same test rows, with a paired bootstrap interval.
+
+    ``first`` and ``second`` are two methods' predictions of the same rows: ``{"y_pred": ...}`` for
+    regression, ``{"y_score": ..., "y_pred": ...}`` (``y_pred`` optional) for classification. Every draw
+    resamples the rows (whole subjects with ``groups``) once and scores both methods on it, so what the two
+    share (a hard site, an easy subject) cancels and the interval is that of the difference, far narrower than
+    two separate intervals suggest. Returns ``{metric: {"difference", "low", "high", "at_least_as_good"}}``,
+    the last being the share of draws where ``first`` is at least as good as ``second`` (smaller MAE, larger
+    everything else).
+
+    Why: "the model reads sex at 0.598 AUC, FC at 0.609" says nothing about whether a second run, or other
+    scans of the same sites, would order them the same way; the paired interval does.
+    """
+    regression = task_type == "regression"
+    y = np.asarray(list(y_true), dtype=float if regression else object)
+    n = len(y)
+    if regression:
+        preds = [np.asarray(m["y_pred"], dtype=float) for m in (first, second)]
+        if any(len(p) != n for p in preds):
+            raise ValueError("both methods must predict every test row")
+        points = [regression_metrics(y, p) for p in preds]
+
+        def compute(idx: np.ndarray) -> list[dict[str, float]]:
+            return [_fast_regression(y[idx], p[idx]) for p in preds]
+
+    else:
+        classes = list(classes)
+        t_codes = _codes(y, classes)
+        parts = []
+        points = []
+        for m in (first, second):
+            score = _as_proba(m["y_score"], len(classes))
+            if len(score) != n:
+                raise ValueError("both methods must score every test row")
+            pred = m.get("y_pred")
+            points.append(classification_metrics(y, score, classes, pred))
+            p_codes = (
+                score.argmax(axis=1)
+                if pred is None
+                else _codes(np.asarray(list(pred), dtype=object), classes)
+            )
+            proba = score / score.sum(axis=1, keepdims=True) if len(classes) > 2 else score
+            parts.append((proba, p_codes))
+
+        def compute(idx: np.ndarray) -> list[dict[str, float]]:
+            return [
+                _fast_classification(t_codes[idx], proba[idx], p[idx], len(classes)) for proba, p in parts
+            ]
+
+    draws = [compute(idx) for idx in resample_indices(n, groups, n_boot, seed)]
+    out: dict[str, dict[str, float]] = {}
+    for name in points[0]:
+        diffs = np.asarray([a[name] - b[name] for a, b in draws], dtype=float)
+        diffs = diffs[np.isfinite(diffs)]
+        lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if len(diffs) else (np.nan, np.nan)
+        good = (diffs <= 0) if name in LOWER_IS_BETTER else (diffs >= 0)
+        out[name] = {
+            "difference": float(points[0][name] - points[1][name]),
+            "low": float(lo),
+            "high": float(hi),
+            "at_least_as_good": float(good.mean()) if len(diffs) else float("nan"),
+        }
     return out

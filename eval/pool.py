@@ -204,8 +204,31 @@ def run(args: argparse.Namespace) -> int:
         },
         "not_pooled": ["/".join(map(str, k)) for k in single],
     }
-    write_report(pooled, args.out, title=f"fmrilm evaluation pooled over {len(files)} runs", context=context)
+    paths = write_report(
+        pooled,
+        args.out,
+        title=f"fmrilm evaluation pooled over {len(files)} runs",
+        context=context,
+        n_boot=args.n_boot,
+    )
     print(text)
+    compared = json.loads(Path(paths["json"]).read_text()).get("versus", [])
+    lines = [
+        f"- {c['task']}: {c['method']} minus {c['reference']}: "
+        + "; ".join(
+            f"{m} {c['metrics'][m]['difference']:+.3f} [{c['metrics'][m]['low']:+.3f}, "
+            f"{c['metrics'][m]['high']:+.3f}] ({c['metrics'][m]['at_least_as_good']:.0%})"
+            for m in SHOWN.get("regression" if "mae" in c["metrics"] else "binary")
+        )
+        for c in compared
+        if c["seed"] is None
+    ]
+    if lines:
+        print(
+            "\npooled, model minus baseline on the same subjects [95% paired bootstrap interval] (share of "
+            "resamples where the model is at least as good; a smaller MAE is better):"
+        )
+        print("\n".join(lines))
     if single:
         print(f"\nnot pooled (in one run only): {', '.join('/'.join(map(str, k)) for k in single)}")
     print(f"\nreport written to {Path(args.out) / 'report.md'} (JSON: {Path(args.out) / 'report.json'})")

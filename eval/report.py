@@ -24,6 +24,7 @@ from fmrilm.eval.metrics import (
     REGRESSION_METRICS,
     classification_metrics,
     evaluate,
+    paired_difference,
     regression_metrics,
     seed_ci,
 )
@@ -45,6 +46,11 @@ PROTOCOL_TITLES = {WHOLE_TEST: "Whole test part", FROM_TEST: "Few-shot from the 
 #: The linear readers a model's answers are ranked against (`agreement`): Fisher-z FC, tangent FC, and the
 #: same linear model on the model's own input (its connectome values or codes), each fitted on the training part.
 AGREEMENT_READERS = ("fc_linear", "tangent_linear", "code_probe")
+#: The baselines every model run is compared with on the same test subjects (`versus`): the classic
+#: connectivity readers, and FC + logistic regression fitted on the same few-shot subjects.
+VERSUS_REFERENCES = ("fc_linear", "tangent_linear", "fc_linear_few_shot")
+#: The metrics `versus` shows in report.md, by task type (report.json has them all).
+VERSUS_SHOWN = {"regression": ("mae", "pearson_r"), "binary": ("balanced_accuracy", "auc")}
 
 
 def by_protocol(results: list[MethodResult]) -> dict[str, list[MethodResult]]:
@@ -293,6 +299,96 @@ def agreement(results: list[MethodResult]) -> list[dict[str, Any]]:
     return out
 
 
+def _paired_rows(model: MethodResult, reference: MethodResult) -> tuple[list[int], list[int]] | None:
+    """Row positions of ``model`` and ``reference`` that hold the same test subjects, in one order; None when
+    the two were not scored on the same subjects (or a run has no subject ids)."""
+    if not model.subject_ids or not reference.subject_ids:
+        return None
+    if len(model.subject_ids) != model.n or len(reference.subject_ids) != reference.n:
+        return None
+    if model.subject_ids == reference.subject_ids:
+        return list(range(model.n)), list(range(model.n))
+
+    def keyed(ids: list[str]) -> dict[tuple[str, int], int]:
+        seen: dict[str, int] = defaultdict(int)
+        out = {}
+        for pos, sid in enumerate(map(str, ids)):
+            out[(sid, seen[sid])] = pos  # several scans of one subject: matched in their order
+            seen[sid] += 1
+        return out
+
+    mine, theirs = keyed(model.subject_ids), keyed(reference.subject_ids)
+    if set(mine) != set(theirs):
+        return None
+    keys = list(mine)
+    return [mine[k] for k in keys], [theirs[k] for k in keys]
+
+
+def versus(results: list[MethodResult], n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Each model run's metrics minus each baseline's (`VERSUS_REFERENCES`) on the same test subjects, with a
+    paired bootstrap interval (`fmrilm.eval.metrics.paired_difference`, whole subjects resampled).
+
+    A model run (a method named ``fmrilm_*``) is compared with a baseline of the same task and protocol that
+    was scored with the same shots and seed (few-shot draws), else with the baseline fitted once (no shots, no
+    seed), and only where both scored exactly the same subjects.
+
+    Why: the question a reader asks of a report is whether the model beats the connectivity baseline, and two
+    overlapping intervals do not answer it; the paired difference does, with the share of resamples where the
+    model is at least as good.
+    """
+    out = []
+    for protocol, runs in by_protocol(results).items():
+        for model in (r for r in runs if r.method.startswith("fmrilm_")):
+            for name in VERSUS_REFERENCES:
+                same = [r for r in runs if r.method == name and r.task == model.task]
+                exact = [r for r in same if (r.shots, r.seed) == (model.shots, model.seed)]
+                fitted_once = [r for r in same if r.shots is None and r.seed is None]
+                if not (exact or fitted_once):
+                    continue
+                reference = (exact or fitted_once)[0]
+                rows = _paired_rows(model, reference)
+                if rows is None or len(rows[0]) < 3:
+                    continue
+                mine, theirs = rows
+                if [model.y_true[i] for i in mine] != [reference.y_true[i] for i in theirs]:
+                    continue  # the same subjects with other answers: not the same question
+                if model.task_type == "regression":
+                    a = {"y_pred": [model.y_pred[i] for i in mine]}
+                    b = {"y_pred": [reference.y_pred[i] for i in theirs]}
+                else:
+                    if (
+                        model.y_score is None
+                        or reference.y_score is None
+                        or model.classes != reference.classes
+                    ):
+                        continue
+                    a = {
+                        "y_score": np.asarray(model.y_score)[mine],
+                        "y_pred": [model.y_pred[i] for i in mine],
+                    }
+                    b = {
+                        "y_score": np.asarray(reference.y_score)[theirs],
+                        "y_pred": [reference.y_pred[i] for i in theirs],
+                    }
+                diff = paired_difference(
+                    model.task_type,
+                    [model.y_true[i] for i in mine],
+                    a,
+                    b,
+                    classes=model.classes,
+                    groups=[model.subject_ids[i] for i in mine],
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+                out.append(
+                    {
+                        "task": model.task, "protocol": protocol, "method": model.method, "shots": model.shots,
+                        "seed": model.seed, "reference": name, "n": len(mine), "metrics": diff,
+                    }
+                )  # fmt: skip
+    return out
+
+
 def write_report(
     results: list[MethodResult],
     out_dir: str | Path,
@@ -324,6 +420,7 @@ def write_report(
         groups = by_protocol(results)
         aggs = {p: aggregate_seeds(runs) for p, runs in groups.items()}
         agreed = agreement(results)
+        compared = versus(results, n_boot=n_boot)
         record = {
             "title": title,
             "context": context or {},
@@ -336,9 +433,12 @@ def write_report(
             ],
             "plots": {k: [str(Path("plots") / p.name) for p in v] for k, v in plots.items()},
             "agreement": agreed,
+            "versus": compared,
         }
         (tmp / "report.json").write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=True))
-        (tmp / "report.md").write_text(_markdown(title, context or {}, results, aggs, plots, agreed))
+        (tmp / "report.md").write_text(
+            _markdown(title, context or {}, results, aggs, plots, agreed, compared)
+        )
         # An earlier report is moved aside and removed only after this one is in place; a folder holding
         # anything a report does not is refused, never deleted (fmrilm.safety).
         publish(tmp, out_dir, REPORT_OUTPUT, overwrite=True, flag="the report folder")
@@ -368,6 +468,7 @@ def _markdown(
     aggs: dict[str, dict],
     plots: dict[str, list[Path]],
     agreed: list[dict[str, Any]] | None = None,
+    compared: list[dict[str, Any]] | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     for key, value in context.items():
@@ -405,6 +506,7 @@ def _markdown(
             )
         lines.append("")
         lines += _site_table(runs)
+        lines += _versus_table([c for c in compared or [] if c["task"] == task], ttype)
         lines += _agreement_table([a for a in agreed or [] if a["task"] == task])
         repeated = {
             (p, k): v for p, agg in aggs.items() for k, v in agg.items() if k[0] == task and v["n_seeds"] > 1
@@ -464,6 +566,36 @@ def _site_table(runs: list[MethodResult]) -> list[str]:
             f"| {r.method} | {r.protocol} | {seed} | "
             + " | ".join(cells)
             + f" | {_fmt(means[0], 2 if regression else 3)} / {_fmt(means[1])} |"
+        )
+    return [*lines, ""]
+
+
+def _versus_table(rows: list[dict[str, Any]], task_type: str) -> list[str]:
+    """Markdown lines of a task's `versus` rows (none without any): the model minus each baseline."""
+    if not rows:
+        return []
+    names = VERSUS_SHOWN.get(task_type, VERSUS_SHOWN["binary"])
+    lines = [
+        "Against the baselines on the same test subjects (the model minus the baseline [95% paired bootstrap "
+        "interval] and, after it, the share of resamples where the model is at least as good"
+        + ("; a smaller MAE is better" if "mae" in names else "")
+        + "):",
+        "",
+        "| method | protocol | shots | seed | baseline | n | " + " | ".join(names) + " |",
+        "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for c in rows:
+        cells = []
+        for m in names:
+            d = c["metrics"][m]
+            cells.append(
+                f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {_fmt(d['at_least_as_good'], 2)}"
+            )
+        lines.append(
+            f"| {c['method']} | {c['protocol']} | {'—' if c['shots'] is None else c['shots']} | "
+            f"{'—' if c['seed'] is None else c['seed']} | {c['reference']} | {c['n']} | "
+            + " | ".join(cells)
+            + " |"
         )
     return [*lines, ""]
 

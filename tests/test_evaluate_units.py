@@ -799,6 +799,80 @@ def test_agreement_ranks_a_models_scores_against_each_reader_on_the_same_subject
     )
 
 
+def test_versus_compares_each_model_run_with_the_baselines_scored_on_the_same_subjects(tmp_path):
+    from fmrilm.eval.metrics import paired_difference
+    from fmrilm.eval.report import versus
+
+    model = _two_sites()
+    order = [5, 3, 1, 0, 2, 4]  # listed in another order: matched by subject id
+    mine = model.y_score[:, 1]
+    flipped = _reader(model, "fc_linear", order, 1 - mine[order])
+    tangent = _reader(model, "tangent_linear", order, mine[order] / 2)
+    elsewhere = _reader(model, "fc_linear", order, mine[order], protocol=FROM_TEST)  # another protocol
+    probe = _reader(model, "code_probe", order, mine[order])  # a reader, not a baseline to beat
+    rows = versus([model, flipped, tangent, elsewhere, probe], n_boot=50)
+    got = {(r["reference"], r["protocol"]): r for r in rows}
+    assert set(got) == {("fc_linear", WHOLE_TEST), ("tangent_linear", WHOLE_TEST)}
+    row = got[("fc_linear", WHOLE_TEST)]
+    assert row["n"] == 6 and row["method"] == "fmrilm_zero_shot"
+    by_hand = paired_difference(
+        "binary", model.y_true, {"y_score": model.y_score, "y_pred": model.y_pred},
+        {"y_score": np.column_stack([mine, 1 - mine]), "y_pred": [flipped.y_pred[order.index(i)] for i in range(6)]},
+        classes=model.classes, groups=model.subject_ids, n_boot=50,
+    )  # fmt: skip
+    assert set(row["metrics"]) == set(by_hand)
+    for name, values in by_hand.items():
+        assert row["metrics"][name] == pytest.approx(values), name
+    assert got[("tangent_linear", WHOLE_TEST)]["metrics"]["auc"]["difference"] == 0.0  # the same ranking
+    # a baseline scored on other subjects is not compared; a few-shot run meets the baseline of its own draw
+    fewer = _reader(model, "fc_linear", [0, 1, 2, 3, 4], mine[:5])
+    assert versus([model, fewer], n_boot=10) == []
+    tuned = MethodResult(
+        **{**model.__dict__, "method": "fmrilm_few_shot", "shots": 8, "seed": 2, "metrics": {}}
+    )
+    own_draw = _reader(model, "fc_linear_few_shot", list(range(6)), mine, shots=8, seed=2)
+    other_draw = _reader(model, "fc_linear_few_shot", list(range(6)), 1 - mine, shots=8, seed=3)
+    (row,) = [
+        r for r in versus([tuned, other_draw, own_draw], n_boot=10) if r["reference"] == "fc_linear_few_shot"
+    ]
+    assert row["seed"] == 2 and row["metrics"]["auc"]["difference"] == 0.0
+    # a regression's MAE difference, and the report carries every row: a table in report.md, report.json
+    reg = MethodResult(
+        method="fmrilm_zero_shot", task="age", task_type="regression", y_true=[10.0, 12, 14, 16],
+        y_pred=[11.0, 12, 15, 13], subject_ids=["a", "b", "c", "d"], shots=0, seed=None,
+    )  # fmt: skip
+    ridge = MethodResult(
+        **{**reg.__dict__, "method": "fc_linear", "shots": None, "y_pred": [12.0, 12, 12, 12]}
+    )
+    (row,) = versus([reg, ridge], n_boot=10)
+    assert row["metrics"]["mae"]["difference"] == pytest.approx(1.25 - 2.0)
+    paths = write_report([model, flipped, reg, ridge], tmp_path / "report", n_boot=20)
+    md = paths["markdown"].read_text()
+    header, first = _rows(
+        md.split("Against the baselines on the same test subjects", 1)[1].split("\n\n", 2)[1]
+    )
+    assert header == ["method", "protocol", "shots", "seed", "baseline", "n", "balanced_accuracy", "auc"]
+    assert first[:6] == ["fmrilm_zero_shot", "whole-test-part", "0", "0", "fc_linear", "6"]
+    auc = json.loads(paths["json"].read_text())["versus"][0]["metrics"]["auc"]
+    assert first[7].startswith(f"{auc['difference']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}]")
+    assert "a smaller MAE is better" in md.split("## age", 1)[1]
+
+
+def test_the_summary_says_how_far_the_model_is_from_each_baseline_on_the_same_subjects():
+    from fmrilm.eval.report import versus
+
+    model = MethodResult(**{**_two_sites().__dict__, "seed": None})
+    mine = model.y_score[:, 1]
+    fc = _reader(model, "fc_linear", [5, 3, 1, 0, 2, 4], 1 - mine[[5, 3, 1, 0, 2, 4]])
+    text = summary_table([model, fc])
+    (row,) = versus([model, fc])
+    ba, auc = row["metrics"]["balanced_accuracy"], row["metrics"]["auc"]
+    line = next(x for x in text.splitlines() if x.startswith("- fmrilm_zero_shot minus fc_linear: "))
+    assert f"balanced_accuracy {ba['difference']:+.3f} [{ba['low']:+.3f}, {ba['high']:+.3f}]" in line
+    assert f"auc {auc['difference']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}]" in line
+    assert f"({auc['at_least_as_good']:.0%})" in line and auc["difference"] > 0
+
+
 def test_the_code_probe_reads_connectome_values_at_their_own_scale_and_pooled_codes_standardized():
     from fmrilm.eval.evaluate import code_probe_standardizes
 

@@ -94,6 +94,16 @@ def test_pooled_figures_are_the_folds_predictions_scored_together(two_folds, tmp
     fold_auc = next(r for r in _rows(a) if r["method"] == "fc_linear" and r["task"] == "diagnosis")
     assert f"{fold_auc['metrics']['auc']['value']:.3f}" in printed  # each fold's own figure is shown beside
     assert "different models" in (out / "report.md").read_text()  # the pooled AUC's caveat is in the report
+    # the pooled model against the pooled baseline on the same 70 subjects, printed and in report.json
+    (row,) = [c for c in json.loads((out / "report.json").read_text())["versus"] if c["task"] == "diagnosis"]
+    auc = row["metrics"]["auc"]
+    expected = (
+        pooled[("diagnosis", "fmrilm_zero_shot")]["metrics"]["auc"]["value"]
+        - pooled[("diagnosis", "fc_linear")]["metrics"]["auc"]["value"]
+    )
+    assert row["n"] == 70 and auc["difference"] == pytest.approx(expected)
+    assert "diagnosis: fmrilm_zero_shot minus fc_linear: balanced_accuracy" in printed
+    assert f"auc {auc['difference']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}]" in printed
 
 
 def test_a_demo_folder_is_one_run_with_every_task(two_folds, tmp_path):
