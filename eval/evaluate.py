@@ -972,7 +972,8 @@ def summary_table(results: list[Any]) -> str:
             lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
         if whole:
-            lines += _versus_lines([c for c in versus(group) if c["seed"] is None], names[:2])
+            single = [r for r in group if r.seed is None]  # repeated runs: per seed in report.md
+            lines += _versus_lines(versus(single), names[:2])
     return "\n".join(lines)
 
 
