@@ -980,18 +980,13 @@ def summary_table(results: list[Any]) -> str:
 def _versus_lines(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
     """The summary's lines on each single model run against each baseline on the same subjects (none without
     any): the difference, its paired bootstrap interval, and how often the model is at least as good."""
+    from fmrilm.eval.report import versus_text
+
     if not rows:
         return []
     lines = ["Model minus baseline on the same test subjects [95% paired bootstrap interval] (share of resamples "
              "where the model is at least as good" + ("; a smaller MAE is better" if "mae" in names else "") + "):", ""]  # fmt: skip
-    for c in rows:
-        parts = []
-        for m in names:
-            d = c["metrics"][m]
-            parts.append(
-                f"{m} {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['at_least_as_good']:.0%})"
-            )
-        lines.append(f"- {c['method']} minus {c['reference']}: " + "; ".join(parts))
+    lines += [f"- {versus_text(c, names)}" for c in rows]
     return [*lines, ""]
 
 

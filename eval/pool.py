@@ -181,7 +181,7 @@ def _fmt(v: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmrilm.eval.report import write_report
+    from fmrilm.eval.report import versus_text, write_report
 
     files = report_files(args.runs)
     runs = {f: load_results(f) for f in files}
@@ -214,12 +214,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     compared = json.loads(Path(paths["json"]).read_text()).get("versus", [])
     lines = [
-        f"- {c['task']}: {c['method']} minus {c['reference']}: "
-        + "; ".join(
-            f"{m} {c['metrics'][m]['difference']:+.3f} [{c['metrics'][m]['low']:+.3f}, "
-            f"{c['metrics'][m]['high']:+.3f}] ({c['metrics'][m]['at_least_as_good']:.0%})"
-            for m in SHOWN.get("regression" if "mae" in c["metrics"] else "binary")
-        )
+        f"- {c['task']}: " + versus_text(c, SHOWN["regression" if "mae" in c["metrics"] else "binary"])
         for c in compared
         if c["seed"] is None
     ]

@@ -14,6 +14,7 @@ import math
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,14 +571,25 @@ def _site_table(runs: list[MethodResult]) -> list[str]:
     return [*lines, ""]
 
 
+def versus_text(row: dict[str, Any], names: Sequence[str]) -> str:
+    """One `versus` row as a line of text: each metric's difference, its interval and the share of draws
+    where the model is at least as good (the eval summary and the pooled print)."""
+    parts = [f"{m} {_difference(row['metrics'][m])}" for m in names]
+    return f"{row['method']} minus {row['reference']}: " + "; ".join(parts)
+
+
+def _difference(d: dict[str, float]) -> str:
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['at_least_as_good']:.0%})"
+
+
 def _versus_table(rows: list[dict[str, Any]], task_type: str) -> list[str]:
     """Markdown lines of a task's `versus` rows (none without any): the model minus each baseline."""
     if not rows:
         return []
     names = VERSUS_SHOWN.get(task_type, VERSUS_SHOWN["binary"])
     lines = [
-        "Against the baselines on the same test subjects (the model minus the baseline [95% paired bootstrap "
-        "interval] and, after it, the share of resamples where the model is at least as good"
+        "Against the baselines on the same test subjects: the model minus the baseline [95% paired bootstrap "
+        "interval] (the share of resamples where the model is at least as good"
         + ("; a smaller MAE is better" if "mae" in names else "")
         + "):",
         "",
@@ -585,12 +597,7 @@ def _versus_table(rows: list[dict[str, Any]], task_type: str) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
     for c in rows:
-        cells = []
-        for m in names:
-            d = c["metrics"][m]
-            cells.append(
-                f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {_fmt(d['at_least_as_good'], 2)}"
-            )
+        cells = [_difference(c["metrics"][m]) for m in names]
         lines.append(
             f"| {c['method']} | {c['protocol']} | {'—' if c['shots'] is None else c['shots']} | "
             f"{'—' if c['seed'] is None else c['seed']} | {c['reference']} | {c['n']} | "
