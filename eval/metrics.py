@@ -209,6 +209,36 @@ def seed_ci(
     return mean, max(mean - half, low), min(mean + half, high)
 
 
+def _scorer(
+    task_type: str, y: np.ndarray, y_score: Any, classes: Sequence[Any] | None, y_pred: Any
+) -> tuple[dict[str, float], Callable[[np.ndarray], dict[str, float]]]:
+    """One method's point metrics on the test rows ``y`` and the function that scores it on a bootstrap draw
+    of them (row indices), the fast numpy twins of sklearn's metrics."""
+    if task_type == "regression":
+        pred = np.asarray(y_pred, dtype=float)
+        if len(pred) != len(y):
+            raise ValueError("a method must predict every test row")
+
+        def on_regression_rows(idx: np.ndarray) -> dict[str, float]:
+            return _fast_regression(y[idx], pred[idx])
+
+        return regression_metrics(y, pred), on_regression_rows
+    classes = list(classes)
+    score = _as_proba(y_score, len(classes))
+    if len(score) != len(y):
+        raise ValueError("a method must score every test row")
+    t_codes = _codes(y, classes)
+    p_codes = (
+        score.argmax(axis=1) if y_pred is None else _codes(np.asarray(list(y_pred), dtype=object), classes)
+    )
+    proba = score / score.sum(axis=1, keepdims=True) if len(classes) > 2 else score
+
+    def on_classification_rows(idx: np.ndarray) -> dict[str, float]:
+        return _fast_classification(t_codes[idx], proba[idx], p_codes[idx], len(classes))
+
+    return classification_metrics(y, score, classes, y_pred), on_classification_rows
+
+
 def evaluate(
     task_type: str,
     y_true: Sequence[Any],
@@ -224,28 +254,7 @@ def evaluate(
     """Every metric of the task type with its bootstrap interval: ``{metric: {"value", "low", "high"}}``."""
     y_true_arr = np.asarray(list(y_true), dtype=object if task_type != "regression" else float)
     n = len(y_true_arr)
-    if task_type == "regression":
-        pred = np.asarray(y_pred, dtype=float)
-
-        def compute(idx: np.ndarray) -> dict[str, float]:
-            return _fast_regression(y_true_arr[idx], pred[idx])
-
-        point = regression_metrics(y_true_arr, pred)
-    else:
-        classes = list(classes)
-        score = _as_proba(y_score, len(classes))
-        point = classification_metrics(y_true_arr, score, classes, y_pred)
-        t_codes = _codes(y_true_arr, classes)
-        p_codes = (
-            score.argmax(axis=1)
-            if y_pred is None
-            else _codes(np.asarray(list(y_pred), dtype=object), classes)
-        )
-        proba = score / score.sum(axis=1, keepdims=True) if len(classes) > 2 else score
-
-        def compute(idx: np.ndarray) -> dict[str, float]:
-            return _fast_classification(t_codes[idx], proba[idx], p_codes[idx], len(classes))
-
+    point, compute = _scorer(task_type, y_true_arr, y_score, classes, y_pred)
     out: dict[str, dict[str, float]] = {}
     # One bootstrap pass for all metrics: the same resamples give each metric's interval.
     draws = [compute(idx) for idx in resample_indices(n, groups, n_boot, seed)]
@@ -282,41 +291,13 @@ def paired_difference(
     Why: "the model reads sex at 0.598 AUC, FC at 0.609" says nothing about whether a second run, or other
     scans of the same sites, would order them the same way; the paired interval does.
     """
-    regression = task_type == "regression"
-    y = np.asarray(list(y_true), dtype=float if regression else object)
+    y = np.asarray(list(y_true), dtype=float if task_type == "regression" else object)
     n = len(y)
-    if regression:
-        preds = [np.asarray(m["y_pred"], dtype=float) for m in (first, second)]
-        if any(len(p) != n for p in preds):
-            raise ValueError("both methods must predict every test row")
-        points = [regression_metrics(y, p) for p in preds]
+    scored = [_scorer(task_type, y, m.get("y_score"), classes, m.get("y_pred")) for m in (first, second)]
+    points = [point for point, _ in scored]
 
-        def compute(idx: np.ndarray) -> list[dict[str, float]]:
-            return [_fast_regression(y[idx], p[idx]) for p in preds]
-
-    else:
-        classes = list(classes)
-        t_codes = _codes(y, classes)
-        parts = []
-        points = []
-        for m in (first, second):
-            score = _as_proba(m["y_score"], len(classes))
-            if len(score) != n:
-                raise ValueError("both methods must score every test row")
-            pred = m.get("y_pred")
-            points.append(classification_metrics(y, score, classes, pred))
-            p_codes = (
-                score.argmax(axis=1)
-                if pred is None
-                else _codes(np.asarray(list(pred), dtype=object), classes)
-            )
-            proba = score / score.sum(axis=1, keepdims=True) if len(classes) > 2 else score
-            parts.append((proba, p_codes))
-
-        def compute(idx: np.ndarray) -> list[dict[str, float]]:
-            return [
-                _fast_classification(t_codes[idx], proba[idx], p[idx], len(classes)) for proba, p in parts
-            ]
+    def compute(idx: np.ndarray) -> list[dict[str, float]]:
+        return [on_rows(idx) for _, on_rows in scored]
 
     draws = [compute(idx) for idx in resample_indices(n, groups, n_boot, seed)]
     out: dict[str, dict[str, float]] = {}
