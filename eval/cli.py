@@ -10,6 +10,7 @@ test subjects each draw leaves (a new cohort's protocol).
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 
 from fmrilm.errors import FmriInputError
@@ -189,6 +190,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
+    from pathlib import Path
 
     from fmrilm.eval.evaluate import evaluate, summary_table
     from fmrilm.train.common import setup_logging
@@ -204,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         invocation = getattr(args, "invocation", None)  # set by fmrilm.cli.main: the command as typed
         result = evaluate(cfg, command=shlex.join(invocation) if invocation else None)
-        table = summary_table(result.results)
+        compared = json.loads(Path(result.paths["json"]).read_text()).get("versus", [])
+        table = summary_table(result.results, compared)  # the report's comparisons, not drawn again
         print(table)
         print(f"report written to {result.paths['markdown']} (JSON: {result.paths['json']})")
         if getattr(args, "update_card", False):

@@ -906,13 +906,15 @@ def _few_shot_baselines(
     return out
 
 
-def summary_table(results: list[Any]) -> str:
+def summary_table(results: list[Any], compared: list[dict[str, Any]] | None = None) -> str:
     """Markdown table of the headline: each method (and k) with its main metrics, means over seeds.
 
     One table per protocol (`fmrilm.eval.report.by_protocol`), each saying which test subjects its numbers are
     scored on; numbers of different protocols are never averaged together. For few-shot draws from the test
     part, a row is the mean over seeds of each seed's metric on the test subjects that seed's draw left (the
-    zero-shot model and the train-part baselines averaged the same way, on the same remainders).
+    zero-shot model and the train-part baselines averaged the same way, on the same remainders). Under the
+    whole-test-part table, each single model run minus each baseline on the same subjects: ``compared``, the
+    report's `versus` rows, or computed here when not given.
     """
     from fmrilm.eval.report import (
         PROTOCOL_TITLES,
@@ -971,9 +973,17 @@ def summary_table(results: list[Any]) -> str:
             k = "all" if shots is None else str(shots)
             lines.append(f"| {method} | {k} | {v['n_seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
-        if whole:
-            single = [r for r in group if r.seed is None]  # repeated runs: per seed in report.md
-            lines += _versus_lines(versus(single), names[:2])
+        if whole:  # single runs only: repeated runs are compared per seed in report.md
+            if compared is None:
+                rows = versus([r for r in group if r.seed is None])
+            else:  # the report's own rows (`report.json`'s "versus"): not bootstrapped a second time
+                tasks = {r.task for r in group}
+                rows = [
+                    c
+                    for c in compared
+                    if c["protocol"] == protocol and c["seed"] is None and c["task"] in tasks
+                ]
+            lines += _versus_lines(rows, names[:2])
     return "\n".join(lines)
 
 
@@ -1080,7 +1090,8 @@ def _write_report_folder(
     try:
         draft = stage / "report"
         written = write_report(results, draft, **kwargs)
-        _insert_summary(written["markdown"], summary_table(results))
+        compared = json.loads(written["json"].read_text()).get("versus", [])
+        _insert_summary(written["markdown"], summary_table(results, compared))
         shutil.copyfile(split_file, draft / SPLIT_FILE)
         publish(draft, out_dir, REPORT_OUTPUT, overwrite=True)
     finally:

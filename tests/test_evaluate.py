@@ -69,8 +69,18 @@ def test_eval_cli_scores_every_method_on_the_same_test_subjects(setup, capsys):
         ]
     )  # fmt: skip
     assert rc == 0
-    assert "Loading weights" not in capsys.readouterr().err  # --no-progress: transformers' bars stay off too
+    printed = capsys.readouterr()
+    assert "Loading weights" not in printed.err  # --no-progress: transformers' bars stay off too
     report = json.loads((out / "report.json").read_text())
+    # the printed summary and report.md give the report's own paired comparison of the zero-shot model with FC
+    from fmrilm.eval.report import versus_text
+
+    (zero_vs_fc,) = [
+        c for c in report["versus"]
+        if (c["method"], c["reference"], c["protocol"]) == ("fmrilm_zero_shot", "fc_linear", "whole-test-part")
+    ]  # fmt: skip
+    line = f"- {versus_text(zero_vs_fc, ('balanced_accuracy', 'auc'))}"
+    assert line in printed.out.splitlines() and line in (out / "report.md").read_text().splitlines()
     # The report records the command as typed, every given flag in it, and the command with every setting
     # in force (defaults too), which repeats the run exactly.
     typed, in_full = report["context"]["command"], report["context"]["command_in_full"]

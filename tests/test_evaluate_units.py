@@ -859,7 +859,7 @@ def test_versus_compares_each_model_run_with_the_baselines_scored_on_the_same_su
 
 
 def test_the_summary_says_how_far_the_model_is_from_each_baseline_on_the_same_subjects():
-    from fmrilm.eval.report import versus
+    from fmrilm.eval.report import versus, versus_text
 
     model = MethodResult(**{**_two_sites().__dict__, "seed": None})
     mine = model.y_score[:, 1]
@@ -871,6 +871,15 @@ def test_the_summary_says_how_far_the_model_is_from_each_baseline_on_the_same_su
     assert f"balanced_accuracy {ba['difference']:+.3f} [{ba['low']:+.3f}, {ba['high']:+.3f}]" in line
     assert f"auc {auc['difference']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}]" in line
     assert f"({auc['at_least_as_good']:.0%})" in line and auc["difference"] > 0
+    # given the report's own rows, the summary prints them as they are (not drawn again), and only its own
+    moved = {
+        **row,
+        "metrics": {m: {**v, "difference": v["difference"] + 1.0} for m, v in row["metrics"].items()},
+    }
+    elsewhere = {**row, "protocol": FROM_TEST}
+    shown = summary_table([model, fc], [moved, elsewhere])
+    lines = [x for x in shown.splitlines() if x.startswith("- fmrilm_zero_shot minus")]
+    assert lines == [f"- {versus_text(moved, ('balanced_accuracy', 'auc'))}"]
 
 
 def test_the_code_probe_reads_connectome_values_at_their_own_scale_and_pooled_codes_standardized():
