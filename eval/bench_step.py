@@ -10,8 +10,10 @@ scan); ``--steps`` seeded batches of ``--batch-size`` run forward and backward (
 one padded batch and as the two length groups Stage 3 now splits them into (`train.common.length_groups`),
 and the split batches once more with the forward pass under CPU bf16 autocast, as `--mixed-precision bf16` runs
 it (the cpu demo's Stage 3 where `train.common.cpu_computes_bf16`: on a CPU without native bf16 that path is
-emulated and slow). It prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3
-ran it before the facts line and the split, measured in the same process, the paths interleaved step by step.
+emulated and slow), and once more with peft's own forward of the brain-token rows (which copies the whole
+embedding matrix on every call) instead of their look-up (`fmrilm.model.adapters.look_up_brain_rows`). It
+prints padded tokens and seconds per step of each, with ratios to the batch as Stage 3 ran it before the facts
+line and the split, measured in the same process, the paths interleaved step by step.
 """
 
 from __future__ import annotations
@@ -80,9 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             ]
         model.llm.train()
 
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+        rows = [m for m in model.llm.modules() if isinstance(m, TrainableTokensLayer)]
+        lookup = {m: type(m) for m in rows}
+
         def step(
-            batch_examples: list[dict], groups: list[list[int]], bf16: bool = False
+            batch_examples: list[dict], groups: list[list[int]], bf16: bool = False, peft_rows: bool = False
         ) -> tuple[float, int]:
+            for m in rows:  # peft's own forward on the same parameters, or the look-up
+                m.__class__ = TrainableTokensLayer if peft_rows else lookup[m]
             answered = len(batch_examples)
             start, tokens = time.perf_counter(), 0
             for group in groups:
@@ -96,21 +105,22 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - start, tokens
 
         paths = {
-            "one batch, no facts line (before)": (False, False, False),
-            "one batch, facts line": (True, False, False),
-            "facts line, split by length": (True, True, False),
-            "the same in bf16 autocast (cpu demo)": (True, True, True),
+            "one batch, no facts line (before)": (False, False, False, False),
+            "one batch, facts line": (True, False, False, False),
+            "facts line, split by length": (True, True, False, False),
+            "the same in bf16 autocast": (True, True, True, False),
+            "split, peft's brain-row copy": (True, True, False, True),
         }
         times: dict[str, list[float]] = {k: [] for k in paths}
         tokens: dict[str, list[int]] = {k: [] for k in paths}
         step(examples[False][: args.batch_size], [list(range(args.batch_size))])  # warm-up
         step(examples[True][: args.batch_size], [list(range(args.batch_size))], True)  # and in bf16
         for s in range(args.steps):
-            for name, (facts, split, bf16) in paths.items():
+            for name, (facts, split, bf16, peft_rows) in paths.items():
                 batch = examples[facts][s * args.batch_size : (s + 1) * args.batch_size]
                 lengths = [len(e["input_ids"]) for e in batch]
                 groups = length_groups(lengths) if split else [list(range(len(batch)))]
-                seconds, n = step(batch, groups, bf16)
+                seconds, n = step(batch, groups, bf16, peft_rows)
                 times[name].append(seconds)
                 tokens[name].append(n)
     base = "one batch, no facts line (before)"

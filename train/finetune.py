@@ -302,6 +302,7 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     from peft import PeftModel
 
     from fmrilm.compat import peft_wrapping
+    from fmrilm.model.adapters import look_up_brain_rows
     from fmrilm.model.modeling import FmriLM
     from fmrilm.model.scoring import TaskCard, store_tasks
 
@@ -325,7 +326,9 @@ def load_finetuned(directory: str | Path, base: str | Path | None = None, *, is_
     if model.has_adapters:
         model.merge_adapters()
     with peft_wrapping():
-        model.llm = PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
+        model.llm = look_up_brain_rows(
+            PeftModel.from_pretrained(model.llm, directory, is_trainable=is_trainable)
+        )
     if not is_trainable:
         model.llm.eval()
     if model.soft_projection is not None and (directory / model.soft_projection.WEIGHTS_NAME).exists():

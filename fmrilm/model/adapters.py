@@ -8,6 +8,7 @@ so an adapter of a 135M model is a few MB and the text vocabulary is untouched.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import Any
 
 from fmrilm.model.brain_vocab import BrainTokenIds
@@ -75,7 +76,85 @@ def add_lora(model: Any, ids: BrainTokenIds | None, settings: LoraSettings | Non
         **settings.extra,
     )
     with peft_wrapping():
-        return get_peft_model(model, config)
+        return look_up_brain_rows(get_peft_model(model, config))
+
+
+def look_up_brain_rows(model: Any) -> Any:
+    """Give ``model``'s peft brain-token rows (`peft.tuners.trainable_tokens.TrainableTokensLayer`) the
+    look-up forward of `BrainRowsLookup`; returns ``model``. Nothing else changes: the same parameters, state
+    dict, saving and merging.
+
+    Why: peft's forward copies the whole embedding matrix with the brain rows swapped in on every call, in
+    the input embedding and again in a tied output layer, and its backward builds a vocabulary-sized weight
+    gradient: with a 49k-token vocabulary that was a sixth of a CPU training step (8.2 against 6.7 s a Stage-3
+    step of the cpu demo; BENCHMARKS.md, "Brain rows looked up").
+    """
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    lookup_class = brain_rows_lookup_class()
+    for module in model.modules():
+        if type(module) is TrainableTokensLayer:
+            module.__class__ = lookup_class
+    return model
+
+
+@cache
+def brain_rows_lookup_class() -> type:
+    """`BrainRowsLookup`, defined on first use so that importing fmrilm does not import peft."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    class BrainRowsLookup(TrainableTokensLayer):
+        """peft's trainable token rows, computed without materializing the merged weight matrix: the text
+        rows come from the frozen weight as they are, the brain rows from the trained deltas (looked up in an
+        embedding, one small extra matmul in an output layer). The same outputs and gradients as peft's forward
+        (`tests/test_adapters.py`); any case it does not cover (merged, several adapters, a trainable or
+        quantized base weight) runs peft's own forward."""
+
+        def forward_adapters(self, x: Any, active_adapters: Any, *args: Any, **kwargs: Any) -> Any:
+            import torch
+            import torch.nn.functional as F
+
+            base = self.base_layer
+            active = [n for n in active_adapters if n in self.trainable_tokens_delta]
+            plain = (
+                type(base) in (torch.nn.Embedding, torch.nn.Linear) and base.weight.dtype.is_floating_point
+            )
+            if self.disable_adapters or self.merged or len(active) != 1 or args or kwargs or not plain:
+                return super().forward_adapters(x, active_adapters, *args, **kwargs)
+            if base.weight.requires_grad:
+                return super().forward_adapters(x, active_adapters, *args, **kwargs)
+            name = active[0]
+            index, lookup = self._brain_index(name, base.weight.shape[0], base.weight.device)
+            deltas = self.trainable_tokens_delta[name].to(base.weight)
+            if isinstance(base, torch.nn.Embedding):
+                out = F.embedding(
+                    x, base.weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq
+                )
+                row = lookup[x]
+                out = torch.where((row >= 0)[..., None], F.embedding(row.clamp(min=0), deltas), out)
+                scale = self._get_embed_scale()
+                return out if scale is None else out * scale.to(out.dtype)
+            out = F.linear(x, base.weight, base.bias)
+            brain = F.linear(x, deltas, None if base.bias is None else base.bias[index])
+            return out.index_copy(-1, index, brain.to(out.dtype))
+
+        def _brain_index(self, name: str, vocab: int, device: Any) -> tuple[Any, Any]:
+            """The adapter's token ids and a vocabulary-sized table of each id's delta row (-1: a text row)."""
+            import torch
+
+            ids = tuple(int(i) for i in self.token_indices[name])
+            key = (name, ids, vocab, str(device))
+            cached = getattr(self, "_brain_index_cache", None)
+            if cached is None or cached[0] != key:
+                index = torch.as_tensor(ids, dtype=torch.long, device=device)
+                lookup = torch.full((vocab,), -1, dtype=torch.long, device=device)
+                lookup[index] = torch.arange(len(ids), device=device)
+                cached = (key, index, lookup)
+                self._brain_index_cache = cached
+            return cached[1], cached[2]
+
+    BrainRowsLookup.__module__ = __name__
+    return BrainRowsLookup
 
 
 def is_peft_model(model: Any) -> bool:

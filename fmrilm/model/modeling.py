@@ -244,9 +244,12 @@ class FmriLM(nn.Module):
             from peft import PeftModel
 
             from fmrilm.compat import peft_wrapping
+            from fmrilm.model.adapters import look_up_brain_rows
 
             with peft_wrapping():
-                llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+                llm = look_up_brain_rows(
+                    PeftModel.from_pretrained(llm, adapter_dir, is_trainable=is_trainable)
+                )
         if not is_trainable:
             llm.eval()
         soft = None
