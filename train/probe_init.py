@@ -77,7 +77,8 @@ MIN_SCANS = 10
 class ProbeTask:
     """One task's probe: ``options`` (a two-answer margin is option 1 over option 0; a regression's is the
     expectation of ``values``), ``weights`` over the summary components, the CV-chosen ``C`` (a ridge probe:
-    its alpha), and how the warm start moved the margin (``slope``)."""
+    its alpha), and how the warm start moved the margin (``slope``: measured when the step is calibrated, NaN
+    for the first-order step alone)."""
 
     name: str
     options: tuple[str, ...]
@@ -103,7 +104,7 @@ class ProbeTask:
             "C": self.C,
             "weight_norm": float(np.linalg.norm(self.weights)),
             "scale": self.scale,
-            "margin_per_logit": self.slope,
+            "margin_per_logit": None if np.isnan(self.slope) else self.slope,
             "teacher_scans": 0 if self.teacher is None else len(self.teacher),
             "teacher_out_of_fold_auc": self.teacher_auc,
         }
@@ -412,7 +413,6 @@ def _warm_start(
     # feels the other tasks' steps, and the LLM saturates), then one Newton step on the columns of D, twice.
     # The two-answer tasks are calibrated together; a regression on its own slope only (its cross-terms with
     # the two-answer tasks, fitted on 48 prompts, sent the joint step astray on a validation fold)
-    before = {p.name: answer_margins(model, prompts_of[p.name][0], p.options, p.values) for p in probes}
     mix = np.eye(len(probes))  # the step is D @ mix @ W
 
     def apply() -> None:
@@ -433,6 +433,11 @@ def _warm_start(
             R[t, block] = np.linalg.lstsq(design, moved, rcond=None)[0][:-1]
         return R
 
+    if rounds == 0:  # the first-order step alone: nothing is calibrated, so nothing is measured (the margins
+        # before and after, a third of a cpu demo's warm start, only gave the slope its log line reports)
+        apply()
+        return _finished(probes, mix)
+    before = {p.name: answer_margins(model, prompts_of[p.name][0], p.options, p.values) for p in probes}
     for _ in range(rounds):
         apply()
         R = response()
@@ -454,16 +459,16 @@ def _warm_start(
         R = response()
         for t, p in enumerate(probes):
             p.slope = float(R[t, t])
+    return _finished(probes, mix)
+
+
+def _finished(probes: list[ProbeTask], mix: np.ndarray) -> list[ProbeTask]:
+    """The probes with their scales set from ``mix``, each logged."""
     for t, p in enumerate(probes):
         p.scale = float(mix[t, t])
-    for p in probes:
+        moved = "" if np.isnan(p.slope) else f", margin per probe logit {p.slope:.2f}"
         logger.info(
-            "probe warm start: %s on %d scans (C %.3g), scale %.2f, margin per probe logit %.2f",
-            p.name,
-            p.n_scans,
-            p.C,
-            p.scale,
-            p.slope,
+            "probe warm start: %s on %d scans (C %.3g), scale %.2f%s", p.name, p.n_scans, p.C, p.scale, moved
         )
     return probes
 
