@@ -70,9 +70,7 @@ def tangent_features(
     scans only (nilearn ``ConnectivityMeasure(kind="tangent")``, Ledoit-Wolf covariances of the cleaned,
     z-scored signal): the strongest classic pipeline of Dadi et al. (2019). Test scans never shape the
     reference, so the features are honest for any split whose train part is ``train_rows``."""
-    from nilearn.connectome import ConnectivityMeasure
-    from threadpoolctl import threadpool_limits
-
+    from fmrilm import tangent
     from fmrilm.progress import progress as show_progress
     from fmrilm.signal import BadRegionWarning, SignalConfig, preprocess
 
@@ -90,11 +88,10 @@ def tangent_features(
             f"Tangent-space FC needs at least 2 training scans, got {len(train_rows)}",
             fix="use a split with a larger train part",
         )
-    # small eigendecompositions: one BLAS thread is several times faster than two on a busy 2-core machine
-    with threadpool_limits(1):
-        measure = ConnectivityMeasure(kind="tangent", vectorize=True, discard_diagonal=True)
-        measure.fit([series[i] for i in train_rows])
-        return measure.transform(series).astype(np.float32)
+    # nilearn's ConnectivityMeasure(kind="tangent") fitted on the train rows, its per-scan work on threads
+    covs = tangent.covariances(series)
+    white = tangent.whitening(tangent.geometric_mean(covs[train_rows]))
+    return tangent.tangent_vectors(covs, white).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- targets

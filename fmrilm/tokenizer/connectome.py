@@ -188,8 +188,9 @@ class ConnectomeTokenizer(nn.Module):
     ) -> tuple[ConnectomeTokenizer, np.ndarray]:
         """`fit`, and the fitted scans' components ``(N, components)`` (what `continuous` gives them) without
         computing their connectomes a second time."""
-        from nilearn.connectome import ConnectivityMeasure
         from sklearn.decomposition import PCA
+
+        from fmrilm import tangent
 
         config = config or ConnectomeConfig()
         scans = list(scans)
@@ -211,12 +212,15 @@ class ConnectomeTokenizer(nn.Module):
         if room < config.components:  # `components` is the most: a PCA keeps one fewer than its scans
             config = replace(config, components=room)
         tok = cls(config, reference_coords)
+        workers = torch.get_num_threads()
         with one_blas_thread():
             series = [tok.reference_timeseries(s) for s in _progress(scans, progress, "connectome: signals")]
-            measure = ConnectivityMeasure(kind="tangent", vectorize=True, discard_diagonal=True)
-            measure.fit(series)
-            tok.whitening.copy_(torch.as_tensor(measure.whitening_, dtype=torch.float64))
-            vectors = np.stack([tok.tangent_vector(x) for x in series])
+            # nilearn's tangent reference (ConnectivityMeasure(kind="tangent")), its per-scan work on threads
+            covs = tangent.covariances(series, workers)
+            white = tangent.whitening(tangent.geometric_mean(covs, workers))
+            tok.whitening.copy_(torch.as_tensor(white, dtype=torch.float64))
+            vectors = tangent.tangent_vectors(covs, white, workers)
+            del covs
             mean = vectors.mean(axis=0)
             if config.standardize:
                 sd = vectors.std(axis=0)
