@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connectome-shown", type=positive_int, default=1)
     p.add_argument("--system-prompt", default="")
     p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="leave out the bf16 path (emulated, minutes a step, on AVX2 CPUs)",
+    )
     return p.parse_args(argv)
 
 
@@ -111,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             "the same in bf16 autocast": (True, True, True, False),
             "split, peft's brain-row copy": (True, True, False, True),
         }
+        if args.no_bf16:
+            paths = {k: v for k, v in paths.items() if not v[2]}
         times: dict[str, list[float]] = {k: [] for k in paths}
         tokens: dict[str, list[int]] = {k: [] for k in paths}
         step(examples[False][: args.batch_size], [list(range(args.batch_size))])  # warm-up
-        step(examples[True][: args.batch_size], [list(range(args.batch_size))], True)  # and in bf16
+        if not args.no_bf16:
+            step(examples[True][: args.batch_size], [list(range(args.batch_size))], True)  # and in bf16
         for s in range(args.steps):
             for name, (facts, split, bf16, peft_rows) in paths.items():
                 batch = examples[facts][s * args.batch_size : (s + 1) * args.batch_size]

@@ -86,8 +86,9 @@ def look_up_brain_rows(model: Any) -> Any:
 
     Why: peft's forward copies the whole embedding matrix with the brain rows swapped in on every call, in
     the input embedding and again in a tied output layer, and its backward builds a vocabulary-sized weight
-    gradient: with a 49k-token vocabulary that was a sixth of a CPU training step (8.2 against 6.7 s a Stage-3
-    step of the cpu demo; BENCHMARKS.md, "Brain rows looked up").
+    gradient: with a 49k-token vocabulary about 0.1 s a call and a third of the cpu demo's page faults; in a
+    Stage-3 step measured in one process a 1.03x difference, within the noise (BENCHMARKS.md, "The `cpu` demo in
+    14.9 minutes on an EPYC without AVX-512").
     """
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
@@ -107,7 +108,7 @@ def brain_rows_lookup_class() -> type:
         """peft's trainable token rows, computed without materializing the merged weight matrix: the text
         rows come from the frozen weight as they are, the brain rows from the trained deltas (looked up in an
         embedding, one small extra matmul in an output layer). The same outputs and gradients as peft's forward
-        (`tests/test_adapters.py`); any case it does not cover (merged, several adapters, a trainable or
+        (`tests/test_brain_rows.py`); any case it does not cover (merged, several adapters, a trainable or
         quantized base weight) runs peft's own forward."""
 
         def forward_adapters(self, x: Any, active_adapters: Any, *args: Any, **kwargs: Any) -> Any:
@@ -119,9 +120,8 @@ def brain_rows_lookup_class() -> type:
             plain = (
                 type(base) in (torch.nn.Embedding, torch.nn.Linear) and base.weight.dtype.is_floating_point
             )
-            if self.disable_adapters or self.merged or len(active) != 1 or args or kwargs or not plain:
-                return super().forward_adapters(x, active_adapters, *args, **kwargs)
-            if base.weight.requires_grad:
+            covered = plain and not base.weight.requires_grad and not self.merged and len(active) == 1
+            if self.disable_adapters or args or kwargs or not covered:
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             name = active[0]
             index, lookup = self._brain_index(name, base.weight.shape[0], base.weight.device)
