@@ -362,3 +362,21 @@ def test_two_instruction_sets_sharing_scan_ids_keep_their_own_teachers(setting):
         taught = [e["teacher"] for e in examples if e["source"] == source]
         labels = [r["answer"] == "yes" for r in set_rows]
         assert roc_auc_score(labels, taught) > 0.9  # each set's own teacher, which reads its own answers
+
+
+@pytest.mark.parametrize("binned", [False, True])
+def test_the_margin_gradient_of_many_prompts_is_the_mean_of_each_prompts(setting, binned, monkeypatch):
+    """Prompts of different lengths run together, left-padded and in chunks: the gradient is the same as one
+    prompt at a time (for two answers, and for the expectation over multi-token bins)."""
+    import fmrilm.train.probe_init as probe_init
+    from fmrilm.train.stage3 import resolve_messages
+
+    model, rows, codes, card, _ = setting
+    messages = [resolve_messages(r["messages"], codes) for r in rows[:5]]
+    messages[1][0]["content"][1]["text"] = "Is this scan, as far as you can tell from its summary, yes or no?"
+    options, values = (BINS, [float(b) for b in BINS]) if binned else (card.options, None)
+    one_by_one = np.mean([probe_init.margin_gradient(model, [m], options, values) for m in messages], axis=0)
+    monkeypatch.setattr(probe_init, "GRADIENT_TOKENS", 140)  # two prompts a chunk (the longest has 69 tokens)
+    together = probe_init.margin_gradient(model, messages, options, values)
+    assert np.linalg.norm(one_by_one) > 0
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-6 * np.abs(one_by_one).max())

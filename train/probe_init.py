@@ -51,6 +51,8 @@ RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 8))
 #: training prompts per task for the margin gradient and for the calibration of its scale
 GRADIENT_PROMPTS = 16
 CALIBRATION_PROMPTS = 48
+#: prompt tokens of one forward and backward of the margin gradient (`margin_gradient`)
+GRADIENT_TOKENS = 4096
 #: bounds of the per-task rescaling (how far past the first-order step the projection may go)
 SCALE_BOUNDS = (0.5, 20.0)  # of the scale's absolute value
 #: SD of a probe's logits over the training scans after rescaling: cross-validated probes can be so strongly
@@ -293,43 +295,38 @@ def margin_gradient(
     values: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Mean gradient of the answer margin (`margin_of`) with respect to the start marker's input embedding
-    ``(hidden,)``. The options of one prompt run as one batch, right-padded after the shared prompt."""
+    ``(hidden,)``, through the scoring that `predict` runs (`option_logprobs`: each prompt once, its options
+    after it from the KV cache). Prompts run left-padded in chunks of about `GRADIENT_TOKENS` tokens; each
+    prompt's gradient is its own (rows do not see each other), so one backward serves many."""
     import torch
 
-    from fmrilm.model.scoring import answer_ids
+    from fmrilm.model.scoring import answer_ids, option_logprobs
 
     processor = model.processor
-    table = model.llm.get_input_embeddings()
     option_ids = [answer_ids(processor, o) for o in options]
-    width = max(len(o) for o in option_ids)
-    opt = torch.full((len(options), width), int(processor.tokenizer.pad_token_id or 0), dtype=torch.long)
-    opt_mask = torch.zeros((len(options), width))
-    for j, o in enumerate(option_ids):
-        opt[j, : len(o)] = torch.as_tensor(o, dtype=torch.long)
-        opt_mask[j, : len(o)] = 1
-    opt, opt_mask = opt.to(model.device), opt_mask.to(model.device)
-    grads = []
-    for conv in messages:
-        prompt = _prompt_batch(processor, [conv]).to(model.device)
-        ids = prompt["input_ids"]
-        start = (ids[0] == processor.ids.start_id).nonzero()
-        if len(start) == 0:
-            continue
-        with torch.no_grad():
-            base = model.embed_inputs(ids, prompt.get("connectome_values"))
-        x = base.detach().clone().requires_grad_(True)
-        full = torch.cat([x.expand(len(options), -1, -1), table(opt).to(x.dtype)], dim=1)
-        length = ids.shape[1]
-        logits = model.llm(inputs_embeds=full).logits[:, length - 1 : length - 1 + width].float()
-        token_lp = torch.log_softmax(logits, -1).gather(-1, opt[..., None])[..., 0] * opt_mask
-        (grad,) = torch.autograd.grad(margin_of(token_lp.sum(-1).double(), values), x)
-        grads.append(grad[0, int(start[0, 0])].float().cpu().numpy())
-    if not grads:
+    pad = int(processor.tokenizer.pad_token_id or 0)
+    start_id = processor.ids.start_id
+    prompts = [_prompt_batch(processor, [conv])["input_ids"][0] for conv in messages]
+    kept = [i for i, ids in enumerate(prompts) if (ids == start_id).any()]
+    if not kept:
         raise FmriInputError(
             "No training prompt has a scan summary (a start marker) to warm-start",
             fix="use a model with the scan summary on, or leave out --probe-init",
         )
-    return np.mean(grads, axis=0)
+    per_chunk = max(1, GRADIENT_TOKENS // max(len(prompts[i]) for i in kept))
+    grads = []
+    for first in range(0, len(kept), per_chunk):
+        batch = _prompt_batch(processor, [messages[i] for i in kept[first : first + per_chunk]])
+        batch = batch.to(model.device)
+        ids = batch["input_ids"]
+        with torch.no_grad():
+            base = model.embed_inputs(ids, batch.get("connectome_values"))
+        x = base.detach().clone().requires_grad_(True)
+        lp = option_logprobs(model.llm, batch, option_ids, pad, lambda *_, x=x: x)
+        (grad,) = torch.autograd.grad(margin_of(lp.double(), values).sum(), x)
+        marker = (ids == start_id).int().argmax(dim=1)  # each prompt's first start marker
+        grads.append(grad[torch.arange(len(ids), device=ids.device), marker].float().cpu().numpy())
+    return np.concatenate(grads).mean(axis=0)
 
 
 def summary_components(values: Any, k: int) -> np.ndarray:
