@@ -2,7 +2,7 @@
 
     python -m fmrilm.eval.bench_warm_start --model STAGE2_MODEL --instructions SET [--tasks diagnosis,sex,age]
         [--rounds 0,2] [--seed 0] [--max-windows 0] [--connectome-shown 1] [--system-prompt ''] [--threads 2]
-        [--json OUT]
+        [--gradient-speed] [--repeats 2] [--json OUT]
 
 `train instruct --probe-init` (`train.probe_init`) moves the scan summary's projection so that the LLM's
 answers start from a linear reading of the scan. This scores that start before any tuning step, on the
@@ -17,6 +17,11 @@ probabilities; a regression's expectation over its bins), for:
 
 Per task: balanced accuracy and AUC (two answers) or MAE and Pearson r (a regression). Training rows only feed
 the probes; the held-out scans are only scored. The processor settings default to the `cpu` / `full` presets'.
+
+``--gradient-speed`` also times the warm start's margin gradient (`train.probe_init.margin_gradient`) on each
+task's ``GRADIENT_PROMPTS`` training prompts, all together as Stage 3 runs it and one prompt at a time,
+interleaved in this process (``--repeats`` each, the median kept), with the largest difference between the two
+gradients relative to the largest component.
 """
 
 from __future__ import annotations
@@ -150,7 +155,55 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": seconds,
         }
     results["probe"] = probe_scores(probes, source.cohort, codes, cards, test_rows, k)
-    return {"held_out_scans": len(test_rows), "tasks": tasks, "results": results}
+    report = {"held_out_scans": len(test_rows), "tasks": tasks, "results": results}
+    if args.gradient_speed:
+        chosen = [cards[t] for t in tasks]
+        report["gradient_speed"] = gradient_speed(model, train_rows, codes, chosen, args.seed, args.repeats)
+    return report
+
+
+def gradient_speed(
+    model: Any, train_rows: Any, codes: Any, cards: list[Any], seed: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Per task, seconds of the margin gradient over its warm-start prompts run together and one prompt at a
+    time (median of ``repeats``, interleaved), their ratio, and how far the two gradients differ."""
+    from fmrilm.train.probe_init import (
+        GRADIENT_PROMPTS,
+        bin_values_of,
+        binned_regressions,
+        margin_gradient,
+        probe_data,
+        two_answer_tasks,
+    )
+    from fmrilm.train.stage3 import resolve_messages
+
+    k = model.soft_projection.summary_components
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    for card in [*two_answer_tasks(cards), *binned_regressions(cards)]:
+        data = probe_data(card, [(train_rows, codes)], k)
+        if data is None:
+            continue
+        chosen = data[0]
+        messages = [resolve_messages(r["messages"], c) for r, c, _ in chosen]
+        prompts = [messages[i] for i in rng.permutation(len(chosen))[:GRADIENT_PROMPTS]]
+        values = bin_values_of(card)
+        together, alone = [], []
+        for _ in range(max(1, int(repeats))):
+            start = time.perf_counter()
+            joint = margin_gradient(model, prompts, card.options, values)
+            together.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            single = np.mean([margin_gradient(model, [m], card.options, values) for m in prompts], axis=0)
+            alone.append(time.perf_counter() - start)
+        out[card.name] = {
+            "prompts": len(prompts),
+            "together_s": float(np.median(together)),
+            "one_at_a_time_s": float(np.median(alone)),
+            "speedup": float(np.median(alone) / np.median(together)),
+            "max_relative_difference": float(np.abs(joint - single).max() / np.abs(single).max()),
+        }
+    return out
 
 
 def table(report: dict[str, Any]) -> str:
@@ -188,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connectome-shown", type=nonnegative_int, default=1)
     parser.add_argument("--system-prompt", default="")
     parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument(
+        "--gradient-speed",
+        action="store_true",
+        help="also time the warm start's margin gradient, prompts together against one at a time",
+    )
+    parser.add_argument("--repeats", type=positive_int, default=2, help="timings of each way (default 2)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -205,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         report = measure(args)
     print(f"Held-out scans: {report['held_out_scans']}")
     print(table(report))
+    for task, t in report.get("gradient_speed", {}).items():
+        print(
+            f"margin gradient, {task} ({t['prompts']} prompts): together {t['together_s']:.2f} s, one at a "
+            f"time {t['one_at_a_time_s']:.2f} s ({t['speedup']:.2f}x); largest difference "
+            f"{t['max_relative_difference']:.1e} of the largest component"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     return 0

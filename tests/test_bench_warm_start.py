@@ -92,3 +92,19 @@ def test_a_set_without_a_split_is_refused_by_name(stage2, tmp_path):
     rows.save_to_disk(str(copy / "dataset"))
     with pytest.raises(SystemExit, match="no split column"):
         main(["--model", str(root / "model"), "--instructions", str(copy)])
+
+
+def test_the_gradient_timing_compares_the_same_gradient_both_ways(stage2, capsys):
+    from fmrilm.eval.bench_warm_start import main
+
+    root, instructions, _ = stage2
+    out = root / "speed.json"
+    argv = ["--model", str(root / "model"), "--instructions", str(instructions), "--tasks", "diagnosis,age"]
+    assert main([*argv, "--rounds", "0", "--gradient-speed", "--repeats", "1", "--json", str(out)]) == 0
+    speed = json.loads(out.read_text())["gradient_speed"]
+    assert set(speed) == {"diagnosis", "age"}
+    for timing in speed.values():
+        assert timing["prompts"] > 1 and timing["together_s"] > 0 and timing["one_at_a_time_s"] > 0
+        assert timing["speedup"] == pytest.approx(timing["one_at_a_time_s"] / timing["together_s"])
+        assert timing["max_relative_difference"] < 1e-4  # the same gradient
+    assert "margin gradient, age" in capsys.readouterr().out
