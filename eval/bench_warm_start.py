@@ -137,6 +137,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [t for t in tasks if t not in cards]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}: the instruction set has {sorted(cards)}")
+    columns = set(source.cohort.phenotype_table().columns)
+    unlabelled = [t for t in tasks if cards[t].target not in columns]
+    if unlabelled:
+        scored = sorted(t for t, c in cards.items() if c.target in columns)
+        raise SystemExit(
+            f"task(s) {unlabelled} have no column in the cohort to score held-out answers against (their answers "
+            f"come from the scans' descriptors); pass --tasks from {scored}"
+        )
     k = model.soft_projection.summary_components
 
     results: dict[str, Any] = {"stage2": {t: score(model, source.cohort, cards[t], test_rows) for t in tasks}}

@@ -108,3 +108,18 @@ def test_the_gradient_timing_compares_the_same_gradient_both_ways(stage2, capsys
         assert timing["speedup"] == pytest.approx(timing["one_at_a_time_s"] / timing["together_s"])
         assert timing["max_relative_difference"] < 1e-4  # the same gradient
     assert "margin gradient, age" in capsys.readouterr().out
+
+
+def test_a_task_without_a_cohort_column_is_refused_by_name(stage2, monkeypatch):
+    """A descriptor task's answers have no cohort column to score against: one message naming it, not a
+    traceback from the metrics."""
+    from fmrilm.eval.bench_warm_start import main
+
+    from fmrilm.cohort import Cohort
+
+    root, instructions, _ = stage2
+    table = Cohort.phenotype_table
+    monkeypatch.setattr(Cohort, "phenotype_table", lambda self: table(self).drop(columns=["age"]))
+    argv = ["--model", str(root / "model"), "--instructions", str(instructions), "--tasks", "diagnosis,age"]
+    with pytest.raises(SystemExit, match=r"\['age'\] have no column in the cohort.*\['diagnosis'\]"):
+        main(argv)
