@@ -296,8 +296,9 @@ def margin_gradient(
 ) -> np.ndarray:
     """Mean gradient of the answer margin (`margin_of`) with respect to the start marker's input embedding
     ``(hidden,)``, through the scoring that `predict` runs (`option_logprobs`: each prompt once, its options
-    after it from the KV cache). Prompts run left-padded in chunks of about `GRADIENT_TOKENS` tokens; each
-    prompt's gradient is its own (rows do not see each other), so one backward serves many."""
+    after it from the KV cache). The prompts are tokenized once, left-padded, and run in chunks of about
+    `GRADIENT_TOKENS` tokens; each prompt's gradient is its own (rows do not see each other), so one backward
+    serves many."""
     import torch
 
     from fmrilm.model.scoring import answer_ids, option_logprobs
@@ -305,26 +306,24 @@ def margin_gradient(
     processor = model.processor
     option_ids = [answer_ids(processor, o) for o in options]
     pad = int(processor.tokenizer.pad_token_id or 0)
-    start_id = processor.ids.start_id
-    prompts = [_prompt_batch(processor, [conv])["input_ids"][0] for conv in messages]
-    kept = [i for i, ids in enumerate(prompts) if (ids == start_id).any()]
-    if not kept:
+    batch = _prompt_batch(processor, messages).to(model.device)  # every prompt tokenized once, left-padded
+    kept = (batch["input_ids"] == processor.ids.start_id).any(dim=1).nonzero()[:, 0]
+    if len(kept) == 0:
         raise FmriInputError(
             "No training prompt has a scan summary (a start marker) to warm-start",
             fix="use a model with the scan summary on, or leave out --probe-init",
         )
-    per_chunk = max(1, GRADIENT_TOKENS // max(len(prompts[i]) for i in kept))
     grads = []
-    for first in range(0, len(kept), per_chunk):
-        batch = _prompt_batch(processor, [messages[i] for i in kept[first : first + per_chunk]])
-        batch = batch.to(model.device)
-        ids = batch["input_ids"]
+    for rows in kept.split(max(1, GRADIENT_TOKENS // batch["input_ids"].shape[1])):
+        lead = int((batch["attention_mask"][rows].sum(dim=0) == 0).sum())  # padding in every row of the chunk
+        part = {k: v[rows][:, lead:] for k, v in batch.items()}
+        ids = part["input_ids"]
         with torch.no_grad():
-            base = model.embed_inputs(ids, batch.get("connectome_values"))
+            base = model.embed_inputs(ids, part.get("connectome_values"))
         x = base.detach().clone().requires_grad_(True)
-        lp = option_logprobs(model.llm, batch, option_ids, pad, lambda *_, x=x: x)
+        lp = option_logprobs(model.llm, part, option_ids, pad, lambda *_, x=x: x)
         (grad,) = torch.autograd.grad(margin_of(lp.double(), values).sum(), x)
-        marker = (ids == start_id).int().argmax(dim=1)  # each prompt's first start marker
+        marker = (ids == processor.ids.start_id).int().argmax(dim=1)  # each prompt's first start marker
         grads.append(grad[torch.arange(len(ids), device=ids.device), marker].float().cpu().numpy())
     return np.concatenate(grads).mean(axis=0)
 
