@@ -119,19 +119,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     sources = load_sources([args.instructions])
     source = sources[0]
-    model = load_trainable_model(args.model, InstructConfig().lora, False, args.seed)
-    config = model.processor.config
-    config.max_windows, config.connectome_shown = int(args.max_windows), int(args.connectome_shown)
-    config.system_prompt = str(args.system_prompt)
-    model.llm.eval()
-    ds = source.dataset
-    parts = ds["split"] if "split" in ds.column_names else [None] * len(ds)
-    train_rows = ds.select([i for i, p in enumerate(parts) if p not in (TEST_PART, VAL_PART)])
-    test_rows = held_out(source)
-    scan_ids = {str(s) for s in train_rows["scan_id"]} | {
-        str(source.cohort.dataset["scan_id"][i]) for i in test_rows
-    }
-    codes = encode_scans(source.cohort, model.processor.fmri_tokenizer, scan_ids, windows=False)
     cards = {c.name: c for c in task_cards(sources)}
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in cards]
@@ -145,6 +132,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"task(s) {unlabelled} have no column in the cohort to score held-out answers against (their answers "
             f"come from the scans' descriptors); pass --tasks from {scored}"
         )
+    model = load_trainable_model(args.model, InstructConfig().lora, False, args.seed)
+    config = model.processor.config
+    config.max_windows, config.connectome_shown = int(args.max_windows), int(args.connectome_shown)
+    config.system_prompt = str(args.system_prompt)
+    model.llm.eval()
+    ds = source.dataset
+    parts = ds["split"] if "split" in ds.column_names else [None] * len(ds)
+    train_rows = ds.select([i for i, p in enumerate(parts) if p not in (TEST_PART, VAL_PART)])
+    test_rows = held_out(source)
+    scan_ids = {str(s) for s in train_rows["scan_id"]} | {
+        str(source.cohort.dataset["scan_id"][i]) for i in test_rows
+    }
+    codes = encode_scans(source.cohort, model.processor.fmri_tokenizer, scan_ids, windows=False)
     k = model.soft_projection.summary_components
 
     results: dict[str, Any] = {"stage2": {t: score(model, source.cohort, cards[t], test_rows) for t in tasks}}
